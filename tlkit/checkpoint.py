@@ -1,0 +1,136 @@
+"""Atomic checkpoints: safetensors weights plus a plain-data state, written so a kill never leaves a torn file.
+
+A trial folder holds ``epoch_NNNN.safetensors`` + ``epoch_NNNN.pt`` for the last two finished epochs and
+``best.safetensors`` for its best epoch. The ``.pt`` file records the SHA-256 of its weights file, so a truncated or
+corrupted pair is detected and the previous pair is used instead. States are read with ``weights_only=True``: a
+pickle that would run code on load is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["atomic_write", "save_weights", "load_weights", "save_epoch", "load_latest", "rng_state",
+           "set_rng_state", "prune_epochs", "write_json"]
+
+KEEP_EPOCHS = 2
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a plain ``torch.save`` state dict (read with ``weights_only=True``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain data (NumPy's key array as a tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _epoch_paths(folder: Path, epoch: int) -> tuple[Path, Path]:
+    return folder / f"epoch_{epoch:04d}.safetensors", folder / f"epoch_{epoch:04d}.pt"
+
+
+def save_epoch(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Save the checkpoint after finished ``epoch``; the ``.pt`` state (written last) commits it."""
+    weights, state_path = _epoch_paths(folder, epoch)
+    save_weights(weights, model)
+    payload = {**state, "weights_sha256": sha256(weights), "rng": rng_state()}
+    atomic_write(state_path, lambda tmp: torch.save(payload, tmp))
+    prune_epochs(folder, keep=KEEP_EPOCHS)
+
+
+def prune_epochs(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` epoch checkpoints (``keep=0``: all of them)."""
+    states = sorted(folder.glob("epoch_*.pt"))
+    for state_path in states[: max(0, len(states) - keep)]:
+        state_path.with_suffix(".safetensors").unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
+
+
+def load_latest(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest checkpoint that loads and verifies, or None. Bad files are reported and skipped, never trusted."""
+    for state_path in sorted(folder.glob("epoch_*.pt"), reverse=True):
+        weights_path = state_path.with_suffix(".safetensors")
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt, or a pickle that would run code
+            warnings.warn(f"Checkpoint {state_path} cannot be loaded safely ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200]}); using an earlier one.", stacklevel=2)
+            continue
+        if not weights_path.is_file() or sha256(weights_path) != state.get("weights_sha256"):
+            warnings.warn(f"Checkpoint weights {weights_path} are missing or do not match their checksum; "
+                          f"using an earlier checkpoint.", stacklevel=2)
+            continue
+        try:
+            return load_file(str(weights_path)), state
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"Checkpoint weights {weights_path} cannot be read ({err}); using an earlier one.",
+                          stacklevel=2)
+    return None

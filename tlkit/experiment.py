@@ -1,0 +1,400 @@
+"""What a study compares: the Experiment definition, loading it from a file, and ``--set`` overrides.
+
+An experiment file is plain Python that defines ``experiment = Experiment(...)`` (or a ``get_experiment()``
+function). Everything is a dataclass with typed fields, so a wrong type or an unknown key is caught before any
+trial runs, with the field's dotted path in the message.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import sys
+import traceback
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
+
+from tlkit.errors import TlkitError, did_you_mean
+
+__all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict"]
+
+AUGMENTATIONS = ("crop", "hflip")
+METRICS = ("accuracy", "balanced_accuracy")
+
+
+@dataclass
+class Data:
+    """Which images and labels. ``name`` is ``digits``, ``cifar10`` or ``imagefolder``."""
+
+    name: str = "digits"
+    root: Union[str, None] = None
+    """Folder or ``.zip`` for ``imagefolder``; the data dir for ``cifar10``. ``--data-dir`` overrides it."""
+    classes: Union[list[int], None] = None
+    """Keep only these class indices (relabelled 0..k-1 in this order). None keeps all."""
+    val_fraction: float = 0.2
+    """Share of the training split held out (stratified, seeded) for model selection."""
+    train_per_class: Union[int, None] = None
+    """Cap on training images per class (before the validation split), for budget studies."""
+    test_per_class: Union[int, None] = None
+    download: bool = True
+    """Allow torchvision to download CIFAR-10 when it is not under the data dir."""
+
+    def __post_init__(self) -> None:
+        if self.name not in ("digits", "cifar10", "imagefolder"):
+            raise TlkitError(did_you_mean(self.name, ("digits", "cifar10", "imagefolder"), "dataset"))
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TlkitError(f"data.val_fraction must be in (0, 1) but got {self.val_fraction}.")
+
+
+@dataclass
+class Train:
+    """The training recipe shared by every cell. Searched hyperparameters override the fields of the same name."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    image_size: int = 32
+    augment: list[str] = field(default_factory=lambda: ["crop", "hflip"])
+    crop_padding: int = 4
+    coarse_groups: bool = False
+    """Use timm's coarse layer grouping (fewer, larger groups) instead of the fine one."""
+    cache_features: bool = True
+    """While only the head trains, compute backbone features once per trial instead of every epoch."""
+    device: str = "auto"
+    amp: bool = True
+    """bfloat16 autocast on CUDA (ignored on CPU, where results must be bitwise repeatable)."""
+    max_batches: Union[int, None] = None
+    """Stop each epoch after this many batches: a fast real run for smoke tests."""
+    keep_checkpoints: str = "best"
+    """``best``: once a trial ends keep only its best weights; ``all``: keep per-epoch state too."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise TlkitError(f"train.{name} must be >= 1 but got {getattr(self, name)}.")
+        choices = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant"),
+                   "keep_checkpoints": ("best", "all")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TlkitError(did_you_mean(getattr(self, name), allowed, f"train.{name}"))
+        for aug in self.augment:
+            if aug not in AUGMENTATIONS:
+                raise TlkitError(did_you_mean(aug, AUGMENTATIONS, "augmentation in train.augment"))
+
+
+@dataclass
+class Source:
+    """A source task tlkit trains each backbone on once; its weights become the backbone's pretrained weights."""
+
+    data: Data
+    train: Train = field(default_factory=Train)
+
+
+def default_search() -> dict[str, BaseDistribution]:
+    return {
+        "lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "weight_decay": FloatDistribution(1e-5, 1e-1, log=True),
+    }
+
+
+@dataclass
+class Experiment:
+    """One study: every (backbone, strategy) cell gets the same data split, recipe, trial budget and sampler seed.
+
+    Example:
+        experiment = Experiment(
+            data=Data("digits", classes=[5, 6, 7, 8, 9]),
+            backbones=["test_resnet", "test_vit"],
+            strategies=["linear_probe", "last_n", "full_finetune"],
+            train=Train(epochs=5, image_size=32),
+            trials=4,
+        )
+    """
+
+    backbones: list[str]
+    strategies: list[str]
+    data: Data = field(default_factory=Data)
+    train: Train = field(default_factory=Train)
+    search: dict[str, BaseDistribution] = field(default_factory=default_search)
+    """Shared hyperparameters to search; keys are ``train`` fields. Strategies add their own."""
+    name: str = ""
+    """The study name; defaults to the experiment file's name."""
+    metric: str = "accuracy"
+    """Validation metric to maximise: ``accuracy`` or ``balanced_accuracy``."""
+    trials: int = 4
+    """Finished trials per cell."""
+    seed: int = 0
+    pruner: str = "median"
+    """``median`` (Optuna's MedianPruner on the per-epoch validation metric) or ``none``."""
+    pretrained: bool = True
+    """Start from pretrained weights (timm hub, ``weights`` files, or ``source``)."""
+    weights: dict[str, str] = field(default_factory=dict)
+    """Backbone name -> local weights file (safetensors or a state dict), used instead of the hub."""
+    source: Union[Source, None] = None
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not self.backbones:
+            raise TlkitError("The experiment lists no backbones. HINT: set backbones=['resnet18', ...].")
+        if not self.strategies:
+            raise TlkitError("The experiment lists no strategies. HINT: set strategies=['linear_probe', ...].")
+        if self.metric not in METRICS:
+            raise TlkitError(did_you_mean(self.metric, METRICS, "metric"))
+        if self.pruner not in ("median", "none"):
+            raise TlkitError(did_you_mean(self.pruner, ("median", "none"), "pruner"))
+        if self.trials < 1:
+            raise TlkitError(f"trials must be >= 1 but got {self.trials}.")
+        train_fields = {f.name: f for f in dataclasses.fields(Train)}
+        for key, dist in self.search.items():
+            if key not in train_fields:
+                raise TlkitError(did_you_mean(key, train_fields, "search key (search keys are train fields)"))
+            if not isinstance(dist, BaseDistribution):
+                raise TlkitError(f"search[{key!r}] must be an optuna distribution (e.g. FloatDistribution(1e-4, "
+                                 f"1e-2, log=True)) but got {dist!r}.")
+
+
+# --- type checking -----------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any, path: str) -> Any:
+    """Return ``value`` (ints widened to float where a float is wanted) or raise naming ``path``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(value, option, path)
+            except TlkitError as err:
+                errors.append(err)
+        raise TlkitError(f"{path} must be {_type_name(tp)} but got {value!r}.")
+    if tp is type(None):
+        if value is not None:
+            raise TlkitError(f"{path} must be None but got {value!r}.")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TlkitError(f"{path} must be a list but got {value!r}.")
+        (item_tp,) = typing.get_args(tp)
+        return [_check_value(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TlkitError(f"{path} must be a dict but got {value!r}.")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_check_value(k, key_tp, path): _check_value(v, value_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise TlkitError(f"{path} must be int but got {value!r}.")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise TlkitError(f"{path} must be {_type_name(tp)} but got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def check_types(obj: Any, prefix: str = "") -> None:
+    """Check (and widen) every field of a dataclass tree against its annotation."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        path = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_types(value, prefix=f"{path}.")
+            continue
+        setattr(obj, f.name, _check_value(value, hints[f.name], path))
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Run an experiment file and return its ``experiment`` (or ``get_experiment()``).
+
+    Errors in the file are reported as ``file:line: message`` so the user can jump straight to it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TlkitError(f"Experiment file {str(path)!r} does not exist. HINT: pass the path of a Python file "
+                         f"that defines `experiment = Experiment(...)`, e.g. experiments/digits.py.")
+    module_name = f"tlkit_experiment_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+        exp = module.get_experiment() if hasattr(module, "get_experiment") else getattr(module, "experiment", None)
+    except SyntaxError as err:
+        raise TlkitError(f"{path}:{err.lineno}: syntax error: {err.msg}. HINT: fix the line and run again.") from None
+    except TlkitError as err:
+        raise TlkitError(f"{path}:{_line_in(path, err)}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - any error in user code is reported, with its line
+        raise TlkitError(f"{path}:{_line_in(path, err)}: {type(err).__name__}: {_explain(err)}") from None
+    if not isinstance(exp, Experiment):
+        raise TlkitError(f"{path} defines no `experiment = Experiment(...)` nor `get_experiment()` "
+                         f"(found {type(exp).__name__}). HINT: see experiments/digits.py for the shape.")
+    if not exp.name:
+        exp.name = path.stem
+    return exp
+
+
+def _line_in(path: Path, err: BaseException) -> int | str:
+    """The line of ``path`` where ``err`` was raised (the innermost frame in that file)."""
+    line: int | str = "?"
+    for frame in traceback.extract_tb(err.__traceback__):
+        if Path(frame.filename).resolve() == path.resolve():
+            line = frame.lineno
+    return line
+
+
+def _explain(err: Exception) -> str:
+    """Turn ``Train.__init__() got an unexpected keyword argument 'epoch'`` into a did-you-mean message."""
+    text = str(err)
+    if isinstance(err, TypeError) and "unexpected keyword argument" in text:
+        cls_name = text.split(".")[0].split("(")[0]
+        key = text.rsplit("'", 2)[-2]
+        cls = {c.__name__: c for c in (Data, Train, Source, Experiment)}.get(cls_name)
+        if cls is not None:
+            return did_you_mean(key, [f.name for f in dataclasses.fields(cls)], f"{cls_name} field")
+    return text
+
+
+# --- overrides ---------------------------------------------------------------------------------------------------
+
+def _parse_literal(text: str) -> Any:
+    """A Python literal, or the bare text as a string (so ``--set train.optimizer=sgd`` works unquoted)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _paths(obj: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(value):
+            out += _paths(value, prefix + f.name + ".")
+        elif f.name == "search":
+            out += [f"{prefix}search.{k}" for k in value]
+    return out
+
+
+def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
+    """Apply ``KEY=VALUE`` overrides (``train.lr=3e-4``, ``backbones='["test_vit"]'``) and re-check every type.
+
+    Values are Python literals parsed with ``ast.literal_eval`` (never ``eval``); a bare word is a string.
+    ``search.lr=[1e-5, 1e-3]`` sets a searched range (keeping its log scale); a list of choices sets a categorical.
+    """
+    exp = _copy(exp)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise TlkitError(f"Bad --set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4.")
+        value = _parse_literal(raw.strip())
+        *parents, leaf = key.split(".")
+        target: Any = exp
+        for part in parents:
+            if part == "source" and target is exp and exp.source is None:
+                raise TlkitError(f"Bad --set {item!r}: this experiment has no source task to override.")
+            target = getattr(target, part, None) if dataclasses.is_dataclass(target) else None
+            if target is None:
+                break
+        if isinstance(target, dict) and parents[-1:] == ["search"]:
+            if leaf not in target:
+                raise TlkitError(f"Bad --set {item!r}: " + did_you_mean(key, _paths(exp), "key"))
+            target[leaf] = _distribution_like(target[leaf], value, key)
+            continue
+        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
+            raise TlkitError(f"Bad --set {item!r}: " + did_you_mean(key, _paths(exp), "key"))
+        hints = typing.get_type_hints(type(target))
+        try:
+            setattr(target, leaf, _check_value(value, hints[leaf], key))
+        except TlkitError as err:
+            raise TlkitError(f"Bad --set {item!r}: {err}") from None
+    _revalidate(exp)
+    return exp
+
+
+def _distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistribution:
+    if isinstance(old, (FloatDistribution, IntDistribution)):
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise TlkitError(f"Bad --set {key}: a searched range is [low, high], e.g. --set {key}=[1e-4,1e-2], "
+                             f"but got {value!r}.")
+        low, high = value
+        try:
+            if isinstance(old, IntDistribution):
+                return IntDistribution(int(low), int(high), log=old.log)
+            return FloatDistribution(float(low), float(high), log=old.log)
+        except ValueError as err:
+            raise TlkitError(f"Bad --set {key}: {err}") from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TlkitError(f"Bad --set {key}: categorical choices are a list, e.g. [32, 64], but got {value!r}.")
+    return CategoricalDistribution(list(value))
+
+
+def _copy(exp: Experiment) -> Experiment:
+    import copy
+    return copy.deepcopy(exp)
+
+
+def _revalidate(exp: Experiment) -> None:
+    """Re-run every ``__post_init__`` check after overrides changed fields in place."""
+    for obj in (exp.data, exp.train, exp.source.data if exp.source else None, exp.source.train if exp.source else None):
+        if obj is not None:
+            obj.__post_init__()
+    exp.__post_init__()
+
+
+# --- serialising -------------------------------------------------------------------------------------------------
+
+def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
+    """A JSON-ready dict of the resolved experiment (distributions as Optuna's own JSON)."""
+    out = dataclasses.asdict(exp)
+    out["search"] = {k: json.loads(distribution_to_json(v)) for k, v in exp.search.items()}
+    return out
+
+
+# Fields that do not change what a trial computes: a study may grow or move without being a different study.
+_NOT_IDENTITY = {"trials", "name", "data.root", "data.download", "source.data.root", "source.data.download",
+                 "train.device", "train.keep_checkpoints", "weights"}
+
+
+def identity(exp: Experiment) -> dict[str, Any]:
+    """The flattened fields that make two runs comparable; a change to any of them means a new study."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and path != "search" and not path.endswith("search"):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else k)
+        elif path not in _NOT_IDENTITY:
+            flat[path] = value
+
+    walk(experiment_to_dict(exp), "")
+    return flat
+
+
+def fingerprint(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,79 @@
+"""Each cell's best trial: its test score (computed once, never used for selection) and a model one call away.
+
+``load_best("results/digits", backbone="test_resnet", strategy="last_n")`` rebuilds the timm model with the right
+head, loads the best weights and returns it in eval mode, with its preprocessing attached.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from safetensors.torch import load_file
+
+from tlkit.backbones import create_backbone, preprocessing
+from tlkit.checkpoint import atomic_write, write_json
+from tlkit.errors import TlkitError
+from tlkit.study import Cell
+from tlkit.train import evaluate
+from tlkit.trial import SweepRun, trial_folder
+
+__all__ = ["evaluate_best", "load_best"]
+
+log = logging.getLogger("tlkit")
+
+
+def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, Any] | None:
+    """Score the cell's best trial on the test split and export its model (skipped if already done)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None  # no completed trial
+    done = study.user_attrs.get("best_test")
+    export_dir = run.out / "best" / cell.folder
+    if done and done["trial"] == best.number and (export_dir / "model.safetensors").is_file():
+        return done
+    weights = trial_folder(run.out, cell, best.user_attrs.get("run", best.number)) / "best.safetensors"
+    if not weights.is_file():
+        log.warning("best trial %d of %s/%s has no weights here (%s); run the report on the machine that ran it",
+                    best.number, cell.backbone, cell.strategy, weights)
+        return None
+    model = create_backbone(cell.backbone, run.splits.num_classes)
+    model.load_state_dict(load_file(str(weights)))
+    prep = preprocessing(model)
+    test_loss, test_metric = evaluate(model, run.splits.test, metric=run.exp.metric,
+                                      batch_size=run.exp.train.batch_size, device=run.device, **prep)
+    result = {"trial": best.number, "val_metric": best.value, "test_metric": test_metric, "test_loss": test_loss}
+    atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
+    write_json(export_dir / "model.json", {
+        "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
+        "classes": run.splits.train.classes, "image_size": run.exp.train.image_size, **prep,
+        "params": best.params, "metric": run.exp.metric, **result})
+    study.set_user_attr("best_test", result)
+    return result
+
+
+def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Module:
+    """The best model of a cell, ready for inference (eval mode).
+
+    The returned module has ``tlkit_info`` with what it needs: classes, image size, mean and std (inputs are
+    RGB in [0, 1], resized to ``image_size``, normalised with ``mean``/``std``).
+
+    Example:
+        model = tlkit.load_best("results/digits", backbone="test_resnet", strategy="last_n")
+    """
+    folder = Path(results) / "best" / Cell(backbone, strategy).folder
+    meta_path = folder / "model.json"
+    if not meta_path.is_file():
+        available = sorted(str(p.parent.relative_to(Path(results) / "best"))
+                           for p in (Path(results) / "best").glob("*/*/model.json"))
+        raise TlkitError(f"No exported best model for {backbone}/{strategy} under {results}. Available: "
+                         f"{', '.join(available) or 'none (has the sweep finished a trial?)'}.")
+    info = json.loads(meta_path.read_text())
+    model = create_backbone(info["backbone"], info["num_classes"])
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.tlkit_info = info
+    return model.eval()

@@ -1,0 +1,12 @@
+"""Freezing strategies as plugins: ``@register_strategy`` on a small class, one file each.
+
+Third-party packages add strategies through the ``tlkit.strategies`` entry-point group; an experiment file can
+register its own with the same decorator.
+"""
+from tlkit.strategies._registry import create_strategy, get_strategy, list_strategies, register_strategy
+from tlkit.strategies.base import Strategy
+
+# Built-ins, imported explicitly so `ls tlkit/strategies` is the list.
+from tlkit.strategies import bitfit, from_scratch, full_finetune, gradual, last_n, layer_decay, linear_probe, lp_ft  # noqa: E402,F401,I001
+
+__all__ = ["Strategy", "register_strategy", "list_strategies", "get_strategy", "create_strategy"]

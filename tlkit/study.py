@@ -1,0 +1,167 @@
+"""The Optuna side of a sweep: one storage, one study per (backbone, strategy) cell, and no lost trials.
+
+Each cell is its own study (same budget, same sampler seed, same data split) so a sampler that likes one cell cannot
+starve another. Trials left RUNNING by a dead process are failed and re-queued with the same parameters by Optuna's
+heartbeat machinery (``RetryHeartbeatStaleTrialCallback``); on the same machine a dead worker is recognised at
+once by its process id, so a restarted sweep resumes immediately instead of waiting out the grace period.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from tlkit.errors import TlkitError
+from tlkit.experiment import Experiment, identity
+
+__all__ = ["Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count",
+           "take_up_dead_local_trials", "worker_id", "retried_from", "cell_studies", "HEARTBEAT_S"]
+
+HEARTBEAT_S = 30
+GRACE_S = 90
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One comparison cell: a backbone under a strategy."""
+
+    backbone: str
+    strategy: str
+
+    def study_name(self, study: str) -> str:
+        return f"{study}/{self.backbone}/{self.strategy}"
+
+    @property
+    def folder(self) -> Path:
+        """``resnet18.a1_in1k/last_n``: browsable, and safe for hub names with ``/`` or ``:``."""
+        return Path(self.backbone.replace("/", "_").replace(":", "_")) / self.strategy
+
+
+def cells(exp: Experiment) -> list[Cell]:
+    return [Cell(b, s) for b in exp.backbones for s in exp.strategies]
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats on: SQLite for one machine, PostgreSQL for many workers."""
+    try:
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              inherit_intermediate_values=True),
+                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
+        raise TlkitError(f"Cannot open the study storage {url!r} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}). HINT: check the URL, that the database server is "
+                         f"running, and for PostgreSQL that psycopg2 is installed (pip install 'tlkit[postgres]').") \
+            from None
+
+
+def cell_studies(storage: RDBStorage | str, study: str) -> dict[str, Any]:
+    """Existing studies of this sweep, by name."""
+    return {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+            if s.study_name.startswith(f"{study}/")}
+
+
+def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
+    """Refuse to mix trials of a changed experiment into an existing study; name what changed."""
+    mine = identity(exp)
+    for name, summary in cell_studies(storage, study).items():
+        theirs = summary.user_attrs.get("identity")
+        if theirs is None or theirs == mine:
+            continue
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        shown = "; ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed[:6])
+        raise TlkitError(f"Study {study!r} was run with a different experiment ({shown}"
+                         f"{' ...' if len(changed) > 6 else ''}). Mixing its trials with new ones would make the "
+                         f"comparison meaningless. HINT: start a new study with --study NEW_NAME (or --out), or "
+                         f"delete the old results folder to start over.")
+
+
+def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell) -> optuna.Study:
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if exp.pruner == "median"
+              else optuna.pruners.NopPruner())
+    s = optuna.create_study(storage=storage, study_name=cell.study_name(study), direction="maximize",
+                            load_if_exists=True, pruner=pruner)
+    if "identity" not in s.user_attrs:
+        s.set_user_attr("identity", identity(exp))
+        s.set_user_attr("backbone", cell.backbone)
+        s.set_user_attr("strategy", cell.strategy)
+    return s
+
+
+def reseed_sampler(s: optuna.Study, seed: int, trials: int) -> None:
+    """A sampler seeded by (seed, trials so far): a restarted sweep draws what an uninterrupted one would, never
+    the same startup samples twice."""
+    n = len(s.get_trials(deepcopy=False))
+    s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + n, n_startup_trials=max(2, min(10, trials // 2)))
+
+
+def finished_count(s: optuna.Study) -> int:
+    return len(s.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_id() -> str:
+    """``host:pid:start`` — enough to tell, on this host, whether the worker that owns a trial is alive."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _is_dead_local(worker: str | None) -> bool:
+    if not worker:
+        return False
+    host, pid, start = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False  # another machine's worker: the heartbeat decides
+    if not Path("/proc").is_dir():
+        return False
+    return _start_time(int(pid)) != start or int(pid) == os.getpid()
+
+
+def take_up_dead_local_trials(s: optuna.Study) -> int:
+    """Re-queue (same parameters) trials that cannot finish by themselves: RUNNING ones whose worker process on
+    this host is gone, and ones that failed because the user interrupted the sweep."""
+    storage = s._storage
+    callback = storage.get_heartbeat_stale_trial_callback()
+    taken = 0
+    for t in s.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get("failure_reason", "").startswith("interrupted") and not t.user_attrs.get("requeued"):
+            storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            callback(s, storage.get_trial(t._trial_id))
+            taken += 1
+    for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _is_dead_local(t.user_attrs.get("worker")):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        storage.set_trial_user_attr(t._trial_id, "failure_reason", "worker process died; re-queued")
+        storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        callback(s, storage.get_trial(t._trial_id))
+        taken += 1
+    return taken
+
+
+def retried_from(trial: optuna.Trial) -> int:
+    """The number of the trial this one continues (itself unless it is a re-queued stale trial)."""
+    frozen: FrozenTrial = trial.study._storage.get_trial(trial._trial_id)
+    return frozen.system_attrs.get("failed_trial", trial.number)

@@ -1,0 +1,175 @@
+"""``python -m tlkit.sweep EXPERIMENT``: run every (backbone, strategy) cell of a study, resumably.
+
+Everything that can be wrong with the input (the experiment file, a ``--set``, a backbone or strategy name, the
+data, the pretrained weights, a changed experiment on an existing study) is checked before anything is written
+to the study, so bad input never leaves a half-made study or touches finished work.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import torch
+
+from tlkit.backbones import check_backbone
+from tlkit.checkpoint import write_json
+from tlkit.data import Splits, load_dataset, make_splits
+from tlkit.errors import TlkitError
+from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
+from tlkit.strategies import get_strategy
+from tlkit.study import (cells, check_identity, default_storage, finished_count, open_cell_study, open_storage,
+                         reseed_sampler, take_up_dead_local_trials)
+from tlkit.trial import SweepRun, make_objective
+
+__all__ = ["main", "prepare", "run_sweep"]
+
+log = logging.getLogger("tlkit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tlkit.sweep",
+        description="Run a transfer-learning study: every (backbone, strategy) cell of EXPERIMENT gets its own "
+                    "Optuna study with the same trial budget, data split and sampler seed. Re-running the same "
+                    "command continues the study (finished trials are kept, an interrupted one resumes).")
+    p.add_argument("experiment", help="path of an experiment file (Python defining `experiment = Experiment(...)`)")
+    p.add_argument("--trials", type=int, help="finished trials per cell (overrides the experiment's `trials`)")
+    p.add_argument("--out", type=Path, help="results folder (default: results/<study>)")
+    p.add_argument("--study", help="study name (default: the experiment's name, i.e. its file name)")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for many workers "
+                                     "(default: a SQLite file study.db in the results folder)")
+    p.add_argument("--data-dir", help="where the dataset is (a folder or .zip; overrides data.root)")
+    p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
+                   help="pretrained weights file for a backbone (safetensors or a state dict); repeatable")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override an experiment field with a Python literal, e.g. --set train.lr=3e-4 "
+                        "--set backbones='[\"test_resnet\"]'; repeatable")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the experiment's train.device)")
+    p.add_argument("--quiet", action="store_true", help="no progress display, only errors")
+    return p
+
+
+def resolve_experiment(args: argparse.Namespace) -> Experiment:
+    """The experiment file with command-line overrides applied and re-checked."""
+    exp = load_experiment(args.experiment)
+    overrides = list(args.overrides)
+    if args.trials is not None:
+        overrides.append(f"trials={args.trials}")
+    if args.device:
+        overrides.append(f"train.device={args.device!r}")
+    exp = apply_overrides(exp, overrides)
+    if args.data_dir:
+        exp.data.root = args.data_dir
+        if exp.source is not None and exp.source.data.root is None:
+            exp.source.data.root = args.data_dir
+    for item in args.weights:
+        backbone, sep, path = item.partition("=")
+        if not sep or not path:
+            raise TlkitError(f"Bad --weights {item!r}: expected BACKBONE=PATH, e.g. --weights resnet18=r18.pth.")
+        exp.weights[backbone] = path
+    if args.study:
+        exp.name = args.study
+    return exp
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TlkitError(f"Unknown device {name!r}. HINT: use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TlkitError(f"Device {name!r} asked for, but no CUDA GPU is available. HINT: --device cpu.")
+    return device
+
+
+def prepare(exp: Experiment) -> Splits:
+    """Check names and load the data: everything that can fail on bad input, before the study is touched."""
+    for backbone in exp.backbones:
+        check_backbone(backbone)
+    for strategy in exp.strategies:
+        get_strategy(strategy)
+    train, test = load_dataset(exp.data.name, exp.data.root, exp.data.download)
+    return make_splits(train, test, classes=exp.data.classes, val_fraction=exp.data.val_fraction, seed=exp.seed,
+                       image_size=exp.train.image_size, train_per_class=exp.data.train_per_class,
+                       test_per_class=exp.data.test_per_class)
+
+
+def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
+              callbacks: object | None = None) -> Path:
+    """Run (or continue) every cell of ``exp``; returns the results folder."""
+    from tlkit.export import evaluate_best
+    from tlkit.report import write_tables
+    from tlkit.source import train_source
+    from tlkit.weights import resolve_pretrained
+
+    splits = prepare(exp)
+    device = pick_device(exp.train.device)
+    sqlite_file = out / "study.db"
+    url = storage_url or default_storage(out)
+    if storage_url or sqlite_file.exists():
+        check_identity(open_storage(url), exp.name, exp)
+    pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
+                                        lambda e, bb, p: train_source(e, bb, p, device=device))
+                  for b in exp.backbones if exp.pretrained or exp.source or b in exp.weights}
+    out.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url)
+    check_identity(storage, exp.name, exp)
+    write_json(out / "experiment.json", experiment_to_dict(exp))
+    run = SweepRun(exp, out, splits, pretrained, device)
+    if callbacks is not None:
+        run.callbacks = callbacks
+    all_cells = cells(exp)
+    for i, cell in enumerate(all_cells):
+        study = open_cell_study(storage, exp.name, exp, cell)
+        objective = make_objective(run, cell)
+        while True:
+            take_up_dead_local_trials(study)
+            done = finished_count(study)
+            if done >= exp.trials:
+                break
+            log.info("cell %d/%d %s/%s: trial %d of %d", i + 1, len(all_cells), cell.backbone, cell.strategy,
+                     done + 1, exp.trials)
+            reseed_sampler(study, exp.seed, exp.trials)
+            study.optimize(objective, n_trials=1, catch=())
+        result = evaluate_best(run, study, cell)
+        if result:
+            log.info("cell %s/%s: best val %s %.4f (trial %d), test %.4f", cell.backbone, cell.strategy,
+                     exp.metric, result["val_metric"], result["trial"], result["test_metric"])
+    write_tables(out, storage, exp.name, exp.metric)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[tlkit] %(message)s",
+                        stream=sys.stderr)
+    started = time.perf_counter()
+    try:
+        exp = resolve_experiment(args)
+        out = args.out or Path("results") / exp.name
+        run_sweep(exp, out, args.storage)
+    except TlkitError as err:
+        print(f"tlkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tlkit: interrupted. Finished trials are saved; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    if not args.quiet:
+        import pandas as pd
+        summary = pd.read_csv(out / "summary.csv")
+        print(summary.to_string(index=False, max_colwidth=60))
+        print(f"\nResults in {out}/ ({time.perf_counter() - started:.0f} s). "
+              f"TensorBoard: tensorboard --logdir {out}/tb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
