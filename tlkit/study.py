@@ -104,7 +104,7 @@ def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell
 def reseed_sampler(s: optuna.Study, seed: int, trials: int) -> None:
     """A sampler seeded by (seed, trials so far): a restarted sweep draws what an uninterrupted one would, never
     the same startup samples twice."""
-    n = len(s.get_trials(deepcopy=False))
+    n = sum(1 for t in s.get_trials(deepcopy=False) if not t.user_attrs.get("requeued"))
     s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + n, n_startup_trials=max(2, min(10, trials // 2)))
 
 
