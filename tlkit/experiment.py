@@ -182,13 +182,17 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
     """Return ``value`` (ints widened to float where a float is wanted) or raise naming ``path``."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None
+        if len(options) == 1:  # Optional[X]: report X's own, more precise, error
+            return _check_value(value, options[0], path)
+        for option in options:
             try:
                 return _check_value(value, option, path)
-            except TlkitError as err:
-                errors.append(err)
-        raise TlkitError(f"{path} must be {_type_name(tp)} but got {value!r}.")
+            except TlkitError:
+                pass
+        raise TlkitError(f"{path} must be one of {', '.join(map(_type_name, options))} but got {value!r}.")
     if tp is type(None):
         if value is not None:
             raise TlkitError(f"{path} must be None but got {value!r}.")

@@ -1,0 +1,119 @@
+"""Experiment files load by path, report errors at file:line, and take typed ``--set`` overrides."""
+from __future__ import annotations
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from tlkit.errors import TlkitError
+from tlkit.experiment import Experiment, Train, apply_overrides, experiment_to_dict, identity, load_experiment
+from tlkit.testing import write_experiment
+
+
+@pytest.fixture
+def exp(tmp_path) -> Experiment:
+    return load_experiment(write_experiment(tmp_path, name="tiny"))
+
+
+def test_loads_by_path_and_names_the_study_after_the_file(exp):
+    assert exp.name == "tiny"
+    assert exp.backbones == ["test_resnet"]
+    assert exp.train.epochs == 2
+    assert isinstance(exp.search["lr"], FloatDistribution)
+
+
+def test_get_experiment_function_is_accepted(tmp_path):
+    path = tmp_path / "fn.py"
+    path.write_text("from tlkit import Experiment\n\ndef get_experiment():\n"
+                    "    return Experiment(backbones=['test_vit'], strategies=['bitfit'], name='named')\n")
+    exp = load_experiment(path)
+    assert exp.name == "named" and exp.strategies == ["bitfit"]
+
+
+def test_syntax_error_reports_file_and_line(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("from tlkit import Experiment\n\nexperiment = Experiment(\n    backbones=['a'],,\n)\n")
+    with pytest.raises(TlkitError, match=r"broken\.py:4: syntax error"):
+        load_experiment(path)
+
+
+def test_unknown_field_says_did_you_mean_with_the_line(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("from tlkit import Experiment, Train\n\nexperiment = Experiment(\n    backbones=['test_vit'],\n"
+                    "    strategies=['bitfit'],\n    train=Train(epoch=3),\n)\n")
+    with pytest.raises(TlkitError, match=r"typo\.py:6: .*Unknown Train field 'epoch'\. Did you mean 'epochs'\?"):
+        load_experiment(path)
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    path = write_experiment(tmp_path, trials="3")
+    with pytest.raises(TlkitError, match=r"trials must be int but got '3'"):
+        load_experiment(path)
+    path = write_experiment(tmp_path, data={"classes": [1, "two"]})
+    with pytest.raises(TlkitError, match=r"classes\[1\] must be int but got 'two'"):
+        load_experiment(path)
+
+
+def test_missing_file_and_missing_object(tmp_path):
+    with pytest.raises(TlkitError, match="does not exist"):
+        load_experiment(tmp_path / "nope.py")
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(TlkitError, match="defines no `experiment = Experiment"):
+        load_experiment(empty)
+
+
+def test_overrides_are_literals_and_typed(exp):
+    new = apply_overrides(exp, ["train.lr=3e-4", 'backbones=["test_vit", "test_resnet"]', "train.optimizer=sgd",
+                                "train.epochs=7", "train.label_smoothing=0", "data.classes=None"])
+    assert new.train.lr == 3e-4 and new.backbones == ["test_vit", "test_resnet"]
+    assert new.train.optimizer == "sgd" and new.train.epochs == 7
+    assert new.train.label_smoothing == 0.0 and isinstance(new.train.label_smoothing, float)
+    assert new.data.classes is None
+    assert exp.train.lr == Train().lr  # the original is untouched
+
+
+def test_override_never_evaluates_code(exp, tmp_path):
+    marker = tmp_path / "pwned"
+    new = apply_overrides(exp, [f"name=__import__('pathlib').Path('{marker}').touch()"])
+    assert not marker.exists()
+    assert new.name.startswith("__import__")  # taken as a plain string, never run
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1e-3", r"Unknown key 'train\.lrr'\. Did you mean 'train\.lr'"),
+    ("trian.lr=1e-3", r"Unknown key 'trian\.lr'\. Did you mean 'train\.lr'"),
+    ("train.epochs=2.5", r"train\.epochs must be int but got 2\.5"),
+    ("train.epochs=0", r"train\.epochs must be >= 1 but got 0"),
+    ("train.optimizer=adamm", r"Unknown train\.optimizer 'adamm'\. Did you mean 'adamw'"),
+    ("backbones=test_vit", r"backbones must be a list but got 'test_vit'"),
+    ("train.lr", r"expected KEY=VALUE"),
+    ("metric=accuracyy", r"Did you mean 'accuracy'"),
+    ("search.lr=5", r"a searched range is \[low, high\]"),
+    ("search.lrr=[1, 2]", r"Unknown key 'search\.lrr'\. Did you mean 'search\.lr'"),
+])
+def test_bad_overrides_fail_clearly(exp, override, message):
+    with pytest.raises(TlkitError, match=message):
+        apply_overrides(exp, [override])
+
+
+def test_search_overrides_keep_the_kind_of_distribution(exp):
+    new = apply_overrides(exp, ["search.lr=[1e-5, 1e-3]", "search.weight_decay=[1e-6, 0.1]"])
+    assert new.search["lr"] == FloatDistribution(1e-5, 1e-3, log=True)
+    exp.search["batch_size"] = CategoricalDistribution([16, 32])
+    assert apply_overrides(exp, ["search.batch_size=[8, 64]"]).search["batch_size"].choices == (8, 64)
+
+
+def test_search_keys_must_be_train_fields():
+    with pytest.raises(TlkitError, match=r"Unknown search key .*'weight_dekay'. Did you mean 'weight_decay'"):
+        Experiment(backbones=["test_vit"], strategies=["bitfit"],
+                   search={"weight_dekay": FloatDistribution(1e-4, 1e-2)})
+
+
+def test_resolved_experiment_is_json_and_identity_ignores_budget(exp):
+    import json
+
+    as_dict = experiment_to_dict(exp)
+    assert json.loads(json.dumps(as_dict))["search"]["lr"]["name"] == "FloatDistribution"
+    more = apply_overrides(exp, ["trials=9", "data.root='/elsewhere'"])
+    assert identity(more) == identity(exp)
+    assert identity(apply_overrides(exp, ["train.epochs=3"])) != identity(exp)

@@ -1,0 +1,282 @@
+"""Every registered strategy x four timm families: exactly the parameters a strategy says train are the ones that
+change, frozen BatchNorm statistics stay put, per-group learning rates follow the plan, and no autograd graph is
+built through a frozen prefix."""
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tlkit.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data import load_dataset, make_splits
+from tlkit.errors import TlkitError
+from tlkit.experiment import Train
+from tlkit.strategies import Strategy, create_strategy, get_strategy, list_strategies, register_strategy
+from tlkit.strategies import _registry
+from tlkit.train import Callback, Trainer, apply_plan, lr_factor
+
+ARCHS = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"]
+BUILTINS = ["bitfit", "from_scratch", "full_finetune", "gradual", "last_n", "layer_decay", "linear_probe", "lp_ft"]
+EPOCHS = 3
+BASE_LR = 1e-2
+
+
+@pytest.fixture(scope="module")
+def splits():
+    train, test = load_dataset("digits")
+    return make_splits(train, test, classes=[0, 1, 2], val_fraction=0.3, seed=0, image_size=32,
+                       train_per_class=30)
+
+
+class Snapshots(Callback):
+    """Parameters and BN statistics at the end of every epoch, plus each group's learning rate during it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = [self._params(model)]
+        self.stats = [self._stats(model)]
+        self.lrs: list[list[float]] = []
+
+    @staticmethod
+    def _params(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @staticmethod
+    def _stats(model):
+        return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in model.named_modules()
+                if isinstance(m, _BatchNorm) and m.running_mean is not None}
+
+    def on_epoch_end(self, trainer, result):
+        self.params.append(self._params(trainer.model))
+        self.stats.append(self._stats(trainer.model))
+        self.lrs.append(result.lrs)
+
+
+def _pretend_pretrained(model: torch.nn.Module) -> torch.nn.Module:
+    """timm zero-initialises the last BN scale of residual blocks, which makes the branch's gradients exactly zero
+    at random init; pretrained weights have no such zeros, so give every BN scale a non-zero value."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _BatchNorm) and module.weight is not None:
+                module.weight.uniform_(0.5, 1.5)
+    return model
+
+
+def _trainer(arch, strategy_name, splits, **params):
+    torch.manual_seed(0)
+    model = _pretend_pretrained(create_backbone(arch, splits.num_classes))
+    groups = layer_groups(model)
+    strategy = create_strategy(strategy_name, num_groups=len(groups), epochs=EPOCHS, **params)
+    recipe = Train(epochs=EPOCHS, batch_size=16, lr=BASE_LR, weight_decay=0.0, scheduler="constant",
+                   max_batches=2, image_size=32, cache_features=False)
+    snaps = Snapshots(model)
+    trainer = Trainer(model, groups, strategy, splits, recipe, "accuracy", seed=0, callbacks=[snaps],
+                      **preprocessing(model))
+    return trainer, snaps
+
+
+def _params_for(strategy_name: str, num_groups: int) -> dict:
+    # Non-default values so every strategy shows its shape within 3 epochs.
+    return {"last_n": {"n_groups": 2}, "gradual": {"unfreeze_every": 1, "lr_factor": 0.5},
+            "lp_ft": {"probe_fraction": 0.34, "ft_lr_scale": 0.1}}.get(strategy_name, {})
+
+
+def test_registry_lists_builtins():
+    assert set(BUILTINS) <= set(list_strategies())
+    assert list_strategies("l*") == ["last_n", "layer_decay", "linear_probe", "lp_ft"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("strategy_name", BUILTINS)
+def test_exactly_the_planned_parameters_train(arch, strategy_name, splits):
+    probe = create_backbone(arch, splits.num_classes)
+    params = _params_for(strategy_name, len(layer_groups(probe)))
+    trainer, snaps = _trainer(arch, strategy_name, splits, **params)
+    trainer.fit()
+    groups, strategy, model = trainer.groups, trainer.strategy, trainer.model
+    for epoch in range(EPOCHS):
+        scales = strategy.lr_scales(epoch)
+        planned = {n for g, s in zip(groups, scales) for n in g.params if s > 0 and strategy.trains_param(n, g.is_head)}
+        before, after = snaps.params[epoch], snaps.params[epoch + 1]
+        changed = {n for n in before if not torch.equal(before[n], after[n])}
+        assert changed == planned, f"epoch {epoch}: unplanned {changed - planned}, unchanged {planned - changed}"
+        # Per-group learning rates: base x multiplier (constant schedule), 0 for frozen groups.
+        assert snaps.lrs[epoch] == pytest.approx([BASE_LR * s for s in scales])
+        # BatchNorm layers with frozen weights keep their running statistics bit for bit.
+        bn_frozen = {n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.weight is not None
+                     and f"{n}.weight" not in planned}
+        for name, (mean, var) in snaps.stats[epoch + 1].items():
+            old_mean, old_var = snaps.stats[epoch][name]
+            if name in bn_frozen:
+                assert torch.equal(mean, old_mean) and torch.equal(var, old_var), f"frozen BN {name} moved"
+            elif f"{name}.weight" in planned:
+                assert not torch.equal(mean, old_mean), f"training BN {name} kept its statistics"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradual_unfreezes_one_group_per_step_from_the_top(arch, splits):
+    trainer, snaps = _trainer(arch, "gradual", splits, unfreeze_every=1, lr_factor=0.5)
+    trainer.fit()
+    n = len(trainer.groups)
+    for epoch in range(EPOCHS):
+        before, after = snaps.params[epoch], snaps.params[epoch + 1]
+        trained = [g.index for g in trainer.groups if any(not torch.equal(before[p], after[p]) for p in g.params)]
+        assert trained == list(range(n - 1 - epoch, n)), f"epoch {epoch}: groups {trained} trained"
+        assert snaps.lrs[epoch][n - 1 - epoch] == pytest.approx(BASE_LR * 0.5 ** epoch)
+
+
+def test_newly_unfrozen_groups_follow_the_schedule(splits):
+    """The bug users hit elsewhere: a group unfrozen late starts at the full base rate instead of where the cosine
+    schedule stands. Here it joins at base x multiplier x the current schedule factor."""
+    torch.manual_seed(0)
+    model = _pretend_pretrained(create_backbone("test_resnet", splits.num_classes))
+    groups = layer_groups(model)
+    strategy = create_strategy("gradual", num_groups=len(groups), epochs=4, unfreeze_every=2, lr_factor=1.0)
+    recipe = Train(epochs=4, batch_size=16, lr=BASE_LR, scheduler="cosine", max_batches=3, image_size=32)
+    snaps = Snapshots(model)
+    trainer = Trainer(model, groups, strategy, splits, recipe, "accuracy", seed=0, callbacks=[snaps],
+                      **preprocessing(model))
+    trainer.fit()
+    steps = trainer.steps_per_epoch
+    unfreeze_lr = snaps.lrs[2][len(groups) - 2]  # the group below the head joins at epoch 2
+    assert unfreeze_lr == pytest.approx(BASE_LR * lr_factor(2 * steps, 4 * steps, 0, "cosine"))
+    assert unfreeze_lr < BASE_LR * 0.6
+    # ... and at the end of training every group has decayed together with the head.
+    final = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert max(final) < BASE_LR * 0.05 and final[-2] == pytest.approx(final[-1])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_frozen_prefix_builds_no_autograd_graph(arch, splits):
+    """With only the head training, a forward pass saves the head's tensors for backward and nothing else."""
+    model = create_backbone(arch, splits.num_classes)
+    groups = layer_groups(model)
+    x = torch.randn(4, 3, 32, 32)
+
+    def saved_tensors(strategy_name):
+        strategy = create_strategy(strategy_name, num_groups=len(groups), epochs=1)
+        apply_plan(model, groups, strategy.lr_scales(0), strategy)
+        count = 0
+
+        def pack(t):
+            nonlocal count
+            count += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x).sum().backward()
+        return count
+
+    full = saved_tensors("full_finetune")
+    probe = saved_tensors("linear_probe")
+    assert probe <= 3 < full, (probe, full)
+    last_two = create_strategy("last_n", num_groups=len(groups), epochs=1, n_groups=1)
+    apply_plan(model, groups, last_two.lr_scales(0), last_two)
+    count = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: count.append(1) or t, lambda t: t):
+        model(x).sum().backward()
+    assert probe < len(count) < full
+
+
+def test_linear_probe_caches_features_and_matches_the_uncached_run(splits):
+    """The cached path (backbone run once per trial) trains the head to the same result as the per-epoch path."""
+    results = {}
+    for cache in (True, False):
+        torch.manual_seed(0)
+        model = create_backbone("test_resnet", splits.num_classes)
+        groups = layer_groups(model)
+        strategy = create_strategy("linear_probe", num_groups=len(groups), epochs=2)
+        recipe = Train(epochs=2, batch_size=16, lr=BASE_LR, augment=[], image_size=32, cache_features=cache)
+        trainer = Trainer(model, groups, strategy, splits, recipe, "accuracy", seed=0, **preprocessing(model))
+        history = trainer.fit()
+        results[cache] = (history, model.get_classifier().weight.detach().clone())
+    assert all(r.features_cached for r in results[True][0])
+    assert not any(r.features_cached for r in results[False][0])
+    assert torch.allclose(results[True][1], results[False][1], atol=1e-5)
+    assert results[True][0][-1].val_metric == pytest.approx(results[False][0][-1].val_metric)
+
+
+def test_strategy_arguments_are_checked():
+    with pytest.raises(TlkitError, match=r"n_groups must be in \[0, 5\].*but got 9"):
+        create_strategy("last_n", num_groups=6, epochs=2, n_groups=9)
+    with pytest.raises(TlkitError, match="takes .*unfreeze_every.* but got \\['every'\\]"):
+        create_strategy("gradual", num_groups=6, epochs=2, every=2)
+
+
+def test_unknown_strategy_suggests_the_close_name():
+    with pytest.raises(TlkitError, match=r"Unknown strategy 'lastn'\. Did you mean 'last_n'\? Available: .*linear"):
+        get_strategy("lastn")
+
+
+def test_duplicate_name_is_an_error_but_rerunning_a_file_is_not():
+    @register_strategy("dup_probe_test")
+    class First(Strategy):
+        def lr_scales(self, epoch):
+            return self._frozen_below(self.num_groups - 1)
+
+    try:
+        register_strategy("dup_probe_test")(First)  # the same class again: fine (a re-loaded file)
+        with pytest.raises(TlkitError, match="already registered"):
+            @register_strategy("dup_probe_test")
+            class Second(Strategy):
+                def lr_scales(self, epoch):
+                    return [1.0] * self.num_groups
+    finally:
+        _registry._STRATEGIES.pop("dup_probe_test", None)
+
+
+def test_third_party_strategy_via_entry_point(tmp_path, monkeypatch):
+    pkg = tmp_path / "tlkit_extra_strategy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        from tlkit.strategies import Strategy
+
+        class HeadAndStem(Strategy):
+            def lr_scales(self, epoch):
+                return [1.0] + [0.0] * (self.num_groups - 2) + [1.0]
+    """))
+    dist = tmp_path / "tlkit_extra_strategy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tlkit-extra-strategy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[tlkit.strategies]\nhead_and_stem = tlkit_extra_strategy:HeadAndStem\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_registry, "_entry_points_loaded", False)
+    try:
+        assert "head_and_stem" in list_strategies()
+        strategy = create_strategy("head_and_stem", num_groups=4, epochs=1)
+        assert strategy.lr_scales(0) == [1.0, 0.0, 0.0, 1.0]
+    finally:
+        _registry._STRATEGIES.pop("head_and_stem", None)
+        sys.modules.pop("tlkit_extra_strategy", None)
+
+
+def test_experiment_file_can_register_its_own_strategy(tmp_path):
+    from tlkit.experiment import load_experiment
+    from tlkit.testing import write_experiment
+
+    prelude = textwrap.dedent("""
+        @register_strategy("top_two_test")
+        class TopTwo(Strategy):
+            def lr_scales(self, epoch):
+                return self._frozen_below(self.num_groups - 3)
+    """)
+    try:
+        exp = load_experiment(write_experiment(tmp_path, strategies=["top_two_test"], prelude=prelude))
+        assert exp.strategies == ["top_two_test"]
+        assert get_strategy("top_two_test")(num_groups=5, epochs=1).lr_scales(0) == [0, 0, 1, 1, 1]
+    finally:
+        _registry._STRATEGIES.pop("top_two_test", None)
+
+
+def test_layer_groups_put_stem_first_and_classifier_last():
+    for arch in ARCHS:
+        model = create_backbone(arch, 7)
+        groups = layer_groups(model)
+        head = {n for n, p in model.named_parameters() if any(p is q for q in model.get_classifier().parameters())}
+        assert groups[-1].is_head and set(groups[-1].params) == head
+        assert sum(len(g.params) for g in groups) == len(list(model.parameters()))
+        assert len(layer_groups(model, coarse=True)) <= len(groups)
+    assert math.isclose(len(layer_groups(create_backbone("test_convnext", 3), coarse=True)), 7)
