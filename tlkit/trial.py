@@ -109,7 +109,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
         run_number = retried_from(trial)
         trial.set_user_attr("worker", worker_id())
         strategy_cls = get_strategy(cell.strategy)
-        pretrained = run.pretrained[cell.backbone] if strategy_cls.pretrained else None
+        pretrained = run.pretrained.get(cell.backbone) if strategy_cls.pretrained else None
         model = build_model(cell.backbone, run.splits.num_classes, pretrained, exp.seed + run_number)
         groups = layer_groups(model, coarse=exp.train.coarse_groups)
         space = {**exp.search, **strategy_cls.search_space(len(groups), exp.train.epochs)}
