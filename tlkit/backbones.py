@@ -41,10 +41,17 @@ def check_backbone(name: str) -> None:
                      + " HINT: any name from timm.list_models() works, with or without a pretrained tag.")
 
 
-def create_backbone(name: str, num_classes: int) -> torch.nn.Module:
+def model_kwargs(name: str, image_size: int | None) -> dict:
+    """timm arguments for the image size: models with a fixed input size (ViTs) are built for it, and timm
+    resamples pretrained position embeddings to match when it loads hub weights."""
+    cfg = timm.models.get_pretrained_cfg(name) if not name.startswith(("hf-hub:", "hf_hub:")) else None
+    return {"img_size": image_size} if image_size and cfg is not None and cfg.fixed_input_size else {}
+
+
+def create_backbone(name: str, num_classes: int, image_size: int | None = None) -> torch.nn.Module:
     """A randomly initialised timm model with a fresh head for ``num_classes``; weights come from tlkit.weights."""
     check_backbone(name)
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs(name, image_size))
 
 
 def _head_param_names(model: torch.nn.Module) -> list[str]:

@@ -24,6 +24,7 @@ __all__ = ["ImageSet", "Splits", "load_dataset", "make_splits", "iterate_batches
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RESIZE_IN_MEMORY_BYTES = 2 << 30
 
 
 @dataclass
@@ -265,7 +266,9 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
                                         stratify=train.labels.numpy())
     splits = Splits(train.subset(np.sort(fit_idx)), train.subset(np.sort(val_idx)), test)
     for s in (splits.train, splits.val, splits.test):
-        s.images = resize_images(s.images, image_size)
+        if len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
+            s.images = resize_images(s.images, image_size)
+        # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
     return splits
 
 
@@ -292,12 +295,14 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
                     shuffle_seed: int | None = None, augment: Sequence[str] = (), padding: int = 4,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     device: torch.device | str = "cpu", max_batches: int | None = None,
-                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    drop_last: bool = False, image_size: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(inputs, labels)`` batches on ``device``.
 
     ``data`` is an ImageSet (uint8 images: augmented, then scaled to [0, 1] and normalised with ``mean``/``std``)
     or a ``(features, labels)`` pair of float tensors passed through as they are. A given ``shuffle_seed`` gives the
     same order and the same augmentation every time, which is what makes resumed trials repeat exactly.
+    Images not already at ``image_size`` are resized per batch, on the device.
     """
     inputs, labels = (data.images, data.labels) if isinstance(data, ImageSet) else data
     n = len(labels)
@@ -315,7 +320,10 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
         if isinstance(data, ImageSet):
             if augment and gen is not None:
                 x = augment_batch(x, augment, padding, gen)
-            x = (x.to(device, non_blocking=True).float() - mean_t) / std_t
+            x = x.to(device, non_blocking=True).float()
+            if image_size is not None and x.shape[-1] != image_size:
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+            x = (x - mean_t) / std_t
         else:
             x = x.to(device, non_blocking=True)
         yield x, y.to(device, non_blocking=True)

@@ -41,11 +41,12 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
         log.warning("best trial %d of %s/%s has no weights here (%s); run the report on the machine that ran it",
                     best.number, cell.backbone, cell.strategy, weights)
         return None
-    model = create_backbone(cell.backbone, run.splits.num_classes)
+    model = create_backbone(cell.backbone, run.splits.num_classes, run.exp.train.image_size)
     model.load_state_dict(load_file(str(weights)))
     prep = preprocessing(model)
     test_loss, test_metric = evaluate(model, run.splits.test, metric=run.exp.metric,
-                                      batch_size=run.exp.train.batch_size, device=run.device, **prep)
+                                      batch_size=run.exp.train.batch_size, device=run.device,
+                                      image_size=run.exp.train.image_size, **prep)
     result = {"trial": best.number, "val_metric": best.value, "test_metric": test_metric, "test_loss": test_loss}
     atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
     write_json(export_dir / "model.json", {
@@ -73,7 +74,7 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
         raise TlkitError(f"No exported best model for {backbone}/{strategy} under {results}. Available: "
                          f"{', '.join(available) or 'none (has the sweep finished a trial?)'}.")
     info = json.loads(meta_path.read_text())
-    model = create_backbone(info["backbone"], info["num_classes"])
+    model = create_backbone(info["backbone"], info["num_classes"], info.get("image_size"))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.tlkit_info = info
     return model.eval()

@@ -54,7 +54,7 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
             if backbone in exp.weights else None)
     log.info("pretraining %s on the source task (%d images, %d classes, %d epochs)", backbone, len(splits.train),
              splits.num_classes, src.train.epochs)
-    model = build_model(backbone, splits.num_classes, base, exp.seed)
+    model = build_model(backbone, splits.num_classes, base, exp.seed, src.train.image_size)
     groups = layer_groups(model, coarse=src.train.coarse_groups)
     strategy = FullFinetune(num_groups=len(groups), epochs=src.train.epochs)
     keep = _KeepBest(backbone)
@@ -63,7 +63,7 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
     trainer.fit()
     model.load_state_dict(keep.state)
     test_loss, test_metric = evaluate(model, splits.test, metric=exp.metric, batch_size=src.train.batch_size,
-                                      device=device, **preprocessing(model))
+                                      device=device, image_size=src.train.image_size, **preprocessing(model))
     save_source(path, model, {"backbone": backbone, "classes": splits.train.classes, "epochs": src.train.epochs,
                               "best_epoch": trainer.best_epoch, f"val_{exp.metric}": trainer.best_metric,
                               f"test_{exp.metric}": test_metric, "seconds": round(time.perf_counter() - started, 1)})

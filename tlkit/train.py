@@ -104,13 +104,13 @@ def _metric(name: str, labels: np.ndarray, preds: np.ndarray) -> float:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, metric: str,
              batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
-             head_only: bool = False, amp: bool = False) -> tuple[float, float]:
+             head_only: bool = False, amp: bool = False, image_size: int | None = None) -> tuple[float, float]:
     """Mean loss and ``metric`` of ``model`` on ``data`` (images, or cached features when ``head_only``)."""
     was_training = model.training
     model.eval()
     forward = model.get_classifier() if head_only else model
     losses, preds, labels = [], [], []
-    for x, y in iterate_batches(data, batch_size * 2, mean=mean, std=std, device=device):
+    for x, y in iterate_batches(data, batch_size * 2, mean=mean, std=std, device=device, image_size=image_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = forward(x).float()
         losses.append(F.cross_entropy(logits, y, reduction="sum").item())
@@ -123,12 +123,12 @@ def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.
 
 @torch.no_grad()
 def _features(model: torch.nn.Module, data: ImageSet, batch_size: int, mean: Sequence[float], std: Sequence[float],
-              device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device, amp: bool, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-logit features of the (frozen, eval-mode) backbone: what the head sees."""
     was_training = model.training
     model.eval()
     feats = []
-    for x, _ in iterate_batches(data, batch_size * 2, mean=mean, std=std, device=device):
+    for x, _ in iterate_batches(data, batch_size * 2, mean=mean, std=std, device=device, image_size=image_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
     model.train(was_training)
@@ -222,14 +222,14 @@ class Trainer:
             for split in ("train", "val"):
                 self._feature_cache[split] = _features(self.model, getattr(self.splits, split),
                                                        self.recipe.batch_size, self.mean, self.std, self.device,
-                                                       self.amp)
+                                                       self.amp, self.recipe.image_size)
         forward = self.model.get_classifier() if cached else self.model
         data = self._feature_cache["train"] if cached else self.splits.train
         start, seen, loss_sum = time.perf_counter(), 0, 0.0
         batches = iterate_batches(data, self.recipe.batch_size, shuffle_seed=self.seed * 100_003 + epoch,
                                   augment=self.recipe.augment, padding=self.recipe.crop_padding, mean=self.mean,
                                   std=self.std, device=self.device, max_batches=self.recipe.max_batches,
-                                  drop_last=True)
+                                  drop_last=True, image_size=self.recipe.image_size)
         for i, (x, y) in enumerate(batches):
             if self.device.type == "cuda" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -249,7 +249,7 @@ class Trainer:
         val = self._feature_cache["val"] if cached else self.splits.val
         val_loss, val_metric = evaluate(self.model, val, metric=self.metric, batch_size=self.recipe.batch_size,
                                         mean=self.mean, std=self.std, device=self.device, head_only=cached,
-                                        amp=self.amp)
+                                        amp=self.amp, image_size=self.recipe.image_size)
         if not (math.isfinite(val_loss) and math.isfinite(val_metric)):
             raise NonFiniteError(f"non-finite validation loss or metric at epoch {epoch}")
         return EpochResult(epoch, loss_sum / max(seen, 1), val_loss, val_metric, lrs, trainable,

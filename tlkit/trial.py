@@ -57,10 +57,11 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")
 
 
-def build_model(backbone: str, num_classes: int, pretrained: Pretrained | None, seed: int) -> torch.nn.Module:
+def build_model(backbone: str, num_classes: int, pretrained: Pretrained | None, seed: int,
+                image_size: int | None = None) -> torch.nn.Module:
     """A fresh model; the new head's random init depends only on ``seed``."""
     torch.manual_seed(seed)
-    model = create_backbone(backbone, num_classes)
+    model = create_backbone(backbone, num_classes, image_size)
     if pretrained is not None and pretrained.state_dict is not None:
         load_into(model, pretrained.state_dict, pretrained.origin)
     return model
@@ -110,7 +111,8 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
         trial.set_user_attr("worker", worker_id())
         strategy_cls = get_strategy(cell.strategy)
         pretrained = run.pretrained.get(cell.backbone) if strategy_cls.pretrained else None
-        model = build_model(cell.backbone, run.splits.num_classes, pretrained, exp.seed + run_number)
+        model = build_model(cell.backbone, run.splits.num_classes, pretrained, exp.seed + run_number,
+                            exp.train.image_size)
         groups = layer_groups(model, coarse=exp.train.coarse_groups)
         space = {**exp.search, **strategy_cls.search_space(len(groups), exp.train.epochs)}
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}

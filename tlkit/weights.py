@@ -15,7 +15,7 @@ from typing import Callable
 import timm
 import torch
 
-from tlkit.backbones import create_backbone, layer_groups
+from tlkit.backbones import create_backbone, layer_groups, model_kwargs
 from tlkit.checkpoint import load_weights, save_weights, write_json
 from tlkit.data import cache_dir
 from tlkit.errors import TlkitError
@@ -54,14 +54,14 @@ def _hub_cache_hint() -> str:
         return f"the torch hub cache ({torch.hub.get_dir()})"
 
 
-def _from_hub(backbone: str, online: bool) -> dict[str, torch.Tensor]:
+def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Tensor]:
     """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable."""
     if not online:
         import huggingface_hub.constants as hf_constants
         os.environ["HF_HUB_OFFLINE"] = "1"
         hf_constants.HF_HUB_OFFLINE = True
     try:
-        return timm.create_model(backbone, pretrained=True).state_dict()
+        return timm.create_model(backbone, pretrained=True, **model_kwargs(backbone, image_size)).state_dict()
     except Exception as err:  # noqa: BLE001 - every failure here has the same remedies
         where = "the hub is unreachable and nothing is cached" if not online else f"loading failed ({err})"
         raise TlkitError(
@@ -135,10 +135,11 @@ def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
     elif backbone in exp.weights:
         pretrained = Pretrained(_check_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
     elif exp.pretrained:
-        pretrained = Pretrained(_from_hub(backbone, hub_reachable()), f"timm hub ({backbone})")
+        pretrained = Pretrained(_from_hub(backbone, hub_reachable(), exp.train.image_size), f"timm hub ({backbone})")
     else:
         return Pretrained(None, "random init (pretrained=False)")
-    load_into(create_backbone(backbone, num_classes), pretrained.state_dict, pretrained.origin)  # fail early
+    model = create_backbone(backbone, num_classes, exp.train.image_size)
+    load_into(model, pretrained.state_dict, pretrained.origin)  # fail early, before any trial
     return pretrained
 
 

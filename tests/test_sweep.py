@@ -1,0 +1,89 @@
+"""A real tiny study through the CLI: the results folder contract, repeatability, and continuing a study."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+
+from tlkit.sweep import main
+from tlkit.testing import write_experiment
+
+
+def _env(tmp_path):
+    return {**os.environ, "TLKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_cli_runs_a_study_end_to_end(tmp_path):
+    exp = write_experiment(tmp_path, name="mini", backbones=["test_resnet", "test_vit"],
+                           strategies=["linear_probe", "last_n"], trials=2)
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(out), "--set", "train.epochs=2"],
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("experiment.json", "study.db", "trials.csv", "summary.csv"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "experiment.json").read_text())["backbones"] == ["test_resnet", "test_vit"]
+
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 8 and set(trials.state) <= {"COMPLETE", "PRUNED"}
+    assert set(zip(trials.backbone, trials.strategy)) == {(b, s) for b in ("test_resnet", "test_vit")
+                                                          for s in ("linear_probe", "last_n")}
+    for column in ("trial", "val_accuracy", "params_lr", "params_weight_decay", "epochs_run", "trainable_params",
+                   "total_params", "wall_time_s"):
+        assert column in trials.columns, column
+    probe = trials[trials.strategy == "linear_probe"]
+    assert (probe.trainable_params < probe.total_params / 100).all()  # only the head trains
+    last_n = trials[trials.strategy == "last_n"]
+    assert last_n.params_n_groups.notna().all() and probe.params_n_groups.isna().all()
+    assert trials.val_accuracy.between(0, 1).all()
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4
+    assert summary.test_accuracy.between(0, 1).all() and summary.best_val_accuracy.notna().all()
+    assert (summary.trials_complete + summary.trials_pruned == 2).all()
+    best = summary.iloc[0]
+    assert json.loads(best.best_params)["lr"] > 0
+    # Each cell is its own Optuna study, all in one storage.
+    names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{out / 'study.db'}")}
+    assert names == {f"mini/{b}/{s}" for b in ("test_resnet", "test_vit") for s in ("linear_probe", "last_n")}
+
+
+def test_same_command_twice_gives_the_same_numbers(tmp_path):
+    exp = write_experiment(tmp_path, strategies=["last_n", "gradual"], trials=2)
+    tables = []
+    for run in ("a", "b"):
+        assert main([str(exp), "--out", str(tmp_path / run), "--quiet"]) == 0
+        tables.append(pd.read_csv(tmp_path / run / "trials.csv"))
+    columns = ["backbone", "strategy", "trial", "state", "val_accuracy", "params_lr", "params_n_groups"]
+    pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+    summaries = [pd.read_csv(tmp_path / run / "summary.csv") for run in ("a", "b")]
+    assert summaries[0].test_accuracy.tolist() == summaries[1].test_accuracy.tolist()
+
+
+def test_rerunning_continues_the_study(tmp_path):
+    exp = write_experiment(tmp_path, trials=1)
+    out = tmp_path / "out"
+    assert main([str(exp), "--out", str(out), "--quiet"]) == 0
+    first = pd.read_csv(out / "trials.csv")
+    assert main([str(exp), "--out", str(out), "--quiet", "--trials", "3"]) == 0
+    more = pd.read_csv(out / "trials.csv")
+    assert len(more) == 3 and more.trial.tolist() == [0, 1, 2]
+    assert more.iloc[0].val_accuracy == first.iloc[0].val_accuracy  # trial 0 kept, not re-run
+    assert more.params_lr.nunique() == 3  # new trials sample new values
+    assert main([str(exp), "--out", str(out), "--quiet", "--trials", "3"]) == 0  # nothing left to do
+    assert len(pd.read_csv(out / "trials.csv")) == 3
+
+
+def test_defaults_study_name_and_out_folder(tmp_path, monkeypatch):
+    exp = write_experiment(tmp_path / "exps", name="named_study")
+    monkeypatch.chdir(tmp_path)
+    assert main([str(exp), "--quiet"]) == 0
+    assert (tmp_path / "results" / "named_study" / "summary.csv").is_file()
+    assert main([str(exp), "--quiet", "--study", "other"]) == 0
+    assert (tmp_path / "results" / "other" / "study.db").is_file()
