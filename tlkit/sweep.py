@@ -21,6 +21,7 @@ from tlkit.checkpoint import write_json
 from tlkit.data import Splits, load_dataset, make_splits
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
+from tlkit.progress import SweepProgress
 from tlkit.strategies import get_strategy
 from tlkit.study import (cells, check_identity, default_storage, finished_count, open_cell_study, open_storage,
                          reseed_sampler, take_up_dead_local_trials)
@@ -102,10 +103,14 @@ def prepare(exp: Experiment) -> Splits:
 
 
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
-              callbacks: object | None = None) -> Path:
-    """Run (or continue) every cell of ``exp``; returns the results folder."""
+              callbacks: object | None = None, progress: SweepProgress | None = None) -> Path:
+    """Run (or continue) every cell of ``exp``; returns the results folder.
+
+    Every trial logs to TensorBoard (``out/tb``); ``progress`` shows where the sweep stands (default: nothing).
+    """
     from tlkit.export import evaluate_best
-    from tlkit.report import write_tables
+    from tlkit.report import write_report
+    from tlkit.tensorboard import TrialBoards
     from tlkit.source import train_source
     from tlkit.weights import resolve_pretrained
 
@@ -123,38 +128,46 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     check_identity(storage, exp.name, exp)
     write_json(out / "experiment.json", experiment_to_dict(exp))
     run = SweepRun(exp, out, splits, pretrained, device)
-    if callbacks is not None:
-        run.callbacks = callbacks
+    extra = callbacks if callbacks is not None else run.callbacks
+    boards = TrialBoards(out / "tb", exp.metric)
+    progress = progress or SweepProgress("off")
+    run.callbacks = lambda cell, n, params: [boards(cell, n, params), *progress.callbacks(), *extra(cell, n, params)]
     all_cells = cells(exp)
+    progress.start(len(all_cells), exp.trials, exp.train.epochs, exp.metric)
     for i, cell in enumerate(all_cells):
         study = open_cell_study(storage, exp.name, exp, cell)
         objective = make_objective(run, cell)
         while True:
             take_up_dead_local_trials(study)
             done = finished_count(study)
+            progress.update(i, cell, study)
             if done >= exp.trials:
                 break
             log.info("cell %d/%d %s/%s: trial %d of %d", i + 1, len(all_cells), cell.backbone, cell.strategy,
                      done + 1, exp.trials)
             reseed_sampler(study, exp.seed, exp.trials)
-            study.optimize(objective, n_trials=1, catch=())
+            try:
+                study.optimize(objective, n_trials=1, catch=())
+            finally:
+                boards.close()
         result = evaluate_best(run, study, cell)
         if result:
             log.info("cell %s/%s: best val %s %.4f (trial %d), test %.4f", cell.backbone, cell.strategy,
                      exp.metric, result["val_metric"], result["trial"], result["test_metric"])
-    write_tables(out, storage, exp.name, exp.metric)
+    write_report(out, storage, exp.name, exp.metric)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    progress = SweepProgress.for_stderr(quiet=args.quiet)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[tlkit] %(message)s",
-                        stream=sys.stderr)
+                        handlers=[progress.log_handler()])
     started = time.perf_counter()
     try:
         exp = resolve_experiment(args)
         out = args.out or Path("results") / exp.name
-        run_sweep(exp, out, args.storage)
+        run_sweep(exp, out, args.storage, progress=progress)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)
         return 2
@@ -162,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tlkit: interrupted. Finished trials are saved; run the same command again to resume.",
               file=sys.stderr)
         return 130
+    finally:
+        progress.close()
     if not args.quiet:
         import pandas as pd
         summary = pd.read_csv(out / "summary.csv")
