@@ -37,7 +37,9 @@ class EpochResult:
     lrs: list[float]
     trainable_params: int
     images_per_s: float
+    """Training throughput of the epoch's optimisation loop."""
     seconds: float
+    """The whole epoch: feature caching, training and validation."""
     features_cached: bool = False
 
     def as_row(self) -> dict[str, Any]:
@@ -214,6 +216,7 @@ class Trainer:
         return self.history
 
     def _run_epoch(self, epoch: int) -> EpochResult:
+        epoch_start = time.perf_counter()
         trainable = self._enter_epoch(epoch)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         set_train_mode(self.model)
@@ -225,7 +228,7 @@ class Trainer:
                                                        self.amp, self.recipe.image_size)
         forward = self.model.get_classifier() if cached else self.model
         data = self._feature_cache["train"] if cached else self.splits.train
-        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=self.device)
         batches = iterate_batches(data, self.recipe.batch_size, shuffle_seed=self.seed * 100_003 + epoch,
                                   augment=self.recipe.augment, padding=self.recipe.crop_padding, mean=self.mean,
                                   std=self.std, device=self.device, max_batches=self.recipe.max_batches,
@@ -235,25 +238,27 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = F.cross_entropy(forward(x).float(), y, label_smoothing=self.recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss.detach() * len(y)  # summed on the device: no host sync per step
             seen += len(y)
             for cb in self.callbacks:
                 cb.on_batch_end(self, i, self.steps_per_epoch)
-        seconds = time.perf_counter() - start
+        train_loss = loss_sum.item() / max(seen, 1)
+        train_seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise NonFiniteError(f"non-finite training loss ({train_loss}) in epoch {epoch}")
         val = self._feature_cache["val"] if cached else self.splits.val
         val_loss, val_metric = evaluate(self.model, val, metric=self.metric, batch_size=self.recipe.batch_size,
                                         mean=self.mean, std=self.std, device=self.device, head_only=cached,
                                         amp=self.amp, image_size=self.recipe.image_size)
         if not (math.isfinite(val_loss) and math.isfinite(val_metric)):
             raise NonFiniteError(f"non-finite validation loss or metric at epoch {epoch}")
-        return EpochResult(epoch, loss_sum / max(seen, 1), val_loss, val_metric, lrs, trainable,
-                           seen / seconds if seconds > 0 else 0.0, seconds, cached)
+        return EpochResult(epoch, train_loss, val_loss, val_metric, lrs, trainable,
+                           seen / train_seconds if train_seconds > 0 else 0.0, time.perf_counter() - epoch_start,
+                           cached)
 
     def state_dict(self) -> dict[str, Any]:
         """The resumable state, as plain data (weights are saved separately, as safetensors)."""
