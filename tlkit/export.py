@@ -43,6 +43,7 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
         return None
     model = create_backbone(cell.backbone, run.splits.num_classes, run.exp.train.image_size)
     model.load_state_dict(load_file(str(weights)))
+    model.to(run.device)
     prep = preprocessing(model)
     test_loss, test_metric = evaluate(model, run.splits.test, metric=run.exp.metric,
                                       batch_size=run.exp.train.batch_size, device=run.device,
