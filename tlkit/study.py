@@ -7,8 +7,10 @@ once by its process id, so a restarted sweep resumes immediately instead of wait
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, identity
 
 __all__ = ["Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count",
-           "take_up_dead_local_trials", "worker_id", "retried_from", "cell_studies", "HEARTBEAT_S"]
+           "take_up_dead_local_trials", "requeue", "worker_id", "run_of", "cell_studies", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 30
 GRACE_S = 90
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+ATTEMPT_ATTRS = ("worker", "failure_reason", "pruned_reason", "resumed_from_trial", "resumed_from_epoch")
+"""User attributes that describe one attempt at a trial; a retry starts without them."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -54,13 +58,29 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats on: SQLite for one machine, PostgreSQL for many workers."""
+class _Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry (same parameters, reported epochs kept), without the dead attempt's notes: a retry that
+    inherited ``failure_reason`` would show a completed trial as failed."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        super().__call__(study, trial)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats on: SQLite for one machine, PostgreSQL for many workers.
+
+    A trial whose heartbeat is older than ``grace_period`` seconds (default ``GRACE_S``) is failed and re-queued by
+    the next worker that starts a trial; tests pass a few seconds.
+    """
     try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              inherit_intermediate_values=True),
-                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; the warning only adds noise
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=heartbeat_interval or HEARTBEAT_S,
+                              grace_period=grace_period or GRACE_S,
+                              heartbeat_stale_trial_callback=_Retry(inherit_intermediate_values=True),
+                              engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
         raise TlkitError(f"Cannot open the study storage {url!r} ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200]}). HINT: check the URL, that the database server is "
@@ -104,7 +124,7 @@ def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell
 def reseed_sampler(s: optuna.Study, seed: int, trials: int) -> None:
     """A sampler seeded by (seed, trials so far): a restarted sweep draws what an uninterrupted one would, never
     the same startup samples twice."""
-    n = sum(1 for t in s.get_trials(deepcopy=False) if not t.user_attrs.get("requeued"))
+    n = sum(1 for t in s.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs)
     s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + n, n_startup_trials=max(2, min(10, trials // 2)))
 
 
@@ -135,33 +155,43 @@ def _is_dead_local(worker: str | None) -> bool:
     return _start_time(int(pid)) != start or int(pid) == os.getpid()
 
 
+def requeue(s: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a retry of ``trial``: same parameters, same folder (so it resumes from its checkpoint)."""
+    s._storage.get_heartbeat_stale_trial_callback()(s, trial)
+
+
 def take_up_dead_local_trials(s: optuna.Study) -> int:
-    """Re-queue (same parameters) trials that cannot finish by themselves: RUNNING ones whose worker process on
-    this host is gone, and ones that failed because the user interrupted the sweep."""
+    """Fail and re-queue (same parameters) RUNNING trials whose worker process on this host is gone.
+
+    Optuna's heartbeat does the same for any worker, but only after the grace period; the process id tells at once.
+    The trial's state change is the lock: of several workers starting together, only one re-queues it.
+    """
     storage = s._storage
-    callback = storage.get_heartbeat_stale_trial_callback()
     taken = 0
-    for t in s.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("failure_reason", "").startswith("interrupted") and not t.user_attrs.get("requeued"):
-            storage.set_trial_user_attr(t._trial_id, "requeued", True)
-            callback(s, storage.get_trial(t._trial_id))
-            taken += 1
     for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _is_dead_local(t.user_attrs.get("worker")):
             continue
-        try:
+        try:  # notes first: a finished trial can no longer be changed
+            storage.set_trial_user_attr(t._trial_id, "failure_reason", "worker process died; re-queued")
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-        storage.set_trial_user_attr(t._trial_id, "failure_reason", "worker process died; re-queued")
-        storage.set_trial_user_attr(t._trial_id, "requeued", True)
-        callback(s, storage.get_trial(t._trial_id))
+        requeue(s, storage.get_trial(t._trial_id))
         taken += 1
     return taken
 
 
-def retried_from(trial: optuna.Trial) -> int:
-    """The number of the trial this one continues (itself unless it is a re-queued stale trial)."""
+def run_of(trial: optuna.Trial) -> tuple[int, int | None]:
+    """``(run, retried)``: the trial's run, and the number of the dead attempt it continues (None if none).
+
+    A run is one sampled configuration of a cell, numbered 0, 1, ... over first attempts only; a retry continues
+    its run (same folder, same seed). So a study that was killed and resumed numbers and seeds its runs exactly as
+    an uninterrupted one, and computes the same results.
+    """
     frozen: FrozenTrial = trial.study._storage.get_trial(trial._trial_id)
-    return frozen.system_attrs.get("failed_trial", trial.number)
+    first = frozen.system_attrs.get("failed_trial", trial.number)
+    run = sum(1 for t in trial.study.get_trials(deepcopy=False)
+              if t.number < first and "failed_trial" not in t.system_attrs)
+    history = frozen.system_attrs.get("retry_history") or []
+    return run, (history[-1] if history else None)

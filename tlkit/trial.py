@@ -1,11 +1,15 @@
 """One Optuna trial of one cell: sample, build, resume if a checkpoint exists, fit, record.
 
-The trial's folder is ``trials/<backbone>/<strategy>/trial_NNNN`` with NNNN the number of the trial as first asked;
-a trial re-queued after a crash keeps that folder (and its seed), so it continues where the dead one stopped.
+The trial's folder is ``trials/<backbone>/<strategy>/trial_NNNN`` with NNNN its run (the cell's configurations
+numbered in the order first sampled); a trial re-queued after a crash keeps its run's folder and seed, so it continues
+where the dead one stopped.
+While it runs the folder holds the last two epoch checkpoints; once it is finished, ``best.safetensors`` (its best
+epoch's weights), ``trial.json`` (what it ran) and ``outcome.json`` (how it ended).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,11 +25,12 @@ from tlkit.checkpoint import load_latest, prune_epochs, save_epoch, save_weights
 from tlkit.data import Splits
 from tlkit.experiment import Experiment
 from tlkit.strategies import get_strategy
-from tlkit.study import Cell, retried_from, worker_id
+from tlkit.study import Cell, requeue, run_of, worker_id
 from tlkit.train import BN_POLICY, Callback, EpochResult, NonFiniteError, Trainer
 from tlkit.weights import Pretrained, load_into
 
 INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
+OUTCOME = "outcome.json"
 
 __all__ = ["SweepRun", "make_objective", "trial_folder", "suggest", "build_model"]
 
@@ -107,7 +112,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
     exp = run.exp
 
     def objective(trial: optuna.Trial) -> float:
-        run_number = retried_from(trial)
+        run_number, retried = run_of(trial)
         trial.set_user_attr("worker", worker_id())
         strategy_cls = get_strategy(cell.strategy)
         pretrained = run.pretrained.get(cell.backbone) if strategy_cls.pretrained else None
@@ -129,6 +134,12 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
                                            "params": params, "recipe": dataclasses.asdict(recipe),
                                            "groups": [g.name for g in groups], "seed": exp.seed + run_number,
                                            "weights": trial.user_attrs["weights"]})
+        if retried is not None:
+            trial.set_user_attr("resumed_from_trial", retried)
+            outcome = _read_outcome(folder)
+            if outcome is not None:  # the dead attempt had finished; only telling Optuna was left
+                trial.set_user_attr("resumed_from_epoch", trial.user_attrs.get("epochs_run", 0))
+                return _replay(trial, outcome)
         latest = load_latest(folder)
         recorder = Recorder(trial, wall_before=latest[1].get("wall_time", 0.0) if latest else 0.0)
         trainer = Trainer(model, groups, strategy, run.splits, recipe, exp.metric, seed=exp.seed + run_number,
@@ -140,30 +151,49 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
             model.load_state_dict(weights)
             trainer.load_state_dict(state)
             set_rng_state(state["rng"])
+        if latest is not None or retried is not None:
             trial.set_user_attr("resumed_from_epoch", trainer.epoch)
-            if run_number != trial.number:
-                trial.set_user_attr("resumed_from_trial", run_number)
         try:
             trainer.fit()
         except NonFiniteError as err:
-            trial.set_user_attr("pruned_reason", str(err))
-            _drop_epoch_state(exp, folder)
-            raise optuna.TrialPruned(str(err)) from None
-        except optuna.TrialPruned:
-            _drop_epoch_state(exp, folder)
+            _finish(exp, folder, {"state": "PRUNED", "reason": str(err)})
+            return _replay(trial, {"state": "PRUNED", "reason": str(err)})
+        except optuna.TrialPruned as err:
+            _finish(exp, folder, {"state": "PRUNED", "reason": trial.user_attrs.get("pruned_reason", str(err))})
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("failure_reason", INTERRUPTED)
+            requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
             raise
-        _drop_epoch_state(exp, folder)  # a crash (any other exception) keeps them, so a rerun resumes
+        # A crash (any other exception) keeps the epoch state, so a rerun resumes.
         if not math.isfinite(trainer.best_metric):
-            raise optuna.TrialPruned("no finite validation metric")
+            _finish(exp, folder, {"state": "PRUNED", "reason": "no finite validation metric"})
+            return _replay(trial, {"state": "PRUNED", "reason": "no finite validation metric"})
+        _finish(exp, folder, {"state": "COMPLETE", "value": trainer.best_metric})
         return trainer.best_metric
 
     return objective
 
 
-def _drop_epoch_state(exp: Experiment, folder: Path) -> None:
-    """Retention: a finished trial keeps only ``best.safetensors`` unless ``train.keep_checkpoints='all'``."""
+def _finish(exp: Experiment, folder: Path, outcome: dict[str, Any]) -> None:
+    """Record the outcome, then apply retention (only ``best.safetensors`` stays unless
+    ``train.keep_checkpoints='all'``). The outcome is written first: if the process dies before Optuna hears of
+    it, the retry reads it instead of training the trial again from scratch."""
+    write_json(folder / OUTCOME, outcome)
     if exp.train.keep_checkpoints == "best":
         prune_epochs(folder, keep=0)
+
+
+def _read_outcome(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / OUTCOME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _replay(trial: optuna.Trial, outcome: dict[str, Any]) -> float:
+    """Tell Optuna a recorded outcome: the value, or prune with the recorded reason."""
+    if outcome["state"] == "COMPLETE":
+        return outcome["value"]
+    trial.set_user_attr("pruned_reason", outcome["reason"])
+    raise optuna.TrialPruned(outcome["reason"])
