@@ -130,15 +130,15 @@ class SweepProgress:
     def update(self, cell_index: int, cell: Cell, study: optuna.Study) -> None:
         """The sweep looked at ``cell``'s study: count its finished trials (other workers' included), take its best."""
         self.cell_index, self.cell = cell_index, cell
-        self.done = cell_index * self.trials_per_cell + min(finished_count(study), self.trials_per_cell)
+        finished = min(finished_count(study), self.trials_per_cell)
+        self.done = cell_index * self.trials_per_cell + finished
         try:
             value = study.best_value
         except ValueError:
             value = -math.inf  # no completed trial yet
         if math.isfinite(value) and (self.best is None or value > self.best[0]):
             self.best = (value, f"{cell.backbone}/{cell.strategy}")
-        self.epoch = self.epochs if finished_count(study) >= self.trials_per_cell else 0
-        self.batch = 0
+        self.epoch, self.batch = (self.epochs if finished == self.trials_per_cell else 0), 0
         self._refresh()
 
     def callbacks(self) -> list[Callback]:
@@ -200,15 +200,19 @@ class SweepProgress:
     def _best_text(self) -> str:
         return "-" if self.best is None else f"{self.best[0]:.4f} ({self.best[1]})"
 
+    def status(self) -> tuple[str, str]:
+        """The two lines of the display: the sweep, then the current trial."""
+        sweep = (f"{self.done}/{self.total_trials} trials · cell {self.cell_index + 1}/{self.total_cells} · "
+                 f"~{format_duration(self.seconds_left())} left · best {self.metric} {self._best_text()}")
+        where = "done" if self.epoch >= self.epochs else \
+            f"epoch {self.epoch + 1}/{self.epochs} · batch {self.batch}/{self.batches}"
+        cell = f"{self.cell.backbone}/{self.cell.strategy}" if self.cell else "-"
+        return sweep, f"{where} · {cell} trial {self.trial}/{self.trials_per_cell}"
+
     def _refresh(self) -> None:
         if self._live is None or self.cell is None:
             return
-        self._live.update(self._sweep_task, completed=self.done, info=(
-            f"{self.done}/{self.total_trials} trials · cell {self.cell_index + 1}/{self.total_cells} · "
-            f"~{format_duration(self.seconds_left())} left · best {self.metric} {self._best_text()}"))
-        where = "done" if self.epoch >= self.epochs else \
-            f"epoch {self.epoch + 1}/{self.epochs} · batch {self.batch}/{self.batches}"
+        sweep, trial = self.status()
+        self._live.update(self._sweep_task, completed=self.done, info=sweep)
         self._live.update(self._trial_task, total=self.epochs * self.batches,
-                          completed=min(self.epochs, self.epoch) * self.batches + self.batch,
-                          info=f"{where} · {self.cell.backbone}/{self.cell.strategy} trial {self.trial}/"
-                               f"{self.trials_per_cell}")
+                          completed=min(self.epochs, self.epoch) * self.batches + self.batch, info=trial)

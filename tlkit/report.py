@@ -184,18 +184,15 @@ def _short(v: float) -> str:
 
 def _save(fig: Any, path: Path) -> None:
     """PNG without the matplotlib version stamp, so a rebuild is byte-identical."""
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
 def plot_test_by_strategy(summary: pd.DataFrame, metric: str, backbones: list[str], strategies: list[str],
                           path: Path) -> bool:
     """One panel per backbone: test score of each strategy's best trial (bars), its validation score (ticks)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     test, val = f"test_{metric}", f"best_val_{metric}"
     if summary.empty or summary[test].isna().all():
@@ -203,8 +200,8 @@ def plot_test_by_strategy(summary: pd.DataFrame, metric: str, backbones: list[st
     colors = _colors(strategies)
     ncols = min(3, len(backbones))
     nrows = math.ceil(len(backbones) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 0.42 * len(strategies) * nrows + 1.6 * nrows),
-                             squeeze=False, sharex=True)
+    fig = Figure(figsize=(5.2 * ncols, max(3.0, 0.42 * len(strategies) + 1.6) * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     for ax, backbone in zip(axes.flat, backbones):
         cell = summary[summary["backbone"] == backbone].set_index("strategy").reindex(strategies)
         y = list(range(len(strategies)))
@@ -231,7 +228,7 @@ def plot_test_by_strategy(summary: pd.DataFrame, metric: str, backbones: list[st
 def plot_scatter(summary: pd.DataFrame, metric: str, backbones: list[str], strategies: list[str], x: str,
                  what: str, unit: str, path: Path) -> bool:
     """Test score against a cost (trainable parameters, training time): colour = strategy, marker = backbone."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
 
@@ -241,7 +238,8 @@ def plot_scatter(summary: pd.DataFrame, metric: str, backbones: list[str], strat
         return False
     colors = _colors(strategies)
     markers = {b: MARKERS[i % len(MARKERS)] for i, b in enumerate(backbones)}
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig = Figure(figsize=(9, 5.5))
+    ax = fig.subplots()
     for row in data.itertuples(index=False):
         ax.scatter(float(getattr(row, x)), float(getattr(row, test)), s=90, color=colors[row.strategy],
                    marker=markers[row.backbone], edgecolors="black", linewidths=0.6, zorder=3)
@@ -271,7 +269,7 @@ def plot_scatter(summary: pd.DataFrame, metric: str, backbones: list[str], strat
 def plot_learning_curves(summary: pd.DataFrame, history: pd.DataFrame, metric: str, backbones: list[str],
                          strategies: list[str], path: Path) -> bool:
     """Per backbone: validation metric, validation loss and training loss per epoch of each cell's best trial."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
@@ -280,7 +278,8 @@ def plot_learning_curves(summary: pd.DataFrame, history: pd.DataFrame, metric: s
     colors = _colors(strategies)
     panels = [(f"val_{metric}", f"validation {metric}"), ("val_loss", "validation loss"),
               ("train_loss", "training loss")]
-    fig, axes = plt.subplots(len(backbones), 3, figsize=(15, 3.6 * len(backbones)), squeeze=False)
+    fig = Figure(figsize=(15, 3.6 * len(backbones)))
+    axes = fig.subplots(len(backbones), 3, squeeze=False)
     for r, backbone in enumerate(backbones):
         for strategy in strategies:
             best = summary[(summary["backbone"] == backbone) & (summary["strategy"] == strategy)]["best_trial"]
@@ -306,24 +305,32 @@ def plot_learning_curves(summary: pd.DataFrame, history: pd.DataFrame, metric: s
 
 def write_plots(out: Path, summary: pd.DataFrame, history: pd.DataFrame, metric: str,
                 experiment: dict[str, Any]) -> dict[str, bool]:
-    """Every plot of the report; returns which ones had data to draw."""
-    import matplotlib
+    """Every plot of the report; returns which ones had data to draw (a plot without data is removed).
 
-    matplotlib.use("Agg")
-    backbones, strategies = _order(summary, experiment)
-    if not backbones:
-        return {k: False for k in PLOTS}
+    Figures are drawn without pyplot and under matplotlib's default style, so neither the caller's backend nor
+    their style changes the files.
+    """
+    import matplotlib.style
+
     out = Path(out)
-    return {
-        "test_by_strategy": plot_test_by_strategy(summary, metric, backbones, strategies,
-                                                  out / PLOTS["test_by_strategy"]),
-        "accuracy_vs_params": plot_scatter(summary, metric, backbones, strategies, "trainable_params",
-                                           "trainable parameters", "", out / PLOTS["accuracy_vs_params"]),
-        "accuracy_vs_time": plot_scatter(summary, metric, backbones, strategies, "train_time_s", "training time",
-                                         "s", out / PLOTS["accuracy_vs_time"]),
-        "learning_curves": plot_learning_curves(summary, history, metric, backbones, strategies,
-                                                out / PLOTS["learning_curves"]),
-    }
+    backbones, strategies = _order(summary, experiment)
+    drawn = {k: False for k in PLOTS}
+    if backbones:
+        with matplotlib.style.context("default"):
+            drawn = {
+                "test_by_strategy": plot_test_by_strategy(summary, metric, backbones, strategies,
+                                                          out / PLOTS["test_by_strategy"]),
+                "accuracy_vs_params": plot_scatter(summary, metric, backbones, strategies, "trainable_params",
+                                                   "trainable parameters", "", out / PLOTS["accuracy_vs_params"]),
+                "accuracy_vs_time": plot_scatter(summary, metric, backbones, strategies, "train_time_s",
+                                                 "training time", "s", out / PLOTS["accuracy_vs_time"]),
+                "learning_curves": plot_learning_curves(summary, history, metric, backbones, strategies,
+                                                        out / PLOTS["learning_curves"]),
+            }
+    for key, ok in drawn.items():
+        if not ok:
+            (out / PLOTS[key]).unlink(missing_ok=True)
+    return drawn
 
 
 # --------------------------------------------------------------------------------------------------------- markdown
@@ -408,10 +415,9 @@ def report_markdown(study: str, metric: str, summary: pd.DataFrame, experiment: 
             if (b, s) not in cell.index:
                 continue
             r = cell.loc[(b, s)]
-            rows.append([b, s, _num(r["best_trial"], "d"), _num(r[val]), _num(r[test]),
-                         _trainable(r),
-                         _num(r["train_time_s"], ".1f"),
-                         f"{r['trials_complete']}/{r['trials_pruned']}/{r['trials_failed']}", _params(r["best_params"])])
+            rows.append([b, s, _num(r["best_trial"], "d"), _num(r[val]), _num(r[test]), _trainable(r),
+                         _num(r["train_time_s"], ".1f"), f"{r['trials_complete']}/{r['trials_pruned']}/"
+                         f"{r['trials_failed']}", _params(r["best_params"])])
     lines += _table(["backbone", "strategy", "best trial", f"val {metric}", f"test {metric}", "trainable params",
                      "train time (s)", "complete/pruned/failed", "parameters"], rows, left=2, right=8) + [""]
     if plots.get("learning_curves"):
@@ -432,7 +438,7 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     experiment_file = out / "experiment.json"
-    experiment = json.loads(experiment_file.read_text()) if experiment_file.is_file() else {}
+    experiment = json.loads(experiment_file.read_text(encoding="utf-8")) if experiment_file.is_file() else {}
     summary = summary_table(storage, study, metric)
     history = history_table(storage, study, metric)
     write_csv(trials_table(storage, study, metric), out / "trials.csv")
@@ -440,7 +446,7 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     write_csv(summary, out / "summary.csv")
     plots = write_plots(out, summary, history, metric, experiment)
     text = report_markdown(study, metric, summary, experiment, plots)
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 # -------------------------------------------------------------------------------------------------------------- CLI
@@ -467,7 +473,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
         raise TlkitError(f"No experiment.json in {folder}: it does not look like a results folder of "
                          f"`python -m tlkit.sweep`. HINT: pass the folder the sweep wrote (its --out, by default "
                          f"results/<study>).")
-    experiment = json.loads(experiment_file.read_text())
+    experiment = json.loads(experiment_file.read_text(encoding="utf-8"))
     study = args.study or experiment.get("name")
     if not study:
         raise TlkitError(f"{experiment_file} has no study name. HINT: pass --study NAME.")

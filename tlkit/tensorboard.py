@@ -37,7 +37,10 @@ def written_steps(folder: Path) -> set[tuple[str, int]]:
     acc = EventAccumulator(str(folder), size_guidance={SCALARS: 0, TENSORS: 0})
     acc.Reload()
     seen = {(tag, e.step) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)}
-    return seen | {(tag, -1) for tag in acc.PluginTagToContent("hparams")}
+    try:
+        return seen | {(tag, -1) for tag in acc.PluginTagToContent("hparams")}
+    except KeyError:  # the process died before writing its hyperparameters
+        return seen
 
 
 def _hparam(value: Any) -> Any:

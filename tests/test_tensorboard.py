@@ -1,0 +1,187 @@
+"""TensorBoard as a user opens it: one run per trial, its scalars, and the HParams dashboard, read back with
+TensorBoard's own readers; and no duplicate or missing epoch when a trial resumes or is pruned."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from tlkit.experiment import load_experiment
+from tlkit.study import Cell
+from tlkit.sweep import run_sweep
+from tlkit.tensorboard import TensorBoardLogger, run_dir
+from tlkit.testing import write_experiment
+from tlkit.train import EpochResult
+
+STRATEGIES = ["linear_probe", "last_n"]
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLKIT_CACHE", str(tmp_path_factory.getbasetemp() / "tlkit-cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        folder = tmp_path_factory.mktemp("tb")
+        exp = load_experiment(write_experiment(folder, strategies=STRATEGIES, trials=2, pruner="none",
+                                               train={"epochs": EPOCHS}, data={"test_per_class": 10}))
+        return run_sweep(exp, folder / "results")
+
+
+def _stored(results: Path, strategy: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=f"tiny/test_resnet/{strategy}",
+                             storage=f"sqlite:///{results / 'study.db'}").trials
+
+
+def _raw_counts(folder: Path) -> Counter:
+    """(tag, step) -> how many times it was written, over every event file of the run (no dedup, no purge)."""
+    counts: Counter = Counter()
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                counts[(value.tag, event.step)] += 1
+    return counts
+
+
+def test_one_run_per_trial_with_its_scalars(results: Path) -> None:
+    runs = sorted(str(p.parent.relative_to(results / "tb")) for p in (results / "tb").rglob("events.out.tfevents.*"))
+    assert runs == [f"test_resnet/{s}/trial_{n:04d}" for s in sorted(STRATEGIES) for n in (0, 1)]
+    for strategy in STRATEGIES:
+        for trial in _stored(results, strategy):
+            folder = results / "tb" / "test_resnet" / strategy / f"trial_{trial.number:04d}"
+            acc = EventAccumulator(str(folder))
+            acc.Reload()
+            history = trial.user_attrs["history"]
+
+            def values(tag: str) -> list[float]:
+                events = acc.Scalars(tag)
+                assert [e.step for e in events] == list(range(EPOCHS)), tag  # each epoch once, in order
+                return [e.value for e in events]
+
+            assert values("loss/train") == pytest.approx([h["train_loss"] for h in history], rel=1e-6)
+            assert values("loss/val") == pytest.approx([h["val_loss"] for h in history], rel=1e-6)
+            assert values("val/accuracy") == pytest.approx([h["val_metric"] for h in history], rel=1e-6)
+            assert values("params/trainable") == [h["trainable_params"] for h in history]
+            assert values("throughput/images_per_s") == pytest.approx([h["images_per_s"] for h in history], rel=1e-6)
+            assert values("hparams/best_val_accuracy")[-1] == pytest.approx(trial.value, rel=1e-6)
+            lr_tags = sorted(t for t in acc.Tags()["scalars"] if t.startswith("lr/"))
+            assert len(lr_tags) == trial.user_attrs["num_groups"] and lr_tags[-1].endswith("_head")
+            for i, tag in enumerate(lr_tags):
+                assert values(tag) == pytest.approx([h[f"lr_group{i}"] for h in history], rel=1e-6)
+            if strategy == "linear_probe":
+                assert values(lr_tags[0]) == [0.0] * EPOCHS  # frozen stem
+            assert all(n == 1 for n in _raw_counts(folder).values())
+
+
+def test_hparams_dashboard_lists_every_trial(results: Path) -> None:
+    """Through TensorBoard's own HParams backend: what the dashboard's table would show."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    logdir = str(results / "tb")
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(logdir)
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=logdir, data_provider=data_provider.MultiplexerDataProvider(mux, logdir),
+                               multiplexer=mux)
+    backend = backend_context.Context(tb)
+    request_context = context.RequestContext()
+    experiment = get_experiment.Handler(request_context, backend, "", api_pb2.GetExperimentRequest()).run()
+    assert {h.name for h in experiment.hparam_infos} >= {"backbone", "strategy", "lr", "weight_decay", "n_groups"}
+    assert "hparams/best_val_accuracy" in {m.name.tag for m in experiment.metric_infos}
+
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=[
+        api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
+    response = list_session_groups.Handler(request_context, backend, "", request).run()
+    groups = {g.name: g for g in response.session_groups}
+    assert len(groups) == 4
+    for strategy in STRATEGIES:
+        for trial in _stored(results, strategy):
+            group = groups[f"test_resnet/{strategy}/trial_{trial.number:04d}"]
+            assert group.hparams["backbone"].string_value == "test_resnet"
+            assert group.hparams["strategy"].string_value == strategy
+            for name, value in trial.params.items():
+                assert group.hparams[name].number_value == pytest.approx(value), name
+            metrics = {m.name.tag: m.value for m in group.metric_values}
+            assert metrics["hparams/best_val_accuracy"] == pytest.approx(trial.value, rel=1e-6)
+            assert metrics["hparams/epochs_run"] == EPOCHS
+            assert [s.status for s in group.sessions] == [api_pb2.STATUS_SUCCESS]
+
+
+def _epoch(e: int) -> EpochResult:
+    return EpochResult(epoch=e, train_loss=1.0 / (e + 1), val_loss=2.0 / (e + 1), val_metric=0.1 * (e + 1),
+                       lrs=[0.0, 0.01], trainable_params=100, images_per_s=50.0, seconds=1.0)
+
+
+def _trainer(history: list[EpochResult]) -> SimpleNamespace:
+    """What the logger reads from a Trainer: its layer groups, history, and next epoch."""
+    return SimpleNamespace(groups=[SimpleNamespace(name="stem"), SimpleNamespace(name="head")],
+                           history=list(history), epoch=len(history))
+
+
+def test_resumed_trial_writes_each_epoch_once(tmp_path: Path) -> None:
+    cell = Cell("test_resnet", "last_n")
+    first = TensorBoardLogger(tmp_path, cell, 7, {"lr": 0.01}, "accuracy")
+    trainer = _trainer([])
+    first.on_fit_start(trainer)
+    for e in range(3):  # epochs 0..2 logged; the process dies before epoch 2's checkpoint is saved
+        trainer.history.append(_epoch(e))
+        first.on_epoch_end(trainer, trainer.history[-1])
+    first.writer.flush()  # then the process dies: no close, no session end
+
+    resumed = TensorBoardLogger(tmp_path, cell, 7, {"lr": 0.01}, "accuracy")
+    trainer = _trainer([_epoch(0), _epoch(1)])  # the checkpoint of epoch 1: epoch 2 runs again
+    resumed.on_fit_start(trainer)
+    for e in range(2, 5):
+        trainer.history.append(_epoch(e))
+        resumed.on_epoch_end(trainer, trainer.history[-1])
+    resumed.on_fit_end(trainer)
+
+    folder = run_dir(tmp_path, cell, 7)
+    assert folder == tmp_path / "test_resnet" / "last_n" / "trial_0007"
+    counts = _raw_counts(folder)
+    assert {step for tag, step in counts if tag == "loss/train"} == set(range(5))
+    assert all(n == 1 for n in counts.values()), {k: n for k, n in counts.items() if n > 1}
+    assert counts[("_hparams_/session_start_info", 0)] == 1 and counts[("_hparams_/session_end_info", 0)] == 1
+
+
+def test_epochs_a_dead_process_never_logged_are_filled_in(tmp_path: Path) -> None:
+    cell = Cell("test_vit", "gradual")
+    first = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
+    trainer = _trainer([])
+    first.on_fit_start(trainer)
+    trainer.history.append(_epoch(0))
+    first.on_epoch_end(trainer, trainer.history[-1])
+    first.writer.flush()  # epoch 1's checkpoint was saved, but the process died before logging it
+
+    resumed = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
+    trainer = _trainer([_epoch(0), _epoch(1)])
+    resumed.on_fit_start(trainer)  # filled in at once: this process may die too
+    acc = EventAccumulator(str(run_dir(tmp_path, cell, 0)))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("val/accuracy")] == [(0, pytest.approx(0.1)),
+                                                                       (1, pytest.approx(0.2))]
+    assert [e.value for e in acc.Scalars("lr/01_head")] == pytest.approx([0.01, 0.01])
+    resumed.close()
+
+
+def test_pruned_epoch_is_logged_on_close(tmp_path: Path) -> None:
+    """The pruning callback runs before the logger's ``on_epoch_end``; ``close`` logs what it missed."""
+    cell = Cell("test_resnet", "bitfit")
+    logger = TensorBoardLogger(tmp_path, cell, 3, {"lr": 0.1}, "accuracy")
+    trainer = _trainer([])
+    logger.on_fit_start(trainer)
+    trainer.history.append(_epoch(0))
+    logger.on_epoch_end(trainer, trainer.history[-1])
+    trainer.history.append(_epoch(1))  # pruned here: on_epoch_end never called
+    logger.close()
+    logger.close()  # idempotent
+    counts = _raw_counts(run_dir(tmp_path, cell, 3))
+    assert counts[("val/accuracy", 1)] == 1 and counts[("hparams/best_val_accuracy", 1)] == 1
