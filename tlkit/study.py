@@ -101,12 +101,25 @@ def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
         theirs = summary.user_attrs.get("identity")
         if theirs is None or theirs == mine:
             continue
-        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        shown = "; ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed[:6])
+        changed = _changes(theirs, mine)
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:6])
         raise TlkitError(f"Study {study!r} was run with a different experiment ({shown}"
                          f"{' ...' if len(changed) > 6 else ''}). Mixing its trials with new ones would make the "
-                         f"comparison meaningless. HINT: start a new study with --study NEW_NAME (or --out), or "
-                         f"delete the old results folder to start over.")
+                         f"comparison meaningless. HINT: keep it and start a new study in its own folder: --study "
+                         f"NEW_NAME (results go to results/NEW_NAME; if you pass --out, give a new folder too, as "
+                         f"trial folders are per results folder), or delete the old results folder to start over.")
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs, e.g. ``search.lr.attributes.low``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell) -> optuna.Study:
