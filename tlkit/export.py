@@ -42,7 +42,12 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
                     best.number, cell.backbone, cell.strategy, weights)
         return None
     model = create_backbone(cell.backbone, run.splits.num_classes, run.exp.train.image_size)
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as err:  # noqa: BLE001 - a damaged file must not stop the sweep's other cells
+        log.warning("best weights %s of trial %d cannot be read (%s); %s/%s is not exported", weights, best.number,
+                    str(err).splitlines()[0][:200], cell.backbone, cell.strategy)
+        return None
     model.to(run.device)
     prep = preprocessing(model)
     test_loss, test_metric = evaluate(model, run.splits.test, metric=run.exp.metric,
@@ -76,6 +81,12 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
                          f"{', '.join(available) or 'none (has the sweep finished a trial?)'}.")
     info = json.loads(meta_path.read_text())
     model = create_backbone(info["backbone"], info["num_classes"], info.get("image_size"))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    weights = folder / "model.safetensors"
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt, or not this model's weights
+        raise TlkitError(f"The exported model {weights} cannot be loaded ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}). HINT: delete {folder} and run the sweep command again "
+                         f"to export it anew from the trial's best.safetensors.") from None
     model.tlkit_info = info
     return model.eval()

@@ -1,0 +1,109 @@
+"""The best model is one line away: ``tlkit.load_best`` rebuilds each cell's best trial, ready for inference."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import tlkit
+from tlkit.experiment import load_experiment
+from tlkit.sweep import main, prepare
+from tlkit.testing import write_experiment
+
+STRATEGIES = ["linear_probe", "last_n"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    exp = write_experiment(tmp, name="export", strategies=STRATEGIES, trials=2,
+                           train={"epochs": 2, "keep_checkpoints": "all"})
+    out = tmp / "results"
+    assert main([str(exp), "--out", str(out), "--quiet"]) == 0
+    return exp, out
+
+
+def _best_run(out, strategy: str) -> int:
+    summary = pd.read_csv(out / "summary.csv").set_index("strategy")
+    trials = pd.read_csv(out / "trials.csv").set_index(["strategy", "trial"])
+    return int(trials.loc[(strategy, summary.best_trial[strategy]), "run"])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_load_best_returns_the_best_trials_model_in_eval_mode(study, strategy):
+    exp, out = study
+    model = tlkit.load_best(out, backbone="test_resnet", strategy=strategy)
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert not any(m.training for m in model.modules())
+    best = out / f"trials/test_resnet/{strategy}/trial_{_best_run(out, strategy):04d}/best.safetensors"
+    expected = load_file(str(best))
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    info = model.tlkit_info
+    assert (info["backbone"], info["num_classes"], info["image_size"]) == ("test_resnet", 5, 16)
+    assert len(info["mean"]) == len(info["std"]) == 3 and len(info["classes"]) == 5
+    assert json.loads((out / f"best/test_resnet/{strategy}/model.json").read_text()) == info
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_exported_preprocessing_reproduces_the_reported_test_score(study, strategy):
+    """Only what model.json says (image size, mean, std) is needed to get the summary's test accuracy."""
+    exp, out = study
+    model = tlkit.load_best(out, backbone="test_resnet", strategy=strategy)
+    info = model.tlkit_info
+    test = prepare(load_experiment(exp)).test
+    x = test.images.float() / 255.0
+    if x.shape[-1] != info["image_size"]:
+        x = F.interpolate(x, size=(info["image_size"],) * 2, mode="bilinear", antialias=True)
+    x = (x - torch.tensor(info["mean"]).view(1, 3, 1, 1)) / torch.tensor(info["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == test.labels).sum().item() / len(test.labels)
+    reported = pd.read_csv(out / "summary.csv").set_index("strategy").test_accuracy[strategy]
+    assert accuracy == pytest.approx(reported, abs=1e-9)
+
+
+def test_keep_checkpoints_all_keeps_the_epoch_state_of_finished_trials(study):
+    _, out = study
+    for folder in out.glob("trials/test_resnet/*/trial_*"):
+        assert {p.name for p in folder.glob("epoch_*")} == {"epoch_0000.pt", "epoch_0000.safetensors",
+                                                             "epoch_0001.pt", "epoch_0001.safetensors"}, folder
+
+
+def test_load_best_of_an_unknown_cell_names_the_cells_there_are(study):
+    _, out = study
+    with pytest.raises(tlkit.TlkitError, match="test_resnet/last_n") as err:
+        tlkit.load_best(out, backbone="test_resnet", strategy="bitfit")
+    assert "No exported best model for test_resnet/bitfit" in str(err.value)
+
+
+def test_a_damaged_exported_model_is_reported_by_name(study, tmp_path):
+    _, out = study
+    copy = tmp_path / "results"
+    for path in (out / "best").rglob("*"):
+        if path.is_file():
+            target = copy / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    weights = copy / "best/test_resnet/last_n/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(tlkit.TlkitError, match=str(weights)):
+        tlkit.load_best(copy, backbone="test_resnet", strategy="last_n")
+
+
+def test_damaged_best_weights_skip_that_export_and_the_sweep_goes_on(study, tmp_path, caplog):
+    exp, out = study
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "best")
+    weights = copy / f"trials/test_resnet/last_n/trial_{_best_run(out, 'last_n'):04d}/best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING, logger="tlkit"):
+        assert main([str(exp), "--out", str(copy), "--quiet"]) == 0
+    assert str(weights) in caplog.text
+    assert (copy / "best/test_resnet/linear_probe/model.safetensors").is_file()
+    assert not (copy / "best/test_resnet/last_n").exists()
