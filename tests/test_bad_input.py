@@ -91,16 +91,15 @@ def test_a_changed_experiment_is_refused_with_what_changed_and_how_to_start_anew
 
 
 @pytest.mark.slow
-def test_the_cli_reports_bad_input_without_a_traceback_and_the_hint_works(finished, tmp_path):
+def test_the_cli_reports_bad_input_without_a_traceback_and_the_hint_works(finished, tmp_path, monkeypatch):
     exp, out, before = finished
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "tlkit.sweep", str(exp), "--quiet", "--set", "metric=balanced_accuracy"]
     proc = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     _assert_one_paragraph_error(proc.stderr, "metric: 'accuracy' -> 'balanced_accuracy'")
-    proc = subprocess.run([*command, "--study", "study_v2"], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(tmp_path)  # following the hint: a new name, and so a new folder results/study_v2
+    assert main([str(exp), "--quiet", "--set", "metric=balanced_accuracy", "--study", "study_v2"]) == 0
     assert pd.read_csv(tmp_path / "results/study_v2/summary.csv").trials_complete.tolist() == [1]
     assert _snapshot(out) == before
 

@@ -181,50 +181,6 @@ def test_reference_trains_every_epoch_once_and_keeps_only_the_best_weights(refer
     assert history[2]["trainable_params"] > history[1]["trainable_params"], "epoch 2 unfreezes a new group"
 
 
-# One trial (run 1) killed again and again, each time at a different point, then left to finish. Each step:
-# (kill point, epochs the killed process trained in run 1, exit code, the epoch the next attempt resumes at).
-KILL_CHAIN = [
-    ("best:1:0", [0], -signal.SIGKILL, 0),  # best weights written, epoch checkpoint not yet: epoch 0 again
-    ("int@saved:1:0", [0], 130, 1),  # Ctrl-C right after a checkpoint: re-queued by the interrupted process
-    ("batch:1:1:2", [1], -signal.SIGKILL, 1),  # mid-epoch, two optimizer steps in
-    ("unfreeze:1:2", [1], -signal.SIGKILL, 2),  # entering epoch 2, where gradual unfreezes a new group
-    (f"saved:1:{EPOCHS - 1}", [2, 3], -signal.SIGKILL, EPOCHS),  # after the last checkpoint: nothing left to train
-    (f"finished:1:{EPOCHS - 1}", [], -signal.SIGKILL, EPOCHS),  # outcome recorded, Optuna not yet told
-]
-
-
-@pytest.mark.slow
-def test_killed_sweep_resumes_with_nothing_lost_and_nothing_repeated(reference, tmp_path):
-    exp, out = _experiment(tmp_path), tmp_path / "results"
-    kills = ",".join(point for point, *_ in KILL_CHAIN)
-    seen = 0
-    for i, (point, trained, code, _) in enumerate(KILL_CHAIN):
-        proc = _sweep(exp, out, tmp_path, kill=kills)
-        assert proc.returncode == code, f"{point}: {proc.stderr[-3000:]}"
-        assert (tmp_path / f"kill_{i}").exists(), f"{point} did not fire"
-        epochs = _epochs_trained(tmp_path, since=seen)
-        seen += len(epochs)
-        expected = [(0, e) for e in range(EPOCHS)] * (i == 0) + [(1, e) for e in trained]
-        assert epochs == expected, f"{point}: only what was not checkpointed is trained again"
-        if i == 0:
-            finished = out / "trials/test_resnet/gradual_kill/trial_0000/best.safetensors"
-            finished_mtime = finished.stat().st_mtime_ns
-    proc = _sweep(exp, out, tmp_path, kill=kills)
-    assert proc.returncode == 0, proc.stderr
-    assert _epochs_trained(tmp_path, since=seen) == [], "the last attempt only had to report the result"
-    assert finished.stat().st_mtime_ns == finished_mtime, "the finished trial was never run again"
-
-    _assert_same_results(out, reference)
-    trials = pd.read_csv(out / "trials.csv").set_index("trial")
-    assert list(trials.state) == ["COMPLETE"] + ["FAIL"] * len(KILL_CHAIN) + ["COMPLETE"]
-    assert list(trials.run) == [0] + [1] * (len(KILL_CHAIN) + 1)
-    retries = trials.iloc[2:]
-    assert list(retries.resumed_from_trial) == list(range(1, len(KILL_CHAIN) + 1)), "each retry names its trial"
-    assert list(retries.resumed_from_epoch) == [resume for *_, resume in KILL_CHAIN]
-    assert list(trials.note.fillna("").str.split(";").str[0]) == \
-        ["", "worker process died", "interrupted"] + ["worker process died"] * (len(KILL_CHAIN) - 2) + [""]
-
-
 class _Evil:
     """Unpickling this runs ``open(marker, "w")``: a stand-in for any code a pickle could run."""
 
@@ -235,32 +191,65 @@ class _Evil:
         return open, (self.marker, "w")
 
 
+def _truncate(path: Path, tmp: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _booby_trap(path: Path, tmp: Path) -> Path:
+    torch.save({"epoch": EPOCHS, "payload": _Evil(tmp / "code_ran")}, path)
+    return path
+
+
+TRIAL_1 = "trials/test_resnet/gradual_kill/trial_0001"
+# One trial (run 1) stopped again and again, each time at a different point, sometimes with its newest checkpoint
+# damaged afterwards, then left to finish. Each step: (kill point, epochs the process trained in run 1, its exit
+# code, the epoch the next attempt resumes at, damage done to the trial folder before the next attempt).
+KILL_CHAIN = [
+    ("int@saved:1:0", [0], 130, 1, None),  # Ctrl-C right after a checkpoint: re-queued by the interrupted process
+    ("batch:1:1:2", [1], -signal.SIGKILL, 1, None),  # mid-epoch, two optimizer steps in
+    ("unfreeze:1:2", [1], -signal.SIGKILL, 1,  # entering epoch 2, where gradual unfreezes a new group ...
+     (_truncate, "epoch_0001.safetensors")),  # ... then the newest weights are torn: back to epoch 0's checkpoint
+    (f"saved:1:{EPOCHS - 1}", [1, 2, 3], -signal.SIGKILL, 3,  # right after the last checkpoint ...
+     (_booby_trap, f"epoch_{EPOCHS - 1:04d}.pt")),  # ... then its state is replaced by a pickle that runs code
+    (f"finished:1:{EPOCHS - 1}", [3], -signal.SIGKILL, EPOCHS, None),  # outcome recorded, Optuna not yet told
+]
+
+
 @pytest.mark.slow
-def test_damaged_checkpoints_are_reported_and_the_trial_falls_back_to_a_good_one(reference, tmp_path):
+def test_killed_sweep_resumes_with_nothing_lost_and_nothing_repeated(reference, tmp_path):
     exp, out = _experiment(tmp_path), tmp_path / "results"
-    folder = out / "trials/test_resnet/gradual_kill/trial_0001"
-    kills = "saved:1:2,saved:1:3"
-    assert _sweep(exp, out, tmp_path, kill=kills).returncode == -signal.SIGKILL
-    torn = folder / "epoch_0002.safetensors"
-    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
-    seen = len(_epochs_trained(tmp_path))
-
+    kills = ",".join(point for point, *_ in KILL_CHAIN)
+    seen, damaged = 0, None
+    for i, (point, trained, code, _, damage) in enumerate(KILL_CHAIN):
+        proc = _sweep(exp, out, tmp_path, kill=kills)
+        assert proc.returncode == code, f"{point}: {proc.stderr[-3000:]}"
+        assert (tmp_path / f"kill_{i}").exists(), f"{point} did not fire"
+        if damaged is not None:
+            assert str(damaged) in proc.stderr, f"{point}: the warning names the damaged file"
+        epochs = _epochs_trained(tmp_path, since=seen)
+        seen += len(epochs)
+        expected = [(0, e) for e in range(EPOCHS)] * (i == 0) + [(1, e) for e in trained]
+        assert epochs == expected, f"{point}: only what was not checkpointed is trained again"
+        if i == 0:
+            finished = out / "trials/test_resnet/gradual_kill/trial_0000/best.safetensors"
+            finished_mtime = finished.stat().st_mtime_ns
+        damaged = damage[0](out / TRIAL_1 / damage[1], tmp_path) if damage else None
     proc = _sweep(exp, out, tmp_path, kill=kills)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert str(torn) in proc.stderr, "the warning names the damaged file"
-    assert _epochs_trained(tmp_path, since=seen) == [(1, 2), (1, 3)], "fell back to the checkpoint of epoch 1"
-    seen += 2
-    marker, evil = tmp_path / "code_ran", folder / "epoch_0003.pt"
-    torch.save({"epoch": EPOCHS, "payload": _Evil(marker)}, evil)
+    assert proc.returncode == 0, proc.stderr
+    assert _epochs_trained(tmp_path, since=seen) == [], "the last attempt only had to report the result"
+    assert finished.stat().st_mtime_ns == finished_mtime, "the finished trial was never run again"
+    assert not (tmp_path / "code_ran").exists(), "a checkpoint that would run code on load is never unpickled"
 
-    proc = _sweep(exp, out, tmp_path, kill=kills)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not marker.exists(), "a checkpoint that would run code on load is never unpickled"
-    assert str(evil) in proc.stderr and "cannot be loaded safely" in proc.stderr
-    assert _epochs_trained(tmp_path, since=seen) == [(1, 3)], "fell back to the checkpoint of epoch 2"
     _assert_same_results(out, reference)
-    retries = pd.read_csv(out / "trials.csv").iloc[2:]
-    assert list(retries.resumed_from_epoch) == [2, 3]
+    trials = pd.read_csv(out / "trials.csv").set_index("trial")
+    assert list(trials.state) == ["COMPLETE"] + ["FAIL"] * len(KILL_CHAIN) + ["COMPLETE"]
+    assert list(trials.run) == [0] + [1] * (len(KILL_CHAIN) + 1)
+    retries = trials.iloc[2:]
+    assert list(retries.resumed_from_trial) == list(range(1, len(KILL_CHAIN) + 1)), "each retry names its trial"
+    assert list(retries.resumed_from_epoch) == [step[3] for step in KILL_CHAIN]
+    assert list(trials.note.fillna("").str.split(";").str[0]) == \
+        ["", "interrupted"] + ["worker process died"] * (len(KILL_CHAIN) - 1) + [""]
 
 
 @pytest.mark.slow
