@@ -71,6 +71,15 @@ def test_bad_input_stops_before_anything_is_written(finished, tmp_path, capfd, c
     assert not (tmp_path / "fresh").exists(), "no half-made study"
 
 
+def test_a_second_study_in_the_same_results_folder_is_refused(finished, capfd):
+    """Trial folders and exported models are per results folder: study 'other' there would overwrite 'study'."""
+    exp, out, before = finished
+    capfd.readouterr()
+    assert main([str(exp), "--out", str(out), "--quiet", "--study", "other"]) == 2
+    _assert_one_paragraph_error(capfd.readouterr().err, "holds study 'study'", "--out")
+    assert _snapshot(out) == before
+
+
 IDENTITY_CHANGES = {
     "search space": ("search.lr=[1e-3, 1e-2]", "search.lr.attributes.low: 0.0001 -> 0.001"),
     "metric": ("metric=balanced_accuracy", "metric: 'accuracy' -> 'balanced_accuracy'"),

@@ -8,6 +8,7 @@ once by its process id, so a restarted sweep resumes immediately instead of wait
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import warnings
@@ -23,7 +24,8 @@ from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, identity
 
 __all__ = ["Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count",
-           "take_up_dead_local_trials", "requeue", "worker_id", "run_of", "cell_studies", "HEARTBEAT_S"]
+           "take_up_dead_local_trials", "requeue", "worker_id", "run_of", "cell_studies", "check_results_folder",
+           "HEARTBEAT_S"]
 
 HEARTBEAT_S = 30
 GRACE_S = 90
@@ -108,6 +110,19 @@ def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
                          f"comparison meaningless. HINT: keep it and start a new study in its own folder: --study "
                          f"NEW_NAME (results go to results/NEW_NAME; if you pass --out, give a new folder too, as "
                          f"trial folders are per results folder), or delete the old results folder to start over.")
+
+
+def check_results_folder(out: Path, study: str) -> None:
+    """One results folder, one study: trial folders and exported models are per folder, so a second study there
+    would overwrite the first one's."""
+    try:
+        theirs = json.loads((Path(out) / "experiment.json").read_text()).get("name")
+    except (OSError, ValueError):
+        return
+    if theirs and theirs != study:
+        raise TlkitError(f"The results folder {str(out)!r} holds study {theirs!r}; study {study!r} would overwrite "
+                         f"its trial folders and best models. HINT: give study {study!r} its own folder with --out "
+                         f"(or leave out --out: results/{study}), or pass --study {theirs} to continue that study.")
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
