@@ -23,8 +23,8 @@ from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
 from tlkit.progress import SweepProgress
 from tlkit.strategies import get_strategy
-from tlkit.study import (cells, check_identity, default_storage, finished_count, open_cell_study, open_storage,
-                         reseed_sampler, take_up_dead_local_trials)
+from tlkit.study import (cells, check_identity, check_results_folder, default_storage, finished_count,
+                         open_cell_study, open_storage, reseed_sampler, take_up_dead_local_trials)
 from tlkit.trial import SweepRun, make_objective
 
 __all__ = ["main", "prepare", "run_sweep"]
@@ -116,6 +116,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
 
     splits = prepare(exp)
     device = pick_device(exp.train.device)
+    check_results_folder(out, exp.name)
     sqlite_file = out / "study.db"
     url = storage_url or default_storage(out)
     if storage_url or sqlite_file.exists():
