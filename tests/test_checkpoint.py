@@ -89,6 +89,11 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_checkpo
     assert not (tmp_path / "epoch_0002.safetensors").exists() and not (tmp_path / "epoch_0002.pt").exists()
     latest = load_latest(tmp_path)
     assert latest is not None and latest[1]["epoch"] == 2, "the checkpoint of epoch 1 is intact"
+    assert len(list(tmp_path.glob(".epoch_0002.safetensors.tmp*"))) == 1, "the torn write went to a temp file"
+    _save_epochs(tmp_path, range(2, 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch_0001.pt", "epoch_0001.safetensors", "epoch_0002.pt", "epoch_0002.safetensors"], \
+        "the next save replaces the epoch and clears the dead process's temp file"
 
 
 def test_state_is_plain_data_and_round_trips(tmp_path):

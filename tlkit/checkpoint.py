@@ -107,11 +107,15 @@ def save_epoch(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str
 
 
 def prune_epochs(folder: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` epoch checkpoints (``keep=0``: all of them)."""
+    """Delete all but the newest ``keep`` epoch checkpoints (``keep=0``: all of them), and temp files left by a
+    process killed mid-write."""
     states = sorted(folder.glob("epoch_*.pt"))
     for state_path in states[: max(0, len(states) - keep)]:
         state_path.with_suffix(".safetensors").unlink(missing_ok=True)
         state_path.unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp*"):
+        if not tmp.name.endswith(f".tmp{os.getpid()}"):
+            tmp.unlink(missing_ok=True)
 
 
 def load_latest(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
