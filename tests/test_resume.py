@@ -59,6 +59,7 @@ def _load_latest(folder, _real=tlkit.trial.load_latest):
     latest = _real(folder)
     _now.update(cell=folder.parent.name, run=int(folder.name.rsplit("_", 1)[1]),
                 epoch=latest[1]["epoch"] - 1 if latest else -1)
+    _kill_if("loaded", _now["epoch"] + 1)
     return latest
 
 
@@ -206,8 +207,8 @@ TRIAL_1 = "trials/test_resnet/gradual_kill/trial_0001"
 # damaged afterwards, then left to finish. Each step: (kill point, epochs the process trained in run 1, its exit
 # code, the epoch the next attempt resumes at, damage done to the trial folder before the next attempt).
 KILL_CHAIN = [
-    ("int@saved:1:0", [0], 130, 1, None),  # Ctrl-C right after a checkpoint: re-queued by the interrupted process
-    ("batch:1:1:2", [1], -signal.SIGKILL, 1, None),  # mid-epoch, two optimizer steps in
+    ("int@loaded:1:0", [], 130, 0, None),  # Ctrl-C while the trial is set up: re-queued by the interrupted process
+    ("batch:1:1:2", [0, 1], -signal.SIGKILL, 1, None),  # mid-epoch, two optimizer steps in
     ("unfreeze:1:2", [1], -signal.SIGKILL, 1,  # entering epoch 2, where gradual unfreezes a new group ...
      (_truncate, "epoch_0001.safetensors")),  # ... then the newest weights are torn: back to epoch 0's checkpoint
     (f"saved:1:{EPOCHS - 1}", [1, 2, 3], -signal.SIGKILL, 3,  # right after the last checkpoint ...

@@ -111,7 +111,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
     """The Optuna objective of one cell: returns the best validation metric over the trial's epochs."""
     exp = run.exp
 
-    def objective(trial: optuna.Trial) -> float:
+    def attempt(trial: optuna.Trial) -> float:
         run_number, retried = run_of(trial)
         trial.set_user_attr("worker", worker_id())
         strategy_cls = get_strategy(cell.strategy)
@@ -161,16 +161,20 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
         except optuna.TrialPruned as err:
             _finish(exp, folder, {"state": "PRUNED", "reason": trial.user_attrs.get("pruned_reason", str(err))})
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("failure_reason", INTERRUPTED)
-            requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
-            raise
         # A crash (any other exception) keeps the epoch state, so a rerun resumes.
         if not math.isfinite(trainer.best_metric):
             _finish(exp, folder, {"state": "PRUNED", "reason": "no finite validation metric"})
             return _replay(trial, {"state": "PRUNED", "reason": "no finite validation metric"})
         _finish(exp, folder, {"state": "COMPLETE", "value": trainer.best_metric})
         return trainer.best_metric
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return attempt(trial)
+        except KeyboardInterrupt:  # wherever it lands, the run is queued again, to resume from its checkpoint
+            trial.set_user_attr("failure_reason", INTERRUPTED)
+            requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            raise
 
     return objective
 
