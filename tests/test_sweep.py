@@ -87,3 +87,16 @@ def test_defaults_study_name_and_out_folder(tmp_path, monkeypatch):
     assert (tmp_path / "results" / "named_study" / "summary.csv").is_file()
     assert main([str(exp), "--quiet", "--study", "other"]) == 0
     assert (tmp_path / "results" / "other" / "study.db").is_file()
+
+
+def test_adding_a_strategy_adds_cells_to_the_same_study(tmp_path):
+    exp = write_experiment(tmp_path, strategies=["last_n"])
+    out = tmp_path / "out"
+    assert main([str(exp), "--out", str(out), "--quiet"]) == 0
+    before = pd.read_csv(out / "trials.csv")
+    assert main([str(exp), "--out", str(out), "--quiet", "--set", 'strategies=["last_n", "linear_probe"]']) == 0
+    after = pd.read_csv(out / "trials.csv")
+    assert after.strategy.tolist() == ["last_n", "linear_probe"]
+    assert after.val_accuracy.iloc[0] == before.val_accuracy.iloc[0]
+    # ... while changing what a trial computes is refused (see test_bad_input for the message).
+    assert main([str(exp), "--out", str(out), "--quiet", "--set", "train.epochs=3"]) == 2

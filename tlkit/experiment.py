@@ -381,8 +381,9 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
 
 
 # Fields that do not change what a trial computes: a study may grow or move without being a different study.
-_NOT_IDENTITY = {"trials", "name", "data.root", "data.download", "source.data.root", "source.data.download",
-                 "train.device", "train.keep_checkpoints", "weights"}
+# Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
+_NOT_IDENTITY = {"trials", "name", "backbones", "strategies", "data.root", "data.download", "source.data.root",
+                 "source.data.download", "train.device", "train.keep_checkpoints", "weights"}
 
 
 def identity(exp: Experiment) -> dict[str, Any]:

@@ -92,12 +92,19 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], origi
 
 
 def source_weights_path(exp: Experiment, backbone: str) -> Path:
-    """Cache path keyed by a hash of backbone + source data + source recipe + seed: later sweeps reuse it."""
+    """Cache path keyed by a hash of backbone + source data + source recipe + seed: later sweeps reuse it.
+
+    The architecture's parameter shapes are part of the key, so weights cached by a build of a model that no longer
+    matches (another timm version, another image size for a ViT) are never offered to it.
+    """
     assert exp.source is not None
     src = experiment_to_dict(exp)["source"]
     src["data"].pop("root", None)
     src["train"].pop("device", None)
-    key = fingerprint({"backbone": backbone, "source": src, "seed": exp.seed, "base": _base_origin(exp, backbone)})
+    model = create_backbone(backbone, 1, exp.source.train.image_size)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    key = fingerprint({"backbone": backbone, "source": src, "seed": exp.seed, "base": _base_origin(exp, backbone),
+                       "shapes": shapes})
     return cache_dir() / "source" / f"{backbone.replace('/', '_')}-{key}.safetensors"
 
 
