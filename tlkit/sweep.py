@@ -159,6 +159,18 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     return out
 
 
+def print_summary(out: Path, metric: str) -> None:
+    """The comparison at a glance: one line per cell (all columns are in summary.csv)."""
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv")
+    columns = {"backbone": "backbone", "strategy": "strategy", "trials_complete": "done",
+               "trials_pruned": "pruned", f"best_val_{metric}": f"val_{metric}", f"test_{metric}": f"test_{metric}",
+               "trainable_params": "trainable", "train_time_s": "seconds"}
+    table = summary[list(columns)].rename(columns=columns)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = SweepProgress.for_stderr(quiet=args.quiet)
@@ -179,11 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         progress.close()
     if not args.quiet:
-        import pandas as pd
-        summary = pd.read_csv(out / "summary.csv")
-        print(summary.to_string(index=False, max_colwidth=60))
-        print(f"\nResults in {out}/ ({time.perf_counter() - started:.0f} s). "
-              f"TensorBoard: tensorboard --logdir {out}/tb")
+        print_summary(out, exp.metric)
+        print(f"\nResults in {out}/ ({time.perf_counter() - started:.0f} s): summary.csv, trials.csv, history.csv, "
+              f"report.md. TensorBoard: tensorboard --logdir {out}/tb")
     return 0
 
 
