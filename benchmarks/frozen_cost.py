@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import ImageSet, Splits
+from tlkit.data import ImageSet, Splits, to_device
 from tlkit.experiment import Train
 from tlkit.strategies import create_strategy
 from tlkit.train import Trainer
@@ -47,7 +47,7 @@ def main() -> None:
     labels = torch.arange(n) % 10
     data = ImageSet(images, labels, [str(i) for i in range(10)])
     val = ImageSet(images[: n // 8], labels[: n // 8], data.classes)
-    splits = Splits(data, val, val)
+    splits = to_device(Splits(data, val, val), device)
     recipe = Train(epochs=args.epochs, batch_size=128, image_size=args.image_size, augment=[])
     rows = [("full_finetune", {}, recipe), ("last_n", {"n_groups": 1}, recipe),
             ("linear_probe", {}, Train(**{**recipe.__dict__, "cache_features": False})),

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import ImageSet, Splits
+from tlkit.data import ImageSet, Splits, to_device
 from tlkit.experiment import Train
 from tlkit.strategies import create_strategy
 from tlkit.train import Trainer
@@ -41,7 +41,7 @@ def main() -> None:
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = ImageSet(images, torch.arange(n) % 10, [str(i) for i in range(10)])
     small = ImageSet(images[:1024], data.labels[:1024], data.classes)
-    splits = Splits(data, small, small)
+    splits = to_device(Splits(data, small, small), torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {n} images/epoch at {args.image_size}px "
           f"(CIFAR-sized uint8 upscaled per batch on the GPU), batch 256, full fine-tuning")
     for backbone in args.backbones:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from tlkit.errors import TlkitError
 
-__all__ = ["ImageSet", "Splits", "load_dataset", "make_splits", "iterate_batches", "augment_batch", "cache_dir"]
+__all__ = ["ImageSet", "Splits", "load_dataset", "make_splits", "iterate_batches", "augment_batch", "cache_dir",
+           "to_device"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -276,19 +277,41 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
 
 def augment_batch(images: torch.Tensor, augment: Sequence[str], padding: int, generator: torch.Generator
                   ) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch at once."""
+    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch at once.
+
+    The random draws come from ``generator`` (on the CPU) wherever the images are, so a batch is augmented the
+    same on a GPU as on the CPU.
+    """
     n, _, h, w = images.shape
+    dev = images.device
     if "crop" in augment and padding > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-        images = padded[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        images = padded[torch.arange(n, device=dev)[:, None, None, None],
+                        torch.arange(3, device=dev)[None, :, None, None], rows, cols]
     if "hflip" in augment:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
+
+
+def to_device(splits: Splits, device: torch.device, max_share: float = 0.25) -> Splits:
+    """Splits held on ``device`` when they take at most ``max_share`` of its free memory.
+
+    On a GPU this takes indexing, augmentation and the host-to-device copy off the per-step path (the images of
+    CIFAR-10 are 150 MB as uint8). On the CPU, or when the data is too big, the splits are returned as they are.
+    """
+    if device.type != "cuda":
+        return splits
+    parts = (splits.train, splits.val, splits.test)
+    size = sum(s.images.numel() + s.labels.numel() * 8 for s in parts)
+    if size > max_share * torch.cuda.mem_get_info(device)[0]:
+        return splits
+    moved = [ImageSet(s.images.to(device), s.labels.to(device), s.classes) for s in parts]
+    return Splits(*moved)
 
 
 def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_size: int, *,
@@ -307,7 +330,7 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
     inputs, labels = (data.images, data.labels) if isinstance(data, ImageSet) else data
     n = len(labels)
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).to(inputs.device)
     stop = n - n % batch_size if drop_last and n > batch_size else n
     if isinstance(data, ImageSet):
         mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0

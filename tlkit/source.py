@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from tlkit.backbones import layer_groups, preprocessing
-from tlkit.data import load_dataset, make_splits
+from tlkit.data import load_dataset, make_splits, to_device
 from tlkit.experiment import Experiment
 from tlkit.strategies.full_finetune import FullFinetune
 from tlkit.train import Callback, EpochResult, Trainer, evaluate
@@ -50,6 +50,7 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
     splits = make_splits(train, test, classes=src.data.classes, val_fraction=src.data.val_fraction, seed=exp.seed,
                          image_size=src.train.image_size, train_per_class=src.data.train_per_class,
                          test_per_class=src.data.test_per_class)
+    splits = to_device(splits, device)
     base = (Pretrained(_check_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
             if backbone in exp.weights else None)
     log.info("pretraining %s on the source task (%d images, %d classes, %d epochs)", backbone, len(splits.train),

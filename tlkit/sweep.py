@@ -18,7 +18,7 @@ import torch
 
 from tlkit.backbones import check_backbone
 from tlkit.checkpoint import write_json
-from tlkit.data import Splits, load_dataset, make_splits
+from tlkit.data import Splits, load_dataset, make_splits, to_device
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
 from tlkit.progress import SweepProgress
@@ -114,8 +114,8 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     from tlkit.source import train_source
     from tlkit.weights import resolve_pretrained
 
-    splits = prepare(exp)
     device = pick_device(exp.train.device)
+    splits = to_device(prepare(exp), device)
     check_results_folder(out, exp.name)
     sqlite_file = out / "study.db"
     url = storage_url or default_storage(out)
