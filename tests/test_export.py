@@ -23,7 +23,7 @@ STRATEGIES = ["linear_probe", "last_n"]
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     exp = write_experiment(tmp, name="export", strategies=STRATEGIES, trials=2,
-                           train={"epochs": 2, "keep_checkpoints": "all"})
+                           train={"epochs": 2, "keep_checkpoints": "last"})
     out = tmp / "results"
     assert main([str(exp), "--out", str(out), "--quiet"]) == 0
     return exp, out
@@ -67,7 +67,7 @@ def test_the_exported_preprocessing_reproduces_the_reported_test_score(study, st
     assert accuracy == pytest.approx(reported, abs=1e-9)
 
 
-def test_keep_checkpoints_all_keeps_the_epoch_state_of_finished_trials(study):
+def test_keep_checkpoints_last_keeps_the_epoch_state_of_finished_trials(study):
     _, out = study
     for folder in out.glob("trials/test_resnet/*/trial_*"):
         assert {p.name for p in folder.glob("epoch_*")} == {"epoch_0000.pt", "epoch_0000.safetensors",

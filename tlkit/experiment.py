@@ -85,14 +85,14 @@ class Train:
     max_batches: Union[int, None] = None
     """Stop each epoch after this many batches: a fast real run for smoke tests."""
     keep_checkpoints: str = "best"
-    """``best``: once a trial ends keep only its best weights; ``all``: keep per-epoch state too."""
+    """``best``: once a trial ends keep only its best weights; ``last``: also keep its last two epoch checkpoints."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise TlkitError(f"train.{name} must be >= 1 but got {getattr(self, name)}.")
         choices = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant"),
-                   "keep_checkpoints": ("best", "all")}
+                   "keep_checkpoints": ("best", "last")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TlkitError(did_you_mean(getattr(self, name), allowed, f"train.{name}"))
