@@ -181,7 +181,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
 
 def _finish(exp: Experiment, folder: Path, outcome: dict[str, Any]) -> None:
     """Record the outcome, then apply retention (only ``best.safetensors`` stays unless
-    ``train.keep_checkpoints='all'``). The outcome is written first: if the process dies before Optuna hears of
+    ``train.keep_checkpoints='last'``). The outcome is written first: if the process dies before Optuna hears of
     it, the retry reads it instead of training the trial again from scratch."""
     write_json(folder / OUTCOME, outcome)
     if exp.train.keep_checkpoints == "best":
