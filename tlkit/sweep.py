@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import optuna
 import torch
@@ -23,7 +23,7 @@ from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
 from tlkit.progress import SweepProgress
 from tlkit.strategies import get_strategy
-from tlkit.study import (cells, check_identity, check_results_folder, default_storage, finished_count,
+from tlkit.study import (Cell, cells, check_identity, check_results_folder, default_storage, finished_count,
                          open_cell_study, open_storage, reseed_sampler, take_up_dead_local_trials)
 from tlkit.trial import SweepRun, make_objective
 
@@ -137,26 +137,37 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     progress.start(len(all_cells), exp.trials, exp.train.epochs, exp.metric)
     for i, cell in enumerate(all_cells):
         study = open_cell_study(storage, exp.name, exp, cell)
-        objective = make_objective(run, cell)
-        while True:
-            take_up_dead_local_trials(study)
-            done = finished_count(study)
-            progress.update(i, cell, study)
-            if done >= exp.trials:
-                break
-            log.info("cell %d/%d %s/%s: trial %d of %d", i + 1, len(all_cells), cell.backbone, cell.strategy,
-                     done + 1, exp.trials)
-            reseed_sampler(study, exp.seed, exp.trials)
-            try:
-                study.optimize(objective, n_trials=1, catch=())
-            finally:
-                boards.close()
+        run_cell(run, study, cell, f"cell {i + 1}/{len(all_cells)}",
+                 before_trial=lambda: progress.update(i, cell, study), after_trial=boards.close)
         result = evaluate_best(run, study, cell)
         if result:
             log.info("cell %s/%s: best val %s %.4f (trial %d), test %.4f", cell.backbone, cell.strategy,
                      exp.metric, result["val_metric"], result["trial"], result["test_metric"])
     write_report(out, storage, exp.name, exp.metric)
     return out
+
+
+def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_trial: Callable[[], None],
+             after_trial: Callable[[], None]) -> None:
+    """Run trials of one cell until it has ``exp.trials`` finished ones (another worker's count too).
+
+    One ``optimize(n_trials=1)`` at a time, so the budget is re-read from the shared storage before every trial
+    and trials that a dead or interrupted worker left behind are re-queued first.
+    """
+    exp = run.exp
+    objective = make_objective(run, cell)
+    while True:
+        take_up_dead_local_trials(study)
+        done = finished_count(study)
+        before_trial()
+        if done >= exp.trials:
+            return
+        log.info("%s %s/%s: trial %d of %d", label, cell.backbone, cell.strategy, done + 1, exp.trials)
+        reseed_sampler(study, exp.seed, exp.trials)
+        try:
+            study.optimize(objective, n_trials=1, catch=())
+        finally:
+            after_trial()
 
 
 def print_summary(out: Path, metric: str) -> None:
