@@ -83,8 +83,9 @@ def test_hub_weights_come_from_the_local_cache_when_offline(tmp_path, monkeypatc
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True)
     state = _random_weights(repo / "snapshots" / commit / "model.safetensors")
+    exp_file = write_experiment(tmp_path, backbones=["test_resnet.r160_in1k"], pretrained=True)
     script = ("import sys; from tlkit.weights import resolve_pretrained; from tlkit.experiment import load_experiment;"
-              f"exp = load_experiment({str(write_experiment(tmp_path, backbones=['test_resnet.r160_in1k'], pretrained=True))!r});"
+              f"exp = load_experiment({str(exp_file)!r});"
               "p = resolve_pretrained(exp, 'test_resnet.r160_in1k', 5);"
               "import torch; torch.save(p.state_dict, sys.argv[1]); print(p.origin)")
     out = tmp_path / "loaded.pt"

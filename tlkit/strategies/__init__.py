@@ -7,6 +7,7 @@ from tlkit.strategies._registry import create_strategy, get_strategy, list_strat
 from tlkit.strategies.base import Strategy
 
 # Built-ins, imported explicitly so `ls tlkit/strategies` is the list.
-from tlkit.strategies import bitfit, from_scratch, full_finetune, gradual, last_n, layer_decay, linear_probe, lp_ft  # noqa: E402,F401,I001
+from tlkit.strategies import (bitfit, from_scratch, full_finetune, gradual, last_n, layer_decay,  # noqa: F401
+                              linear_probe, lp_ft)
 
 __all__ = ["Strategy", "register_strategy", "list_strategies", "get_strategy", "create_strategy"]
