@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,18 +77,23 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     A trial whose heartbeat is older than ``grace_period`` seconds (default ``GRACE_S``) is failed and re-queued by
     the next worker that starts a trial; tests pass a few seconds.
     """
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; the warning only adds noise
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval or HEARTBEAT_S,
-                              grace_period=grace_period or GRACE_S,
-                              heartbeat_stale_trial_callback=_Retry(inherit_intermediate_values=True),
-                              engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-    except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
-        raise TlkitError(f"Cannot open the study storage {url!r} ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}). HINT: check the URL, that the database server is "
-                         f"running, and for PostgreSQL that psycopg2 is installed (pip install 'tlkit[postgres]').") \
-            from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; the warning only adds noise
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat_interval or HEARTBEAT_S,
+                                  grace_period=grace_period or GRACE_S,
+                                  heartbeat_stale_trial_callback=_Retry(inherit_intermediate_values=True),
+                                  engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
+            if attempt < 2 and "already exists" in str(err):
+                time.sleep(1.0)  # two workers created the tables of a new database at once; the other one won
+                continue
+            raise TlkitError(f"Cannot open the study storage {url!r} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]}). HINT: check the URL, that the database server "
+                             f"is running, and for PostgreSQL that psycopg is installed "
+                             f"(pip install 'tlkit[postgres]').") from None
+    raise AssertionError("unreachable")
 
 
 def cell_studies(storage: RDBStorage | str, study: str) -> dict[str, Any]:
