@@ -96,6 +96,10 @@ def test_report_md_compares_cells_and_embeds_the_plots(results: Path) -> None:
         if win is not None:
             assert f"**{cells.test_accuracy[win]:.4f}**" in row
     assert "## Winner per backbone" in text and "## Best configuration of each cell" in text
+    done = int(summary.trials_complete.sum()), int(summary.trials_pruned.sum())
+    assert f"{len(summary)} cells ({len(BACKBONES)} backbones x {len(STRATEGIES)} strategies)" in text
+    assert f"({done[0]} complete, {done[1]} pruned, 0 failed)" in text
+    assert f"The trials ran {summary.cell_time_s.sum() / 60:.1f} min in all" in text
     for name in PLOTS.values():
         assert f"]({name})" in text
         with Image.open(results / name) as image:

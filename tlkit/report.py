@@ -377,6 +377,31 @@ def _trainable(row: Any) -> str:
     return f"{int(row['trainable_params']):,}{share}"
 
 
+def _data_text(data: dict[str, Any]) -> str:
+    classes = f" classes {data['classes']}" if data.get("classes") else ""
+    cap = f", at most {data['train_per_class']} training images per class" if data.get("train_per_class") else ""
+    return f"{data.get('name')}{classes}{cap}"
+
+
+def budget_text(summary: pd.DataFrame, experiment: dict[str, Any], backbones: list[str],
+                strategies: list[str]) -> str:
+    """What the comparison cost: cells, trials, epochs, data, and the summed trial time (from the storage)."""
+    complete, pruned, failed = (int(summary[c].sum()) for c in ("trials_complete", "trials_pruned", "trials_failed"))
+    train = experiment.get("train", {})
+    text = (f"{len(summary)} cells ({len(backbones)} backbones x {len(strategies)} strategies), "
+            f"{experiment.get('trials', '?')} finished trials per cell ({complete} complete, {pruned} pruned, "
+            f"{failed} failed), up to {train.get('epochs', '?')} epochs per trial at {train.get('image_size', '?')} "
+            f"px. Target: {_data_text(experiment.get('data', {}))}, "
+            f"{experiment.get('data', {}).get('val_fraction', '?')} of them held out for validation.")
+    source = experiment.get("source")
+    if source:
+        text += (f" Source task (pretraining each backbone once): {_data_text(source['data'])}, "
+                 f"{source['train']['epochs']} epochs.")
+    minutes = float(summary["cell_time_s"].sum()) / 60.0
+    return text + (f" The trials ran {minutes:.1f} min in all (summed trial wall time; source pretraining and test "
+                   f"scoring not included).")
+
+
 def report_markdown(study: str, metric: str, summary: pd.DataFrame, experiment: dict[str, Any],
                     plots: dict[str, bool]) -> str:
     """``report.md``: the comparison first (backbone x strategy test scores, winners), then the details."""
@@ -400,6 +425,7 @@ def report_markdown(study: str, metric: str, summary: pd.DataFrame, experiment: 
             row.append(f"**{text}**" if winner.get(b) == s and text != "—" else text)
         rows.append(row)
     lines += _table(["backbone", *strategies], rows) + [""]
+    lines += ["## Budget", "", budget_text(summary, experiment, backbones, strategies), ""]
     lines += ["## Winner per backbone", ""]
     lines += _table(["backbone", "strategy", f"test {metric}", f"val {metric}", "trainable params", "train time (s)"],
                     [[r["backbone"], r["strategy"], _num(r[test]), _num(r[val]), _trainable(r),
