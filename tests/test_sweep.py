@@ -100,3 +100,34 @@ def test_adding_a_strategy_adds_cells_to_the_same_study(tmp_path):
     assert after.val_accuracy.iloc[0] == before.val_accuracy.iloc[0]
     # ... while changing what a trial computes is refused (see test_bad_input for the message).
     assert main([str(exp), "--out", str(out), "--quiet", "--set", "train.epochs=3"]) == 2
+
+
+def test_a_crashed_trial_is_resumed_with_its_parameters_by_the_rerun(tmp_path):
+    marker = tmp_path / "crashed-once"
+    prelude = f'''
+from pathlib import Path
+from tlkit.strategies.last_n import LastN
+
+@register_strategy("crash_once_test")
+class CrashOnce(LastN):
+    def lr_scales(self, epoch):
+        if epoch == 1 and not Path({str(marker)!r}).exists():
+            Path({str(marker)!r}).touch()
+            raise RuntimeError("simulated out-of-memory")
+        return super().lr_scales(epoch)
+'''
+    exp = write_experiment(tmp_path, strategies=["crash_once_test"], train={"epochs": 3}, prelude=prelude)
+    out = tmp_path / "out"
+    env = {**os.environ, "TLKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(out), "--quiet"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode != 0 and "simulated out-of-memory" in first.stderr
+    second = subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials.state.tolist() == ["FAIL", "COMPLETE"]
+    assert trials.note[0].startswith("crashed (RuntimeError: simulated out-of-memory)")
+    assert trials.params_lr[0] == trials.params_lr[1] and trials.params_n_groups[0] == trials.params_n_groups[1]
+    assert trials.resumed_from_trial[1] == 0 and trials.resumed_from_epoch[1] == 1
+    assert pd.read_csv(out / "summary.csv").trials_failed.tolist() == [0]

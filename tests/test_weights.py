@@ -114,7 +114,8 @@ def test_load_into_replaces_only_the_head():
 def test_source_task_is_trained_once_and_reused(tmp_path):
     source = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4], "train_per_class": 60},
               "train": {"epochs": 3, "batch_size": 32, "image_size": 16, "augment": ["crop"], "lr": 3e-3}}
-    exp = write_experiment(tmp_path, strategies=["linear_probe", "from_scratch"], source=source, trials=1)
+    exp = write_experiment(tmp_path, strategies=["linear_probe", "from_scratch"], source=source, trials=1,
+                           pretrained=True)
     first = _sweep(tmp_path, exp, "--out", tmp_path / "a")
     assert first.returncode == 0, first.stderr
     assert "pretraining test_resnet on the source task" in first.stderr

@@ -57,6 +57,12 @@ class Data:
             raise TlkitError(did_you_mean(self.name, ("digits", "cifar10", "imagefolder"), "dataset"))
         if not 0.0 < self.val_fraction < 1.0:
             raise TlkitError(f"data.val_fraction must be in (0, 1) but got {self.val_fraction}.")
+        for name in ("train_per_class", "test_per_class"):
+            cap = getattr(self, name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise TlkitError(f"data.{name} must be None or an int >= 1 but got {cap!r}.")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise TlkitError(f"data.classes must not repeat a class but got {self.classes}.")
 
 
 @dataclass
@@ -78,7 +84,8 @@ class Train:
     coarse_groups: bool = False
     """Use timm's coarse layer grouping (fewer, larger groups) instead of the fine one."""
     cache_features: bool = True
-    """While only the head trains, compute backbone features once per trial instead of every epoch."""
+    """While only the head trains, compute backbone features once per trial instead of every epoch (from the
+    un-augmented images: a probe on fixed features). False recomputes them every epoch, with augmentation."""
     device: str = "auto"
     amp: bool = True
     """bfloat16 autocast on CUDA (ignored on CPU, where results must be bitwise repeatable)."""

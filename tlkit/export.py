@@ -52,7 +52,8 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
     prep = preprocessing(model)
     test_loss, test_metric = evaluate(model, run.splits.test, metric=run.exp.metric,
                                       batch_size=run.exp.train.batch_size, device=run.device,
-                                      image_size=run.exp.train.image_size, **prep)
+                                      image_size=run.exp.train.image_size,
+                                      amp=run.exp.train.amp and run.device.type == "cuda", **prep)
     result = {"trial": best.number, "val_metric": best.value, "test_metric": test_metric, "test_loss": test_loss}
     atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
     write_json(export_dir / "model.json", {

@@ -124,13 +124,15 @@ def summary_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
     for s in _studies(storage, study):
         trials = s.get_trials(deepcopy=False)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        failed = sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
         best = _best(s)
         test = s.user_attrs.get("best_test") or {}
         ok = best is not None and test.get("trial") == best.number
         rows.append({
             "backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
             "trials_complete": count[TrialState.COMPLETE], "trials_pruned": count[TrialState.PRUNED],
-            "trials_failed": count[TrialState.FAIL],
+            "trials_failed": failed,
             "best_trial": best.number if best else None, f"best_val_{metric}": best.value if best else None,
             f"test_{metric}": test.get("test_metric") if ok else None,
             "test_loss": test.get("test_loss") if ok else None,

@@ -123,7 +123,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
         check_identity(open_storage(url), exp.name, exp)
     pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
                                         lambda e, bb, p: train_source(e, bb, p, device=device))
-                  for b in exp.backbones if exp.pretrained or exp.source or b in exp.weights}
+                  for b in exp.backbones}
     out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url)
     check_identity(storage, exp.name, exp)

@@ -190,6 +190,8 @@ class Trainer:
     def _enter_epoch(self, epoch: int) -> int:
         """Apply the strategy's plan for ``epoch``; newly unfrozen groups join the schedule where it stands."""
         self.scales = list(self.strategy.lr_scales(epoch))
+        if not self.head_only:
+            self._feature_cache.clear()  # the body trains: features cached before are stale from now on
         trainable = apply_plan(self.model, self.groups, self.scales, self.strategy)
         for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * lam(self.scheduler.last_epoch)

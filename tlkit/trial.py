@@ -161,7 +161,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
         except optuna.TrialPruned as err:
             _finish(exp, folder, {"state": "PRUNED", "reason": trial.user_attrs.get("pruned_reason", str(err))})
             raise
-        # A crash (any other exception) keeps the epoch state, so a rerun resumes.
+        # A crash (any other exception) keeps the epoch state and re-queues the run (see objective): a rerun resumes.
         if not math.isfinite(trainer.best_metric):
             _finish(exp, folder, {"state": "PRUNED", "reason": "no finite validation metric"})
             return _replay(trial, {"state": "PRUNED", "reason": "no finite validation metric"})
@@ -171,8 +171,14 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
     def objective(trial: optuna.Trial) -> float:
         try:
             return attempt(trial)
+        except optuna.TrialPruned:
+            raise
         except KeyboardInterrupt:  # wherever it lands, the run is queued again, to resume from its checkpoint
             trial.set_user_attr("failure_reason", INTERRUPTED)
+            requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            raise
+        except Exception as err:  # a crash (out of memory, full disk, ...): the sweep stops, the rerun resumes
+            trial.set_user_attr("failure_reason", f"crashed ({type(err).__name__}: {str(err)[:200]}); re-queued")
             requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
             raise
 

@@ -129,9 +129,12 @@ def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
                        train_source: Callable[[Experiment, str, Path], None] | None = None) -> Pretrained:
     """The starting weights of ``backbone`` for this experiment, checked against the architecture.
 
-    Order: an explicit file (``exp.weights``), else a source task (trained once via ``train_source`` and cached),
-    else the timm hub by pretrained tag. With ``exp.pretrained=False`` every cell starts from random weights.
+    With ``exp.pretrained=False`` every cell starts from random weights. Otherwise: a source task (trained once via
+    ``train_source``, starting from ``exp.weights[backbone]`` if given, and cached), else an explicit file
+    (``exp.weights``), else the timm hub by pretrained tag.
     """
+    if not exp.pretrained:
+        return Pretrained(None, "random init (pretrained=False)")
     if exp.source is not None:
         path = source_weights_path(exp, backbone)
         if not path.is_file():
@@ -141,10 +144,8 @@ def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
         pretrained = Pretrained(load_weights(path), f"source task {_source_label(exp)} ({path.name})")
     elif backbone in exp.weights:
         pretrained = Pretrained(_check_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
-    elif exp.pretrained:
-        pretrained = Pretrained(_from_hub(backbone, hub_reachable(), exp.train.image_size), f"timm hub ({backbone})")
     else:
-        return Pretrained(None, "random init (pretrained=False)")
+        pretrained = Pretrained(_from_hub(backbone, hub_reachable(), exp.train.image_size), f"timm hub ({backbone})")
     model = create_backbone(backbone, num_classes, exp.train.image_size)
     load_into(model, pretrained.state_dict, pretrained.origin)  # fail early, before any trial
     return pretrained
