@@ -108,3 +108,11 @@ def test_batches_are_normalised_and_repeatable():
     x = first[0][0]
     assert x.dtype == torch.float32 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert len(list(iterate_batches(train, 100, max_batches=3, mean=(0, 0, 0), std=(1, 1, 1)))) == 3
+
+
+def test_the_decoded_cache_sees_a_replaced_image(tmp_path):
+    root = _write_imagefolder(tmp_path / "pets")
+    first, _ = load_dataset("imagefolder", root)
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(root / "train" / "cat" / "000.png")
+    second, _ = load_dataset("imagefolder", root)
+    assert int(second.images[0].sum()) == 0 and int(first.images[0].sum()) > 0

@@ -175,11 +175,27 @@ def _local_imagefolder(root: Path) -> Path | None:
     return None
 
 
-def _source_key(root: Path | None) -> str:
-    if root is None:
-        return "builtin"
-    stat = root.stat()
-    return f"{root.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+def _source_files(name: str, path: Path) -> Path | None:
+    """The file or folder a dataset is decoded from (None: CIFAR-10 is not there yet and will be downloaded)."""
+    if name != "cifar10":
+        return path
+    if (path / "cifar-10-batches-py").is_dir():
+        return path / "cifar-10-batches-py"
+    return _local_imagefolder(path) if path.exists() else None
+
+
+def _source_key(source: Path) -> str:
+    """What the decoded cache is keyed by: a file's size and mtime, or those of every file in a folder (adding or
+    replacing an image changes the key, though the folder's own mtime may not change)."""
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    stats = [(p.relative_to(source).as_posix() if p != source else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    return f"{source.resolve()}:{hashlib.sha256(repr(stats).encode()).hexdigest()}"
+
+
+def _cache_path(name: str, source: Path) -> Path:
+    key = hashlib.sha256(f"{name}:{_source_key(source)}".encode()).hexdigest()[:16]
+    return cache_dir() / "datasets" / f"{name}-{key}.pt"
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = True) -> tuple[ImageSet, ImageSet]:
@@ -196,9 +212,9 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     if not path.exists() and not (name == "cifar10" and download):
         raise TlkitError(f"Data folder {str(path)!r} does not exist. HINT: pass --data-dir with the folder or .zip "
                          f"that holds the {name} images.")
-    key = hashlib.sha256(f"{name}:{_source_key(path if path.exists() else None)}".encode()).hexdigest()[:16]
-    cached = cache_dir() / "datasets" / f"{name}-{key}.pt"
-    if cached.is_file():
+    source = _source_files(name, path)
+    cached = _cache_path(name, source) if source is not None else None
+    if cached is not None and cached.is_file():
         try:
             blob = torch.load(cached, weights_only=True)
             return (ImageSet(blob["train_images"], blob["train_labels"], blob["classes"]),
@@ -208,6 +224,7 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     if name == "cifar10":
         path.mkdir(parents=True, exist_ok=True)
         train, test = _cifar10(path, download)
+        cached = _cache_path(name, _source_files(name, path))  # after a download the files are there
     else:
         train, test = _imagefolder(path)
     cached.parent.mkdir(parents=True, exist_ok=True)
