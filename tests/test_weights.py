@@ -160,3 +160,17 @@ def test_cifar_experiment_runs_offline_with_supplied_weights(tmp_path, cifar_zip
     assert proc.returncode == 0, proc.stderr
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert summary.test_accuracy.between(0, 1).all() and summary.trials_complete.tolist() == [1]
+
+
+def test_other_weights_in_the_same_file_are_a_changed_experiment(tmp_path, capsys):
+    weights = tmp_path / "r.safetensors"
+    _random_weights(weights, seed=1)
+    exp = write_experiment(tmp_path, strategies=["linear_probe"], pretrained=True)
+    args = [str(exp), "--out", str(tmp_path / "out"), "--quiet", "--weights", f"test_resnet={weights}"]
+    assert main(args) == 0
+    moved = tmp_path / "moved.safetensors"
+    weights.rename(moved)  # the same weights elsewhere: the same study
+    assert main(args[:-1] + [f"test_resnet={moved}"]) == 0
+    _random_weights(moved, seed=2)  # other weights under the same name: refused
+    assert main(args[:-1] + [f"test_resnet={moved}"]) == 2
+    assert "weights.test_resnet" in capsys.readouterr().err

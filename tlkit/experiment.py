@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -390,7 +391,7 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
 # Fields that do not change what a trial computes: a study may grow or move without being a different study.
 # Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
 _NOT_IDENTITY = {"trials", "name", "backbones", "strategies", "data.root", "data.download", "source.data.root",
-                 "source.data.download", "train.device", "train.keep_checkpoints", "weights"}
+                 "source.data.download", "train.device", "train.keep_checkpoints"}
 
 
 def identity(exp: Experiment) -> dict[str, Any]:
@@ -401,11 +402,31 @@ def identity(exp: Experiment) -> dict[str, Any]:
         if isinstance(value, dict) and path != "search" and not path.endswith("search"):
             for k, v in value.items():
                 walk(v, f"{path}.{k}" if path else k)
+        elif path.startswith("weights."):
+            flat[path] = file_digest(value)  # the file's content, not where it lies
         elif path not in _NOT_IDENTITY:
             flat[path] = value
 
     walk(experiment_to_dict(exp), "")
     return flat
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 (16 hex digits) of a file's content, cached by path, size and mtime; ``missing:<path>`` if absent."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return f"missing:{path}"
+    stat = file.stat()
+    return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def fingerprint(payload: Any) -> str:

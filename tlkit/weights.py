@@ -19,7 +19,7 @@ from tlkit.backbones import create_backbone, layer_groups, model_kwargs
 from tlkit.checkpoint import load_weights, save_weights, write_json
 from tlkit.data import cache_dir
 from tlkit.errors import TlkitError
-from tlkit.experiment import Experiment, experiment_to_dict, fingerprint
+from tlkit.experiment import Experiment, experiment_to_dict, file_digest, fingerprint
 
 __all__ = ["Pretrained", "resolve_pretrained", "load_into", "hub_reachable", "source_weights_path"]
 
@@ -109,7 +109,7 @@ def source_weights_path(exp: Experiment, backbone: str) -> Path:
 
 
 def _base_origin(exp: Experiment, backbone: str) -> str:
-    return exp.weights.get(backbone, "random init")
+    return file_digest(exp.weights[backbone]) if backbone in exp.weights else "random init"
 
 
 def _check_file(backbone: str, path: str) -> dict[str, torch.Tensor]:
