@@ -12,7 +12,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,11 @@ import torch.nn.functional as F
 
 from tlkit.errors import TlkitError
 
+if TYPE_CHECKING:
+    from tlkit.experiment import Data
+
 __all__ = ["ImageSet", "Splits", "load_dataset", "make_splits", "iterate_batches", "augment_batch", "cache_dir",
-           "to_device"]
+           "to_device", "splits_for"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -288,6 +291,14 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
             s.images = resize_images(s.images, image_size)
         # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
     return splits
+
+
+def splits_for(data: Data, image_size: int, seed: int) -> Splits:
+    """The splits an experiment's ``Data`` section describes (decoded once, then cached)."""
+    train, test = load_dataset(data.name, data.root, data.download)
+    return make_splits(train, test, classes=data.classes, val_fraction=data.val_fraction, seed=seed,
+                       image_size=image_size, train_per_class=data.train_per_class,
+                       test_per_class=data.test_per_class)
 
 
 # --- batches -----------------------------------------------------------------------------------------------------

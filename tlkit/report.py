@@ -27,7 +27,7 @@ from tlkit.checkpoint import atomic_write
 from tlkit.errors import TlkitError
 from tlkit.study import cell_studies
 
-__all__ = ["trials_table", "history_table", "summary_table", "write_tables", "write_report", "write_csv",
+__all__ = ["trials_table", "history_table", "summary_table", "write_report", "write_csv",
            "report_markdown", "main"]
 
 PLOTS = {
@@ -146,16 +146,6 @@ def summary_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
         })
     return _ints(pd.DataFrame(rows), ["best_trial", "trainable_params", "total_params", "best_epoch"])
 
-
-def write_tables(out: Path, storage: Any, study: str, metric: str) -> None:
-    """``trials.csv``, ``history.csv`` and ``summary.csv`` (the plain-data part of :func:`write_report`)."""
-    out = Path(out)
-    write_csv(trials_table(storage, study, metric), out / "trials.csv")
-    write_csv(history_table(storage, study, metric), out / "history.csv")
-    write_csv(summary_table(storage, study, metric), out / "summary.csv")
-
-
-# ------------------------------------------------------------------------------------------------------------ plots
 
 def _order(summary: pd.DataFrame, experiment: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Backbones and strategies in the experiment file's order (how its author thinks of them), then any others."""

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from tlkit.backbones import layer_groups, preprocessing
-from tlkit.data import load_dataset, make_splits, to_device
+from tlkit.data import splits_for, to_device
 from tlkit.experiment import Experiment
 from tlkit.strategies.full_finetune import FullFinetune
 from tlkit.train import Callback, EpochResult, Trainer, evaluate
 from tlkit.trial import build_model
-from tlkit.weights import Pretrained, _check_file, save_source
+from tlkit.weights import Pretrained, read_weights_file, save_source
 
 __all__ = ["train_source"]
 
@@ -46,12 +46,9 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
     assert src is not None
     device = device or torch.device("cpu")
     started = time.perf_counter()
-    train, test = load_dataset(src.data.name, src.data.root, src.data.download)
-    splits = make_splits(train, test, classes=src.data.classes, val_fraction=src.data.val_fraction, seed=exp.seed,
-                         image_size=src.train.image_size, train_per_class=src.data.train_per_class,
-                         test_per_class=src.data.test_per_class)
+    splits = splits_for(src.data, src.train.image_size, exp.seed)
     splits = to_device(splits, device)
-    base = (Pretrained(_check_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
+    base = (Pretrained(read_weights_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
             if backbone in exp.weights else None)
     log.info("pretraining %s on the source task (%d images, %d classes, %d epochs)", backbone, len(splits.train),
              splits.num_classes, src.train.epochs)

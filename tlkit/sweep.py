@@ -11,20 +11,21 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 import torch
 
 from tlkit.backbones import check_backbone
 from tlkit.checkpoint import write_json
-from tlkit.data import Splits, load_dataset, make_splits, to_device
+from tlkit.data import Splits, splits_for, to_device
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
 from tlkit.progress import SweepProgress
 from tlkit.strategies import get_strategy
 from tlkit.study import (Cell, cells, check_identity, check_results_folder, default_storage, finished_count,
                          open_cell_study, open_storage, reseed_sampler, take_up_dead_local_trials)
+from tlkit.train import Callback
 from tlkit.trial import SweepRun, make_objective
 
 __all__ = ["main", "prepare", "run_sweep"]
@@ -96,14 +97,12 @@ def prepare(exp: Experiment) -> Splits:
         check_backbone(backbone)
     for strategy in exp.strategies:
         get_strategy(strategy)
-    train, test = load_dataset(exp.data.name, exp.data.root, exp.data.download)
-    return make_splits(train, test, classes=exp.data.classes, val_fraction=exp.data.val_fraction, seed=exp.seed,
-                       image_size=exp.train.image_size, train_per_class=exp.data.train_per_class,
-                       test_per_class=exp.data.test_per_class)
+    return splits_for(exp.data, exp.train.image_size, exp.seed)
 
 
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
-              callbacks: object | None = None, progress: SweepProgress | None = None) -> Path:
+              callbacks: Callable[[Cell, int, dict[str, Any]], list[Callback]] | None = None,
+              progress: SweepProgress | None = None) -> Path:
     """Run (or continue) every cell of ``exp``; returns the results folder.
 
     Every trial logs to TensorBoard (``out/tb``); ``progress`` shows where the sweep stands (default: nothing).

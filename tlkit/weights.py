@@ -21,7 +21,8 @@ from tlkit.data import cache_dir
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, experiment_to_dict, file_digest, fingerprint
 
-__all__ = ["Pretrained", "resolve_pretrained", "load_into", "hub_reachable", "source_weights_path"]
+__all__ = ["Pretrained", "resolve_pretrained", "load_into", "hub_reachable", "source_weights_path",
+           "read_weights_file"]
 
 HUB_HOST = ("huggingface.co", 443)
 
@@ -56,8 +57,10 @@ def _hub_cache_hint() -> str:
 
 def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Tensor]:
     """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable."""
-    if not online:
-        import huggingface_hub.constants as hf_constants
+    import huggingface_hub.constants as hf_constants
+
+    saved = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
+    if not online:  # cache only: fail at once instead of retrying an unreachable hub for a minute
         os.environ["HF_HUB_OFFLINE"] = "1"
         hf_constants.HF_HUB_OFFLINE = True
     try:
@@ -69,6 +72,12 @@ def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.T
             f"HINT: put the weights in a file and pass --weights {backbone}=PATH (or weights={{...}} in the "
             f"experiment), declare a source task tlkit trains itself (Experiment(source=...)), run once online to "
             f"fill the cache, or set pretrained=False to train from random initialisation.") from None
+    finally:
+        if saved[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[0]
+        hf_constants.HF_HUB_OFFLINE = saved[1]
 
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
@@ -112,7 +121,8 @@ def _base_origin(exp: Experiment, backbone: str) -> str:
     return file_digest(exp.weights[backbone]) if backbone in exp.weights else "random init"
 
 
-def _check_file(backbone: str, path: str) -> dict[str, torch.Tensor]:
+def read_weights_file(backbone: str, path: str) -> dict[str, torch.Tensor]:
+    """A weights file given for ``backbone``, read safely; a missing or unreadable file is a TlkitError."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} does not exist. HINT: fix the path "
@@ -143,7 +153,7 @@ def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
             train_source(exp, backbone, path)
         pretrained = Pretrained(load_weights(path), f"source task {_source_label(exp)} ({path.name})")
     elif backbone in exp.weights:
-        pretrained = Pretrained(_check_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
+        pretrained = Pretrained(read_weights_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
     else:
         pretrained = Pretrained(_from_hub(backbone, hub_reachable(), exp.train.image_size), f"timm hub ({backbone})")
     model = create_backbone(backbone, num_classes, exp.train.image_size)
@@ -155,11 +165,6 @@ def _source_label(exp: Experiment) -> str:
     assert exp.source is not None
     classes = exp.source.data.classes
     return f"{exp.source.data.name}" + (f"[classes {classes}]" if classes else "")
-
-
-def source_meta(path: Path) -> dict:
-    meta = path.with_suffix(".json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def save_source(path: Path, model: torch.nn.Module, meta: dict) -> None:

@@ -10,16 +10,16 @@ import ast
 import sys
 from typing import Sequence
 
-from tlkit.backbones import create_backbone, layer_groups
+import torch
+
+from tlkit.backbones import LayerGroup, create_backbone, layer_groups
 from tlkit.errors import TlkitError
 from tlkit.strategies import create_strategy, get_strategy, list_strategies
 from tlkit.strategies.base import Strategy
 
 
-def plan_table(strategy: Strategy, backbone: str, coarse: bool = False) -> str:
+def plan_table(strategy: Strategy, model: torch.nn.Module, groups: list[LayerGroup]) -> str:
     """Rows: layer groups (stem first, head last); columns: epochs; cells: learning-rate multiplier, '-' frozen."""
-    model = create_backbone(backbone, num_classes=10)
-    groups = layer_groups(model, coarse=coarse)
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
     epochs = range(strategy.epochs)
     header = f"{'#':>2} {'group':<28} {'params':>10}  " + " ".join(f"{'e' + str(e):>6}" for e in epochs)
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             for name in list_strategies():
                 cls = get_strategy(name)
-                space = cls.search_space(num_groups=6, epochs=args.epochs if hasattr(args, "epochs") else 6)
+                space = cls.search_space(num_groups=6, epochs=6)
                 doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
                 print(f"{name:<14} {doc}")
                 if space:
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if space:
             print("searched by Optuna: " + "; ".join(f"{k} in {_range(d)}" for k, d in space.items()))
         print("cells: learning-rate multiplier of each group per epoch ('-' = frozen)\n")
-        print(plan_table(strategy, args.backbone, coarse=args.coarse))
+        print(plan_table(strategy, model, groups))
         return 0
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import fnmatch
 from importlib.metadata import entry_points
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from tlkit.errors import TlkitError, did_you_mean
 
+if TYPE_CHECKING:
+    from tlkit.strategies.base import Strategy
+
 __all__ = ["register_strategy", "list_strategies", "get_strategy", "create_strategy", "load_entry_points"]
 
-_STRATEGIES: dict[str, type] = {}
+_STRATEGIES: dict[str, type[Strategy]] = {}
 _ENTRY_POINT_GROUP = "tlkit.strategies"
 _entry_points_loaded = False
 
@@ -46,7 +49,7 @@ def load_entry_points() -> None:
     _entry_points_loaded = True
     for ep in entry_points(group=_ENTRY_POINT_GROUP):
         obj = ep.load()
-        if isinstance(obj, type) and ep.name not in _STRATEGIES:
+        if isinstance(obj, type):  # a clash with another class under the same name is an error, as for built-ins
             register_strategy(ep.name)(obj)
 
 
@@ -56,7 +59,8 @@ def list_strategies(pattern: str = "*") -> list[str]:
     return sorted(n for n in _STRATEGIES if fnmatch.fnmatch(n, pattern))
 
 
-def get_strategy(name: str) -> type:
+def get_strategy(name: str) -> type[Strategy]:
+    """The registered class for ``name``; an unknown name lists what exists, with close matches first."""
     load_entry_points()
     if name not in _STRATEGIES:
         raise TlkitError(did_you_mean(name, _STRATEGIES, "strategy")
@@ -64,6 +68,6 @@ def get_strategy(name: str) -> type:
     return _STRATEGIES[name]
 
 
-def create_strategy(name: str, num_groups: int, epochs: int, **params: Any) -> Any:
+def create_strategy(name: str, num_groups: int, epochs: int, **params: Any) -> Strategy:
     """Instantiate a registered strategy for a backbone with ``num_groups`` layer groups (head included)."""
     return get_strategy(name)(num_groups=num_groups, epochs=epochs, **params)
