@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tlkit.experiment import load_experiment
 from tlkit.report import PLOTS, main, winners
-from tlkit.sweep import run_sweep
-from tlkit.testing import write_experiment
+from tlkit.testing import run_tiny_sweep
 
 BACKBONES = ["test_resnet", "test_vit"]
 STRATEGIES = ["linear_probe", "last_n"]
@@ -24,13 +22,9 @@ REPORT_FILES = ["trials.csv", "history.csv", "summary.csv", "report.md", *PLOTS.
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny sweep (2 backbones x 2 strategies x 2 trials x 2 epochs) shared by the tests of this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLKIT_CACHE", str(tmp_path_factory.getbasetemp() / "tlkit-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        folder = tmp_path_factory.mktemp("report")
-        exp = load_experiment(write_experiment(folder, backbones=BACKBONES, strategies=STRATEGIES, trials=2,
-                                               pruner="none", data={"test_per_class": 20}))
-        return run_sweep(exp, folder / "results")
+    return run_tiny_sweep(tmp_path_factory.mktemp("report"), tmp_path_factory.getbasetemp() / "tlkit-cache",
+                          backbones=BACKBONES, strategies=STRATEGIES, trials=2, pruner="none",
+                          data={"test_per_class": 20})
 
 
 def _storage(results: Path) -> str:

@@ -11,11 +11,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from tlkit.experiment import load_experiment
 from tlkit.study import Cell
-from tlkit.sweep import run_sweep
 from tlkit.tensorboard import TensorBoardLogger, run_dir
-from tlkit.testing import write_experiment
+from tlkit.testing import run_tiny_sweep
 from tlkit.train import EpochResult
 
 STRATEGIES = ["linear_probe", "last_n"]
@@ -24,13 +22,9 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLKIT_CACHE", str(tmp_path_factory.getbasetemp() / "tlkit-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        folder = tmp_path_factory.mktemp("tb")
-        exp = load_experiment(write_experiment(folder, strategies=STRATEGIES, trials=2, pruner="none",
-                                               train={"epochs": EPOCHS}, data={"test_per_class": 10}))
-        return run_sweep(exp, folder / "results")
+    return run_tiny_sweep(tmp_path_factory.mktemp("tb"), tmp_path_factory.getbasetemp() / "tlkit-cache",
+                          strategies=STRATEGIES, trials=2, pruner="none", train={"epochs": EPOCHS},
+                          data={"test_per_class": 10})
 
 
 def _stored(results: Path, strategy: str) -> list[optuna.trial.FrozenTrial]:

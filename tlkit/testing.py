@@ -4,10 +4,11 @@ Shipped in the package (as Optuna ships ``optuna.testing``) so plugin authors ca
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_DEFAULTS", "experiment_source", "write_experiment"]
+__all__ = ["TINY_DEFAULTS", "experiment_source", "write_experiment", "run_tiny_sweep"]
 
 TINY_DEFAULTS: dict[str, Any] = {
     "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_per_class": 40, "val_fraction": 0.25},
@@ -43,6 +44,24 @@ def experiment_source(**fields: Any) -> str:
     return (f"from tlkit import Data, Experiment, Source, Train, Strategy, register_strategy\n"
             f"from optuna.distributions import FloatDistribution, IntDistribution, CategoricalDistribution\n"
             f"{prelude}\n\nexperiment = Experiment(\n{body}\n)\n")
+
+
+def run_tiny_sweep(folder: str | Path, cache: str | Path, **fields: Any) -> Path:
+    """Write a tiny experiment into ``folder`` and run it offline into ``folder/results`` (returned), with decoded
+    data and source weights cached in ``cache``. For module-scoped fixtures that share one real sweep."""
+    from tlkit.experiment import load_experiment
+    from tlkit.sweep import run_sweep
+
+    saved = {key: os.environ.get(key) for key in ("TLKIT_CACHE", "HF_HUB_OFFLINE")}
+    os.environ.update(TLKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    try:
+        return run_sweep(load_experiment(write_experiment(folder, **fields)), Path(folder) / "results")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def write_experiment(folder: str | Path, name: str = "tiny", **fields: Any) -> Path:
