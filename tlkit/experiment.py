@@ -7,6 +7,7 @@ trial runs, with the field's dotted path in the message.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -28,6 +29,7 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
+from tlkit.checkpoint import sha256
 from tlkit.errors import TlkitError, did_you_mean
 
 __all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict"]
@@ -317,7 +319,7 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
     Values are Python literals parsed with ``ast.literal_eval`` (never ``eval``); a bare word is a string.
     ``search.lr=[1e-5, 1e-3]`` sets a searched range (keeping its log scale); a list of choices sets a categorical.
     """
-    exp = _copy(exp)
+    exp = copy.deepcopy(exp)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -364,11 +366,6 @@ def _distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistr
     if not isinstance(value, (list, tuple)) or not value:
         raise TlkitError(f"Bad --set {key}: categorical choices are a list, e.g. [32, 64], but got {value!r}.")
     return CategoricalDistribution(list(value))
-
-
-def _copy(exp: Experiment) -> Experiment:
-    import copy
-    return copy.deepcopy(exp)
 
 
 def _revalidate(exp: Experiment) -> None:
@@ -422,11 +419,7 @@ def file_digest(path: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return sha256(Path(path))[:16]
 
 
 def fingerprint(payload: Any) -> str:

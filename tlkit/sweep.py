@@ -118,14 +118,15 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     check_results_folder(out, exp.name)
     sqlite_file = out / "study.db"
     url = storage_url or default_storage(out)
-    if storage_url or sqlite_file.exists():
-        check_identity(open_storage(url), exp.name, exp)
+    # An existing study is checked before source pretraining, which can take long; a new SQLite file has none.
+    storage = open_storage(url) if storage_url or sqlite_file.exists() else None
+    if storage is not None:
+        check_identity(storage, exp.name, exp)
     pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
                                         lambda e, bb, p: train_source(e, bb, p, device=device))
                   for b in exp.backbones}
     out.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(url)
-    check_identity(storage, exp.name, exp)
+    storage = storage or open_storage(url)
     write_json(out / "experiment.json", experiment_to_dict(exp))
     run = SweepRun(exp, out, splits, pretrained, device)
     extra = callbacks if callbacks is not None else run.callbacks
