@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-__all__ = ["TlkitError", "did_you_mean"]
+__all__ = ["TlkitError", "did_you_mean", "describe_error"]
 
 
 class TlkitError(Exception):
@@ -17,7 +17,21 @@ class TlkitError(Exception):
 def did_you_mean(name: str, choices: Iterable[str], what: str, list_available: bool = True) -> str:
     """``Unknown strategy 'lastn'. Did you mean 'last_n'? Available: a, b, c.``"""
     choices = sorted(set(choices))
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     shown = f" Available: {', '.join(choices)}." if list_available else ""
     return f"Unknown {what} {name!r}.{hint}{shown}"
+
+
+def describe_error(err: BaseException, limit: int = 200) -> str:
+    """``TypeName: first line of the message`` for any exception, even one whose message is empty.
+
+    Error paths use this instead of ``str(err).splitlines()[0]``, which itself raises on an empty message: a
+    report about a damaged file must never become a second crash.
+    """
+    try:
+        lines = str(err).strip().splitlines()
+    except Exception:  # noqa: BLE001 - a __str__ that raises is still an error we can name
+        lines = []
+    first = lines[0][:limit] if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__

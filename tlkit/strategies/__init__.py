@@ -3,11 +3,13 @@
 Third-party packages add strategies through the ``tlkit.strategies`` entry-point group; an experiment file can
 register its own with the same decorator.
 """
-from tlkit.strategies._registry import create_strategy, get_strategy, list_strategies, register_strategy
-from tlkit.strategies.base import Strategy
+from tlkit.strategies.base import Strategy, check_plan
+from tlkit.strategies._registry import (STRATEGIES, create_strategy, get_strategy, list_strategies,
+                                        register_strategy)
 
 # Built-ins, imported explicitly so `ls tlkit/strategies` is the list.
 from tlkit.strategies import (bitfit, from_scratch, full_finetune, gradual, last_n, layer_decay,  # noqa: F401
                               linear_probe, lp_ft)
 
-__all__ = ["Strategy", "register_strategy", "list_strategies", "get_strategy", "create_strategy"]
+__all__ = ["Strategy", "STRATEGIES", "register_strategy", "list_strategies", "get_strategy", "create_strategy",
+           "check_plan"]

@@ -1,71 +1,47 @@
-"""The strategy registry: one plain dict, filled by ``@register_strategy`` and the ``tlkit.strategies`` entry points."""
+"""The strategy registry: ``@register_strategy`` and the ``tlkit.strategies`` entry points (see tlkit.registry)."""
 from __future__ import annotations
 
-import fnmatch
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-from tlkit.errors import TlkitError, did_you_mean
+from tlkit.errors import TlkitError
+from tlkit.registry import Registry
+from tlkit.strategies.base import Strategy
 
-if TYPE_CHECKING:
-    from tlkit.strategies.base import Strategy
-
-__all__ = ["register_strategy", "list_strategies", "get_strategy", "create_strategy", "load_entry_points"]
-
-_STRATEGIES: dict[str, type[Strategy]] = {}
-_ENTRY_POINT_GROUP = "tlkit.strategies"
-_entry_points_loaded = False
+__all__ = ["STRATEGIES", "register_strategy", "list_strategies", "get_strategy", "create_strategy"]
 
 T = TypeVar("T", bound=type)
 
 
-def register_strategy(name: str) -> Callable[[T], T]:
-    """Class decorator: make a Strategy subclass available under ``name``.
+def _check_strategy(name: str, obj: object) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
+        raise TlkitError(f"strategy {name!r} must be a subclass of tlkit.Strategy but got {obj!r}.")
 
-    Registering a different class under a taken name is an error (re-running the same file is not).
-    """
+
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategy", "tlkit.strategies", check=_check_strategy,
+    hint="HINT: register your own with @register_strategy('name').")
+
+
+def register_strategy(name: str) -> Callable[[T], T]:
+    """Class decorator: make a Strategy subclass available under ``name`` (and set its ``name``)."""
+    register = STRATEGIES.register(name)
 
     def decorator(cls: T) -> T:
-        existing = _STRATEGIES.get(name)
-        if existing is not None and _qualname(existing) != _qualname(cls):
-            raise TlkitError(f"Strategy name {name!r} is already registered by {_qualname(existing)}; "
-                             f"{_qualname(cls)} cannot take it. HINT: pick another name.")
-        cls.name = name
-        _STRATEGIES[name] = cls
+        register(cls)
+        cls.name = name  # type: ignore[attr-defined]
         return cls
 
     return decorator
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def load_entry_points() -> None:
-    """Import third-party strategies advertised under the ``tlkit.strategies`` entry-point group (once)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if isinstance(obj, type):  # a clash with another class under the same name is an error, as for built-ins
-            register_strategy(ep.name)(obj)
-
-
 def list_strategies(pattern: str = "*") -> list[str]:
     """Registered strategy names matching a glob, sorted: ``list_strategies("l*")``."""
-    load_entry_points()
-    return sorted(n for n in _STRATEGIES if fnmatch.fnmatch(n, pattern))
+    return STRATEGIES.list(pattern)
 
 
 def get_strategy(name: str) -> type[Strategy]:
     """The registered class for ``name``; an unknown name lists what exists, with close matches first."""
-    load_entry_points()
-    if name not in _STRATEGIES:
-        raise TlkitError(did_you_mean(name, _STRATEGIES, "strategy")
-                         + " HINT: register your own with @register_strategy('name').")
-    return _STRATEGIES[name]
+    return STRATEGIES.get(name)
 
 
 def create_strategy(name: str, num_groups: int, epochs: int, **params: Any) -> Strategy:

@@ -1,16 +1,18 @@
 """The Strategy contract: which layer groups train at each epoch, and at what learning-rate multiplier."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
 
 from optuna.distributions import BaseDistribution
 
 from tlkit.errors import TlkitError
 
-__all__ = ["Strategy"]
+__all__ = ["Strategy", "check_plan"]
 
 
-class Strategy:
+class Strategy(ABC):
     """Decides, per epoch, the learning-rate multiplier of every layer group; 0 freezes the group.
 
     Groups are timm's layer groups, stem first, with the classifier head always last (see ``tlkit.backbones``).
@@ -50,9 +52,9 @@ class Strategy:
         """Hyperparameters Optuna searches for this strategy (added to the experiment's shared ones)."""
         return {}
 
+    @abstractmethod
     def lr_scales(self, epoch: int) -> list[float]:
         """Learning-rate multiplier of each layer group at ``epoch`` (0-based); 0 means frozen, the head is last."""
-        raise NotImplementedError
 
     def trains_param(self, name: str, is_head: bool) -> bool:
         """Whether a parameter of a group with a non-zero multiplier trains. Hook for parameter-level rules."""
@@ -66,3 +68,24 @@ class Strategy:
     def _frozen_below(self, first_trained: int) -> list[float]:
         """Groups ``first_trained..`` at multiplier 1, the rest frozen."""
         return [0.0 if i < first_trained else 1.0 for i in range(self.num_groups)]
+
+
+def check_plan(strategy: Strategy, epoch: int) -> list[float]:
+    """``strategy.lr_scales(epoch)``, checked: one finite, non-negative number per layer group.
+
+    A plan with a NaN or a negative multiplier would train with a nonsense learning rate and produce a number
+    that looks like a result; it is refused with the strategy, the epoch and the values it gave.
+    """
+    scales: Sequence[Any] = strategy.lr_scales(epoch)
+    where = f"Strategy {strategy.name or type(strategy).__name__!r} at epoch {epoch}"
+    try:
+        values = [float(s) for s in scales]
+    except (TypeError, ValueError):
+        raise TlkitError(f"{where}: lr_scales must return numbers, one per layer group, but got {scales!r}.") from None
+    if len(values) != strategy.num_groups:
+        raise TlkitError(f"{where}: lr_scales must return {strategy.num_groups} multipliers (one per layer group, "
+                         f"head last) but got {len(values)}: {values}.")
+    bad = [v for v in values if not math.isfinite(v) or v < 0]
+    if bad:
+        raise TlkitError(f"{where}: lr_scales must be finite and >= 0 (0 freezes a group) but got {values}.")
+    return values
