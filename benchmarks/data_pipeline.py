@@ -17,7 +17,8 @@ import torch
 import torchvision.transforms as T
 from torchvision.datasets import ImageFolder
 
-from tlkit.data import iterate_batches, load_dataset
+from tlkit.data import iterate_batches
+from tlkit.datasets import load_dataset
 
 
 def tlkit_epoch(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:

@@ -1,74 +1,12 @@
-"""Dataset readers on small real data, the honest split, and whole-batch augmentation."""
+"""The tensor pipeline: the honest split, whole-batch augmentation, repeatable batches."""
 from __future__ import annotations
 
-import zipfile
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from tlkit.data import augment_batch, iterate_batches, load_dataset, make_splits
+from tlkit.data import augment_batch, iterate_batches, make_splits
+from tlkit.datasets import load_dataset
 from tlkit.errors import TlkitError
-
-
-def _write_imagefolder(root, per_class=6, size=12):
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c, name in enumerate(["cat", "dog", "emu"]):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = np.full((size, size, 3), 40 * c, dtype=np.uint8) + rng.integers(0, 20, (size, size, 3),
-                                                                                             dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    return root
-
-
-def test_digits_are_shipped_and_split_80_20():
-    train, test = load_dataset("digits")
-    assert train.images.shape == (1437, 3, 8, 8) and test.images.shape == (360, 3, 8, 8)
-    assert train.images.dtype == torch.uint8 and int(train.images.max()) == 255
-    assert train.classes == [str(i) for i in range(10)]
-
-
-def test_imagefolder_from_a_folder_and_from_a_zip(tmp_path):
-    root = _write_imagefolder(tmp_path / "pets")
-    train, test = load_dataset("imagefolder", root)
-    assert train.classes == ["cat", "dog", "emu"]
-    assert train.images.shape == (18, 3, 12, 12) and len(test) == 18
-    assert train.labels.bincount().tolist() == [6, 6, 6]
-    # The same images from a zip with an extra top-level folder, as the CIFAR-10 zip has.
-    archive = tmp_path / "pets.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in sorted(root.rglob("*.png")):
-            zf.write(path, f"pets/{path.relative_to(root).as_posix()}")
-    ztrain, ztest = load_dataset("imagefolder", archive)
-    assert torch.equal(ztrain.images, train.images) and torch.equal(ztest.labels, test.labels)
-
-
-def test_missing_data_says_where_it_looked(tmp_path):
-    with pytest.raises(TlkitError, match=r"'.*nowhere' does not exist\. HINT: pass --data-dir"):
-        load_dataset("imagefolder", tmp_path / "nowhere")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(TlkitError, match=r"CIFAR-10 is not under .*empty.*cifar-10-batches-py.*HINT"):
-        load_dataset("cifar10", tmp_path / "empty", download=False)
-    with pytest.raises(TlkitError, match="not in ImageFolder layout"):
-        load_dataset("imagefolder", tmp_path / "empty")
-
-
-def test_cifar10_zip_from_the_shared_data_folder(cifar_zip):
-    train, test = load_dataset("cifar10", cifar_zip.parent, download=False)
-    assert train.images.shape == (50000, 3, 32, 32) and test.images.shape == (10000, 3, 32, 32)
-    assert train.classes[:3] == ["airplane", "automobile", "bird"]
-    assert train.labels.bincount().tolist() == [5000] * 10
-    # The second load comes from the decoded cache and is identical.
-    again, _ = load_dataset("cifar10", cifar_zip.parent, download=False)
-    assert torch.equal(again.images[:100], train.images[:100])
-    splits = make_splits(train, test, classes=[5, 6, 7, 8, 9], val_fraction=0.2, seed=0, image_size=32,
-                         train_per_class=100)
-    assert splits.train.classes == ["dog", "frog", "horse", "ship", "truck"]
-    assert len(splits.train) == 400 and len(splits.val) == 100 and len(splits.test) == 5000
 
 
 def test_class_subset_caps_and_a_stratified_seeded_split():
@@ -108,11 +46,3 @@ def test_batches_are_normalised_and_repeatable():
     x = first[0][0]
     assert x.dtype == torch.float32 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert len(list(iterate_batches(train, 100, max_batches=3, mean=(0, 0, 0), std=(1, 1, 1)))) == 3
-
-
-def test_the_decoded_cache_sees_a_replaced_image(tmp_path):
-    root = _write_imagefolder(tmp_path / "pets")
-    first, _ = load_dataset("imagefolder", root)
-    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(root / "train" / "cat" / "000.png")
-    second, _ = load_dataset("imagefolder", root)
-    assert int(second.images[0].sum()) == 0 and int(first.images[0].sum()) > 0
