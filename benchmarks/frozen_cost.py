@@ -17,6 +17,7 @@ import torch
 from tlkit.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data import ImageSet, Splits, to_device
 from tlkit.experiment import Train
+from tlkit.metrics import get_metric
 from tlkit.strategies import create_strategy
 from tlkit.train import Trainer
 
@@ -27,7 +28,7 @@ def epoch_seconds(backbone: str, strategy: str, splits: Splits, recipe: Train, d
     model = create_backbone(backbone, splits.num_classes, recipe.image_size)
     groups = layer_groups(model)
     plan = create_strategy(strategy, num_groups=len(groups), epochs=recipe.epochs, **params)
-    trainer = Trainer(model, groups, plan, splits, recipe, "accuracy", seed=0, device=device,
+    trainer = Trainer(model, groups, plan, splits, recipe, get_metric("accuracy"), seed=0, device=device,
                       **preprocessing(model))
     return [r.seconds for r in trainer.fit()]
 

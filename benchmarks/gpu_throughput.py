@@ -14,6 +14,7 @@ import torch
 from tlkit.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data import ImageSet, Splits, to_device
 from tlkit.experiment import Train
+from tlkit.metrics import get_metric
 from tlkit.strategies import create_strategy
 from tlkit.train import Trainer
 
@@ -24,7 +25,8 @@ def images_per_second(backbone: str, splits: Splits, image_size: int, amp: bool,
     groups = layer_groups(model)
     strategy = create_strategy("full_finetune", num_groups=len(groups), epochs=epochs)
     recipe = Train(epochs=epochs, batch_size=256, image_size=image_size, amp=amp, augment=["crop", "hflip"])
-    trainer = Trainer(model, groups, strategy, splits, recipe, "accuracy", seed=0, device=torch.device("cuda"),
+    trainer = Trainer(model, groups, strategy, splits, recipe, get_metric("accuracy"), seed=0,
+                      device=torch.device("cuda"),
                       **preprocessing(model))
     return trainer.fit()[-1].images_per_s
 

@@ -55,7 +55,23 @@ BAD_INPUT = {
     "malformed --set": (None, ["--set", "train.epochs"], ["expected KEY=VALUE"]),
     "missing data folder": (None, ["--set", "data.name=imagefolder", "--data-dir", "/nonexistent/images"],
                             ["/nonexistent/images", "does not exist", "--data-dir"]),
+    "unknown dataset": (None, ["--set", "data.name=cifar_10"], ["Unknown dataset 'cifar_10'", "'cifar10'"]),
+    "unknown metric": (None, ["--set", "metric=acc"], ["Unknown metric 'acc'", "accuracy"]),
+    "metric needs more classes": (None, ["--set", "metric=top5_accuracy"], ["needs at least 6 classes",
+                                                                           "has 5"]),
+    "strategy shadows a shared hyperparameter": (lambda exp: _shadowing_copy(exp), [],
+                                                 ["Strategy 'own_lr_test' searches ['lr']", "HINT: remove"]),
 }
+
+
+def _shadowing_copy(exp: Path) -> Path:
+    """A strategy that searches its own ``lr`` beside the experiment's shared ``lr``."""
+    prelude = ("@register_strategy('own_lr_test')\nclass OwnLr(Strategy):\n"
+               "    @classmethod\n    def search_space(cls, num_groups, epochs):\n"
+               "        return {'lr': FloatDistribution(0.1, 0.2)}\n"
+               "    def lr_scales(self, epoch):\n        return [1.0] * self.num_groups\n")
+    return write_experiment(exp.parent / "shadow", name="study", trials=1, train={"epochs": 1},
+                            strategies=["own_lr_test"], prelude=prelude)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
@@ -121,7 +137,7 @@ _made = [0]
 
 @register_strategy("explode_first")
 class ExplodeFirst(LastN):
-    """The first trial of the process gets an infinite learning rate from epoch 1: its loss turns NaN."""
+    """The first trial of the process gets a 1e30 times larger learning rate from epoch 1: its loss turns NaN."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -129,7 +145,7 @@ class ExplodeFirst(LastN):
         self.explode = _made[0] == 1
 
     def lr_scales(self, epoch):
-        return [s * float("inf") if self.explode and epoch >= 1 and s > 0 else s for s in super().lr_scales(epoch)]
+        return [s * 1e30 if self.explode and epoch >= 1 and s > 0 else s for s in super().lr_scales(epoch)]
 '''
 
 

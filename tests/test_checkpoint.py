@@ -132,7 +132,7 @@ def test_prune_epochs_keeps_best_weights(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "flip_weight_byte", "garble_state", "truncate_state",
-                                    "delete_weights"])
+                                    "delete_weights", "empty_state"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
     weights = _save_epochs(tmp_path, range(2))
     st, pt = tmp_path / "epoch_0001.safetensors", tmp_path / "epoch_0001.pt"
@@ -146,13 +146,17 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
         pt.write_bytes(os.urandom(pt.stat().st_size))
     elif damage == "truncate_state":
         pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    elif damage == "empty_state":
+        pt.write_bytes(b"")  # torch.load raises with an empty message: the warning must still be written
     else:
         st.unlink()
-    bad = pt if "state" in damage else st
-    with pytest.warns(UserWarning, match=str(bad)):
+    named = pt if "state" in damage else st
+    with pytest.warns(UserWarning, match=rf"{named} .*set aside as epoch_0001\.pt\.bad"):
         loaded_weights, state = load_latest(tmp_path)
     assert state["epoch"] == 1
     assert all(torch.equal(loaded_weights[k], weights[0][k]) for k in weights[0])
+    assert (tmp_path / "epoch_0001.pt.bad").is_file() and not pt.exists()  # set aside, not deleted
+    assert load_latest(tmp_path)[1]["epoch"] == 1  # and not tried again
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):

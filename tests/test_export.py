@@ -56,7 +56,7 @@ def test_the_exported_preprocessing_reproduces_the_reported_test_score(study, st
     exp, out = study
     model = tlkit.load_best(out, backbone="test_resnet", strategy=strategy)
     info = model.tlkit_info
-    test = prepare(load_experiment(exp)).test
+    test = prepare(load_experiment(exp))[0].test
     x = test.images.float() / 255.0
     if x.shape[-1] != info["image_size"]:
         x = F.interpolate(x, size=(info["image_size"],) * 2, mode="bilinear", antialias=True)
@@ -69,7 +69,10 @@ def test_the_exported_preprocessing_reproduces_the_reported_test_score(study, st
 
 def test_keep_checkpoints_last_keeps_the_epoch_state_of_finished_trials(study):
     _, out = study
-    for folder in out.glob("trials/test_resnet/*/trial_*"):
+    folders = sorted(out.glob("trials/test_resnet/*/trial_*"))
+    assert [f"{f.parent.name}/{f.name}" for f in folders] == [f"{s}/trial_{n:04d}" for s in sorted(STRATEGIES)
+                                                             for n in (0, 1)]
+    for folder in folders:
         assert {p.name for p in folder.glob("epoch_*")} == {"epoch_0000.pt", "epoch_0000.safetensors",
                                                              "epoch_0001.pt", "epoch_0001.safetensors"}, folder
 

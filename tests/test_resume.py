@@ -27,7 +27,7 @@ from tlkit.testing import write_experiment
 KILL_PRELUDE = '''
 import os, signal
 from pathlib import Path
-import tlkit.train, tlkit.trial
+import tlkit.train, tlkit.runner
 from tlkit.strategies.gradual import Gradual
 
 _KILLS = [k.split(":") for k in os.environ.get("TLKIT_TEST_KILL", "").split(",") if k]
@@ -55,7 +55,7 @@ class GradualKill(Gradual):
         return super().lr_scales(epoch)
 
 
-def _load_latest(folder, _real=tlkit.trial.load_latest):
+def _load_latest(folder, _real=tlkit.runner.load_latest):
     latest = _real(folder)
     _now.update(cell=folder.parent.name, run=int(folder.name.rsplit("_", 1)[1]),
                 epoch=latest[1]["epoch"] - 1 if latest else -1)
@@ -76,23 +76,23 @@ def _iterate_batches(data, batch_size, _real=tlkit.train.iterate_batches, **kw):
         yield batch
 
 
-def _save_epoch(folder, epoch, *args, _real=tlkit.trial.save_epoch, **kw):
+def _save_epoch(folder, epoch, *args, _real=tlkit.runner.save_epoch, **kw):
     _real(folder, epoch, *args, **kw)
     _kill_if("saved", epoch)
 
 
-def _save_weights(path, *args, _real=tlkit.trial.save_weights, **kw):
+def _save_weights(path, *args, _real=tlkit.runner.save_weights, **kw):
     _real(path, *args, **kw)
     _kill_if("best", int(kw.get("metadata", {}).get("epoch", -1)))
 
 
-def _finish(*args, _real=tlkit.trial._finish):
+def _finish(*args, _real=tlkit.runner._finish):
     _real(*args)
     _kill_if("finished", _now["epoch"])
 
 
-tlkit.trial.load_latest, tlkit.trial.save_epoch, tlkit.trial.save_weights = _load_latest, _save_epoch, _save_weights
-tlkit.trial._finish = _finish
+tlkit.runner.load_latest, tlkit.runner.save_epoch, tlkit.runner.save_weights = _load_latest, _save_epoch, _save_weights
+tlkit.runner._finish = _finish
 tlkit.train.iterate_batches = _iterate_batches
 '''
 
@@ -159,7 +159,8 @@ def _assert_same_results(out: Path, reference: dict) -> None:
     same = ["trials_complete", "trials_pruned", "best_val_accuracy", "test_accuracy", "test_loss", "best_params"]
     summary, ref_summary = (pd.read_csv(o / "summary.csv")[same] for o in (out, reference["out"]))
     assert summary.equals(ref_summary), "the study's results are those of the uninterrupted run"
-    assert not list(out.glob("trials/**/epoch_*")), "per-epoch state is dropped once every trial is finished"
+    live = [p for p in out.glob("trials/**/epoch_*") if not p.name.endswith(".bad")]  # damaged ones stay aside
+    assert not live, "per-epoch state is dropped once every trial is finished"
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +242,9 @@ def test_killed_sweep_resumes_with_nothing_lost_and_nothing_repeated(reference, 
     assert _epochs_trained(tmp_path, since=seen) == [], "the last attempt only had to report the result"
     assert finished.stat().st_mtime_ns == finished_mtime, "the finished trial was never run again"
     assert not (tmp_path / "code_ran").exists(), "a checkpoint that would run code on load is never unpickled"
+    assert sorted(p.name for p in (out / TRIAL_1).glob("*.bad")) == [  # set aside for a post-mortem, not deleted
+        "epoch_0001.pt.bad", "epoch_0001.safetensors.bad", f"epoch_{EPOCHS - 1:04d}.pt.bad",
+        f"epoch_{EPOCHS - 1:04d}.safetensors.bad"]
 
     _assert_same_results(out, reference)
     trials = pd.read_csv(out / "trials.csv").set_index("trial")

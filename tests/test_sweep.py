@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from tlkit.backbones import create_backbone
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
 
@@ -31,24 +32,36 @@ def test_cli_runs_a_study_end_to_end(tmp_path):
     assert json.loads((out / "experiment.json").read_text())["backbones"] == ["test_resnet", "test_vit"]
 
     trials = pd.read_csv(out / "trials.csv")
+    history = pd.read_csv(out / "history.csv")
+    summary = pd.read_csv(out / "summary.csv")
     assert len(trials) == 8 and set(trials.state) <= {"COMPLETE", "PRUNED"}
     assert set(zip(trials.backbone, trials.strategy)) == {(b, s) for b in ("test_resnet", "test_vit")
                                                           for s in ("linear_probe", "last_n")}
     for column in ("trial", "val_accuracy", "params_lr", "params_weight_decay", "epochs_run", "trainable_params",
                    "total_params", "wall_time_s"):
         assert column in trials.columns, column
-    probe = trials[trials.strategy == "linear_probe"]
-    assert (probe.trainable_params < probe.total_params / 100).all()  # only the head trains
+    for row in trials.itertuples():  # a trial's value is its best epoch; its epochs are all in history.csv
+        epochs = history[(history.backbone == row.backbone) & (history.strategy == row.strategy)
+                         & (history.trial == row.trial)]
+        assert epochs.epoch.tolist() == list(range(row.epochs_run))
+        if row.state == "COMPLETE":
+            assert row.val_accuracy == pytest.approx(epochs.val_accuracy.max())
+    for backbone in ("test_resnet", "test_vit"):  # a linear probe trains exactly the new head
+        head = sum(p.numel() for p in create_backbone(backbone, 5, 16).get_classifier().parameters())
+        probe = trials[(trials.strategy == "linear_probe") & (trials.backbone == backbone)]
+        assert (probe.trainable_params == head).all(), (backbone, head)
     last_n = trials[trials.strategy == "last_n"]
-    assert last_n.params_n_groups.notna().all() and probe.params_n_groups.isna().all()
-    assert trials.val_accuracy.between(0, 1).all()
+    probes = trials[trials.strategy == "linear_probe"]
+    assert last_n.params_n_groups.notna().all() and probes.params_n_groups.isna().all()
 
-    summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 4
-    assert summary.test_accuracy.between(0, 1).all() and summary.best_val_accuracy.notna().all()
-    assert (summary.trials_complete + summary.trials_pruned == 2).all()
-    best = summary.iloc[0]
-    assert json.loads(best.best_params)["lr"] > 0
+    assert len(summary) == 4 and (summary.trials_complete + summary.trials_pruned == 2).all()
+    for cell in summary.itertuples():  # the summary names the cell's best complete trial and its parameters
+        mine = trials[(trials.backbone == cell.backbone) & (trials.strategy == cell.strategy)
+                      & (trials.state == "COMPLETE")]
+        best = mine.loc[mine.val_accuracy.idxmax()]
+        assert (cell.best_trial, cell.best_val_accuracy) == (best.trial, best.val_accuracy)
+        assert json.loads(cell.best_params)["lr"] == pytest.approx(best.params_lr)
+        assert 0 <= cell.test_accuracy <= 1
     # Each cell is its own Optuna study, all in one storage.
     names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{out / 'study.db'}")}
     assert names == {f"mini/{b}/{s}" for b in ("test_resnet", "test_vit") for s in ("linear_probe", "last_n")}

@@ -115,67 +115,70 @@ def _epoch(e: int) -> EpochResult:
 
 
 def _trainer(history: list[EpochResult]) -> SimpleNamespace:
-    """What the logger reads from a Trainer: its layer groups, history, and next epoch."""
+    """What the logger reads from a Trainer: its layer groups, history, next epoch and best metric."""
     return SimpleNamespace(groups=[SimpleNamespace(name="stem"), SimpleNamespace(name="head")],
-                           history=list(history), epoch=len(history))
+                           history=list(history), epoch=len(history), best_metric=0.0)
 
 
-def test_resumed_trial_writes_each_epoch_once(tmp_path: Path) -> None:
+def _run(logger: TensorBoardLogger, trainer: SimpleNamespace, epochs: range, value: float) -> None:
+    for e in epochs:
+        trainer.history.append(_epoch(e))
+        trainer.history[-1].val_metric = value + e
+        logger.on_epoch_end(trainer, trainer.history[-1])
+
+
+def test_a_resumed_trial_shows_each_epoch_once_with_the_resumed_values(tmp_path: Path) -> None:
     cell = Cell("test_resnet", "last_n")
     first = TensorBoardLogger(tmp_path, cell, 7, {"lr": 0.01}, "accuracy")
     trainer = _trainer([])
     first.on_fit_start(trainer)
-    for e in range(3):  # epochs 0..2 logged; the process dies before epoch 2's checkpoint is saved
-        trainer.history.append(_epoch(e))
-        first.on_epoch_end(trainer, trainer.history[-1])
+    _run(first, trainer, range(3), value=100.0)  # epochs 0..2 logged, epoch 2's checkpoint never saved
     first.writer.flush()  # then the process dies: no close, no session end
 
     resumed = TensorBoardLogger(tmp_path, cell, 7, {"lr": 0.01}, "accuracy")
     trainer = _trainer([_epoch(0), _epoch(1)])  # the checkpoint of epoch 1: epoch 2 runs again
     resumed.on_fit_start(trainer)
-    for e in range(2, 5):
-        trainer.history.append(_epoch(e))
-        resumed.on_epoch_end(trainer, trainer.history[-1])
-    resumed.on_fit_end(trainer)
+    _run(resumed, trainer, range(2, 5), value=200.0)
+    resumed.on_fit_end(trainer, "completed")
 
     folder = run_dir(tmp_path, cell, 7)
     assert folder == tmp_path / "test_resnet" / "last_n" / "trial_0007"
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    shown = [(e.step, e.value) for e in acc.Scalars("val/accuracy")]
+    assert shown == [(0, 100.0), (1, 101.0), (2, 202.0), (3, 203.0), (4, 204.0)]  # the dead epoch 2 is purged
     counts = _raw_counts(folder)
-    assert {step for tag, step in counts if tag == "loss/train"} == set(range(5))
-    assert all(n == 1 for n in counts.values()), {k: n for k, n in counts.items() if n > 1}
     assert counts[("_hparams_/session_start_info", 0)] == 1 and counts[("_hparams_/session_end_info", 0)] == 1
 
 
-def test_epochs_a_dead_process_never_logged_are_filled_in(tmp_path: Path) -> None:
+def test_a_trial_restarted_from_scratch_is_shown_once(tmp_path: Path) -> None:
+    """A process that died before its first checkpoint: the rerun starts at epoch 0 and hides all it wrote."""
     cell = Cell("test_vit", "gradual")
     first = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
     trainer = _trainer([])
     first.on_fit_start(trainer)
-    trainer.history.append(_epoch(0))
-    first.on_epoch_end(trainer, trainer.history[-1])
-    first.writer.flush()  # epoch 1's checkpoint was saved, but the process died before logging it
-
-    resumed = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
-    trainer = _trainer([_epoch(0), _epoch(1)])
-    resumed.on_fit_start(trainer)  # filled in at once: this process may die too
+    _run(first, trainer, range(1), value=50.0)
+    first.writer.flush()
+    again = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
+    trainer = _trainer([])
+    again.on_fit_start(trainer)
+    _run(again, trainer, range(2), value=60.0)
+    again.on_fit_end(trainer, "pruned")
     acc = EventAccumulator(str(run_dir(tmp_path, cell, 0)))
     acc.Reload()
-    assert [(e.step, e.value) for e in acc.Scalars("val/accuracy")] == [(0, pytest.approx(0.1)),
-                                                                       (1, pytest.approx(0.2))]
+    assert [(e.step, e.value) for e in acc.Scalars("val/accuracy")] == [(0, 60.0), (1, 61.0)]
     assert [e.value for e in acc.Scalars("lr/01_head")] == pytest.approx([0.01, 0.01])
-    resumed.close()
 
 
-def test_pruned_epoch_is_logged_on_close(tmp_path: Path) -> None:
-    """The pruning callback runs before the logger's ``on_epoch_end``; ``close`` logs what it missed."""
+@pytest.mark.parametrize("outcome, ends", [("completed", 1), ("pruned", 1), ("interrupted", 0), ("failed", 0)])
+def test_only_a_finished_trial_gets_its_hparams_status(tmp_path: Path, outcome: str, ends: int) -> None:
+    """A trial that will resume (interrupted, crashed) must not be shown as ended."""
     cell = Cell("test_resnet", "bitfit")
     logger = TensorBoardLogger(tmp_path, cell, 3, {"lr": 0.1}, "accuracy")
     trainer = _trainer([])
     logger.on_fit_start(trainer)
-    trainer.history.append(_epoch(0))
-    logger.on_epoch_end(trainer, trainer.history[-1])
-    trainer.history.append(_epoch(1))  # pruned here: on_epoch_end never called
-    logger.close()
-    logger.close()  # idempotent
+    _run(logger, trainer, range(1), value=0.5)
+    logger.on_fit_end(trainer, outcome)
+    logger.on_fit_end(trainer, outcome)  # a second call does nothing
     counts = _raw_counts(run_dir(tmp_path, cell, 3))
-    assert counts[("val/accuracy", 1)] == 1 and counts[("hparams/best_val_accuracy", 1)] == 1
+    assert counts[("_hparams_/session_end_info", 0)] == ends and counts[("val/accuracy", 0)] == 1

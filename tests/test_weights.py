@@ -1,4 +1,4 @@
-"""Pretrained weights from a file, from the hub's local cache, or from a source task tlkit trains; and the errors
+"""Pretrained weights from a file or from the hub's local cache (a source task: test_source.py); and the errors
 that stop a sweep before any trial when weights cannot be had."""
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from tlkit.backbones import create_backbone
 from tlkit.errors import TlkitError
 from tlkit.experiment import load_experiment
 from tlkit.export import load_best
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
-from tlkit.weights import load_into, resolve_pretrained
+from tlkit.weights import resolve_pretrained
 
 
 def _sweep(tmp_path, *args):
@@ -96,47 +95,6 @@ def test_hub_weights_come_from_the_local_cache_when_offline(tmp_path, monkeypatc
     assert "timm hub" in proc.stdout
     loaded = torch.load(out, weights_only=True)
     assert torch.equal(loaded["conv1.0.weight"], state["conv1.0.weight"])
-
-
-def test_load_into_replaces_only_the_head():
-    source = create_backbone("test_vit", 3)
-    target = create_backbone("test_vit", 7)
-    head_before = target.head.weight.clone()
-    load_into(target, source.state_dict(), "test")
-    assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
-    assert torch.equal(target.head.weight, head_before) and target.head.out_features == 7
-    broken = {k: v for k, v in source.state_dict().items() if not k.startswith("blocks.1.")}
-    with pytest.raises(TlkitError, match=r"missing keys \['blocks\.1\."):
-        load_into(target, broken, "a partial file")
-
-
-@pytest.mark.slow
-def test_source_task_is_trained_once_and_reused(tmp_path):
-    source = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4], "train_per_class": 60},
-              "train": {"epochs": 3, "batch_size": 32, "image_size": 16, "augment": ["crop"], "lr": 3e-3}}
-    exp = write_experiment(tmp_path, strategies=["linear_probe", "from_scratch"], source=source, trials=1,
-                           pretrained=True)
-    first = _sweep(tmp_path, exp, "--out", tmp_path / "a")
-    assert first.returncode == 0, first.stderr
-    assert "pretraining test_resnet on the source task" in first.stderr
-    cached = list((tmp_path / "cache" / "source").glob("test_resnet-*.safetensors"))
-    assert len(cached) == 1 and cached[0].with_suffix(".json").is_file()
-    trials = pd.read_csv(tmp_path / "a" / "trials.csv")
-    by_strategy = dict(zip(trials.strategy, trials.weights))
-    assert by_strategy["linear_probe"].startswith("source task digits")
-    assert by_strategy["from_scratch"].startswith("random init")
-    # The probe's frozen body is exactly the source-trained body.
-    model = load_best(tmp_path / "a", backbone="test_resnet", strategy="linear_probe")
-    src = load_file(str(cached[0]))
-    assert torch.equal(model.state_dict()["layer4.0.conv1.weight"], src["layer4.0.conv1.weight"])
-    # A second study with the same source reuses the weights instead of training again.
-    second = _sweep(tmp_path, exp, "--out", tmp_path / "b", "--study", "again")
-    assert second.returncode == 0, second.stderr
-    assert "pretraining" not in second.stderr
-    # A different source recipe is a different cache entry.
-    changed = _sweep(tmp_path, exp, "--out", tmp_path / "c", "--set", "source.train.epochs=2")
-    assert changed.returncode == 0 and "pretraining" in changed.stderr
-    assert len(list((tmp_path / "cache" / "source").glob("test_resnet-*.safetensors"))) == 2
 
 
 def test_shipped_experiments_load_and_cifar_needs_weights_offline(tmp_path, cifar_zip):

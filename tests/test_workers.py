@@ -45,7 +45,11 @@ def test_two_workers_share_one_postgres_study(tmp_path, fresh_database):
             trials = optuna.load_study(study_name=name, storage=postgres).get_trials()
             finished = [t for t in trials if t.state.is_finished()]
             assert len(finished) >= 3  # at most one extra per additional worker, as with Optuna's n_trials
-            assert len({t.number for t in trials}) == len(trials)
+            strategy = name.rsplit("/", 1)[1]
+            for t in finished:  # each run was trained by one worker, in that worker's own results folder
+                homes = [w for w in range(2) if (tmp_path / f"w{w}" / "trials" / "test_resnet" / strategy /
+                                                 f"trial_{t.user_attrs['run']:04d}" / "outcome.json").is_file()]
+                assert len(homes) == 1, (name, t.number, homes)
         # The trials were shared: both processes ran some of them.
         workers_seen = {t.user_attrs["worker"] for name in names
                         for t in optuna.load_study(study_name=name, storage=postgres).get_trials()}

@@ -1,17 +1,23 @@
 """tlkit: which pretrained backbone, which freezing strategy, which hyperparameters — answered with evidence.
 
 Public API:
-    Experiment, Data, Train, Source   what a study compares (see experiments/*.py)
-    load_experiment                   load an experiment file
-    register_strategy, Strategy       add a freezing strategy
-    list_strategies, create_strategy  the strategy registry
-    load_best                         the best model of a cell, ready for inference
+    Experiment, Data, Train, Source       what a study compares (see experiments/*.py)
+    load_experiment                       load an experiment file
+    Strategy, register_strategy           add a freezing strategy (list_strategies, create_strategy)
+    Dataset, register_dataset             add a dataset (list_datasets)
+    register_metric                       add a validation metric with its direction (list_metrics)
+    TrialSpec, run_trial                  run one trial outside a sweep (what every sweep trial goes through)
+    load_best                             the best model of a cell, ready for inference
 """
 from tlkit.errors import TlkitError
 from tlkit.experiment import Data, Experiment, Source, Train, load_experiment
 from tlkit.export import load_best
+from tlkit.datasets import Dataset, list_datasets, register_dataset
+from tlkit.metrics import list_metrics, register_metric
+from tlkit.runner import TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, create_strategy, list_strategies, register_strategy
 
 __all__ = ["Data", "Experiment", "Source", "Train", "TlkitError", "load_experiment", "load_best", "Strategy",
-           "register_strategy", "list_strategies", "create_strategy"]
+           "register_strategy", "list_strategies", "create_strategy", "Dataset", "register_dataset",
+           "list_datasets", "register_metric", "list_metrics", "TrialSpec", "TrialResult", "run_trial"]
 __version__ = "0.1.0"

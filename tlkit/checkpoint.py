@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tlkit.errors import describe_error
+
 __all__ = ["atomic_write", "save_weights", "load_weights", "save_epoch", "load_latest", "rng_state",
            "set_rng_state", "prune_epochs", "write_json"]
 
@@ -119,22 +121,34 @@ def prune_epochs(folder: Path, keep: int) -> None:
 
 
 def load_latest(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The newest checkpoint that loads and verifies, or None. Bad files are reported and skipped, never trusted."""
-    for state_path in sorted(folder.glob("epoch_*.pt"), reverse=True):
+    """The newest checkpoint that loads and verifies, or None. A bad pair is reported by name and set aside
+    (renamed ``*.bad``, never deleted, never trusted); the previous pair is used instead."""
+    for state_path in sorted(Path(folder).glob("epoch_*.pt"), reverse=True):
         weights_path = state_path.with_suffix(".safetensors")
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("weights_sha256") is None:
+                raise ValueError("not a tlkit checkpoint state")
         except Exception as err:  # noqa: BLE001 - truncated, corrupt, or a pickle that would run code
-            warnings.warn(f"Checkpoint {state_path} cannot be loaded safely ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200]}); using an earlier one.", stacklevel=2)
+            _set_aside(state_path, weights_path, f"Checkpoint state {state_path} cannot be loaded safely "
+                                                 f"({describe_error(err)})")
             continue
         if not weights_path.is_file() or sha256(weights_path) != state.get("weights_sha256"):
-            warnings.warn(f"Checkpoint weights {weights_path} are missing or do not match their checksum; "
-                          f"using an earlier checkpoint.", stacklevel=2)
+            _set_aside(state_path, weights_path, f"Checkpoint weights {weights_path} are missing or do not match "
+                                                 f"their checksum")
             continue
         try:
             return load_file(str(weights_path)), state
         except Exception as err:  # noqa: BLE001
-            warnings.warn(f"Checkpoint weights {weights_path} cannot be read ({err}); using an earlier one.",
-                          stacklevel=2)
+            _set_aside(state_path, weights_path, f"Checkpoint weights {weights_path} cannot be read "
+                                                 f"({describe_error(err)})")
     return None
+
+
+def _set_aside(state_path: Path, weights_path: Path, what: str) -> None:
+    """Rename a bad checkpoint pair ``*.bad`` (kept for a post-mortem, never tried again) and say so."""
+    for path in (state_path, weights_path):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".bad"))
+    warnings.warn(f"{what}; the epoch's checkpoint is set aside as {state_path.name}.bad, using an earlier one.",
+                  stacklevel=3)

@@ -31,20 +31,22 @@ from optuna.distributions import (
 
 from tlkit.checkpoint import sha256
 from tlkit.errors import TlkitError, did_you_mean
+from tlkit.metrics import get_metric
 
 __all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict"]
 
 AUGMENTATIONS = ("crop", "hflip")
-METRICS = ("accuracy", "balanced_accuracy")
 
 
 @dataclass
 class Data:
-    """Which images and labels. ``name`` is ``digits``, ``cifar10`` or ``imagefolder``."""
+    """Which images and labels. ``name`` is a registered dataset: ``python -c "import tlkit;
+    print(tlkit.list_datasets())"`` lists them (digits, cifar10, cifar100, imagefolder, table, flowers102, ...)."""
 
     name: str = "digits"
     root: Union[str, None] = None
-    """Folder or ``.zip`` for ``imagefolder``; the data dir for ``cifar10``. ``--data-dir`` overrides it."""
+    """Folder or ``.zip`` for ``imagefolder``, the file for ``table``, the data dir for downloadable datasets
+    (default ``$TLKIT_CACHE/data``). ``--data-dir`` overrides it."""
     classes: Union[list[int], None] = None
     """Keep only these class indices (relabelled 0..k-1 in this order). None keeps all."""
     val_fraction: float = 0.2
@@ -53,11 +55,20 @@ class Data:
     """Cap on training images per class (before the validation split), for budget studies."""
     test_per_class: Union[int, None] = None
     download: bool = True
-    """Allow torchvision to download CIFAR-10 when it is not under the data dir."""
+    """Allow torchvision to download the dataset when it is not under the data dir."""
+    decode_size: Union[int, None] = None
+    """Square size images are stored at when decoded (shorter side resized, centre crop). None: the dataset's own
+    size when all images share one (CIFAR: 32), else 256 for torchvision's datasets and the first image's size for
+    folders and tables."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Dataset-specific settings, e.g. the column names of a ``table``."""
 
     def __post_init__(self) -> None:
-        if self.name not in ("digits", "cifar10", "imagefolder"):
-            raise TlkitError(did_you_mean(self.name, ("digits", "cifar10", "imagefolder"), "dataset"))
+        from tlkit.datasets import get_dataset
+
+        get_dataset(self.name)  # an unknown name says "did you mean"
+        if self.decode_size is not None and (isinstance(self.decode_size, bool) or self.decode_size < 1):
+            raise TlkitError(f"data.decode_size must be None or an int >= 1 but got {self.decode_size!r}.")
         if not 0.0 < self.val_fraction < 1.0:
             raise TlkitError(f"data.val_fraction must be in (0, 1) but got {self.val_fraction}.")
         for name in ("train_per_class", "test_per_class"):
@@ -149,7 +160,9 @@ class Experiment:
     name: str = ""
     """The study name; defaults to the experiment file's name."""
     metric: str = "accuracy"
-    """Validation metric to maximise: ``accuracy`` or ``balanced_accuracy``."""
+    """Validation metric that selects epochs, trials and winners, in its own direction: accuracy,
+    balanced_accuracy, macro_f1, top5_accuracy (maximised), error_rate, log_loss (minimised), or your own
+    (``tlkit.register_metric``)."""
     trials: int = 4
     """Finished trials per cell."""
     seed: int = 0
@@ -167,8 +180,7 @@ class Experiment:
             raise TlkitError("The experiment lists no backbones. HINT: set backbones=['resnet18', ...].")
         if not self.strategies:
             raise TlkitError("The experiment lists no strategies. HINT: set strategies=['linear_probe', ...].")
-        if self.metric not in METRICS:
-            raise TlkitError(did_you_mean(self.metric, METRICS, "metric"))
+        get_metric(self.metric)  # an unknown name says "did you mean"
         if self.pruner not in ("median", "none"):
             raise TlkitError(did_you_mean(self.pruner, ("median", "none"), "pruner"))
         if self.trials < 1:
@@ -190,6 +202,8 @@ def _type_name(tp: Any) -> str:
 
 def _check_value(value: Any, tp: Any, path: str) -> Any:
     """Return ``value`` (ints widened to float where a float is wanted) or raise naming ``path``."""
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         options = [o for o in typing.get_args(tp) if o is not type(None)]

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from tlkit.backbones import create_backbone, preprocessing
 from tlkit.checkpoint import atomic_write, write_json
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, describe_error
+from tlkit.metrics import get_metric
 from tlkit.study import Cell
 from tlkit.train import evaluate
 from tlkit.trial import SweepRun, trial_folder
@@ -46,15 +47,14 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
         model.load_state_dict(load_file(str(weights)))
     except Exception as err:  # noqa: BLE001 - a damaged file must not stop the sweep's other cells
         log.warning("best weights %s of trial %d cannot be read (%s); %s/%s is not exported", weights, best.number,
-                    str(err).splitlines()[0][:200], cell.backbone, cell.strategy)
+                    describe_error(err), cell.backbone, cell.strategy)
         return None
     model.to(run.device)
     prep = preprocessing(model)
-    test_loss, test_metric = evaluate(model, run.splits.test, metric=run.exp.metric,
-                                      batch_size=run.exp.train.batch_size, device=run.device,
-                                      image_size=run.exp.train.image_size,
-                                      amp=run.exp.train.amp and run.device.type == "cuda", **prep)
-    result = {"trial": best.number, "val_metric": best.value, "test_metric": test_metric, "test_loss": test_loss}
+    test = evaluate(model, run.splits.test, metric=get_metric(run.exp.metric), batch_size=run.exp.train.batch_size,
+                    device=run.device, image_size=run.exp.train.image_size,
+                    amp=run.exp.train.amp and run.device.type == "cuda", **prep)
+    result = {"trial": best.number, "val_metric": best.value, "test_metric": test.metric, "test_loss": test.loss}
     atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
     write_json(export_dir / "model.json", {
         "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
@@ -86,8 +86,8 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as err:  # noqa: BLE001 - truncated, corrupt, or not this model's weights
-        raise TlkitError(f"The exported model {weights} cannot be loaded ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}). HINT: delete {folder} and run the sweep command again "
+        raise TlkitError(f"The exported model {weights} cannot be loaded ({describe_error(err)}). HINT: delete "
+                         f"{folder} and run the sweep command again "
                          f"to export it anew from the trial's best.safetensors.") from None
     model.tlkit_info = info
     return model.eval()

@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 
+from tlkit.metrics import get_metric
 from tlkit.study import Cell, finished_count
 from tlkit.train import Callback, EpochResult, Trainer
 
@@ -75,7 +76,8 @@ class SweepProgress:
             raise ValueError(f"mode must be one of {', '.join(MODES)} but got {mode!r}.")
         self.mode = mode
         self.console = console
-        self.metric = "metric"
+        self.metric = "accuracy"
+        self._metric = get_metric("accuracy")
         self.total_cells = self.trials_per_cell = self.epochs = 0
         self.cell_index = 0
         self.cell: Cell | None = None
@@ -113,7 +115,8 @@ class SweepProgress:
     # -- what the sweep calls ---------------------------------------------------------------------------------
 
     def start(self, total_cells: int, trials_per_cell: int, epochs: int, metric: str) -> None:
-        self.total_cells, self.trials_per_cell, self.epochs, self.metric = total_cells, trials_per_cell, epochs, metric
+        self.total_cells, self.trials_per_cell, self.epochs = total_cells, trials_per_cell, epochs
+        self.metric, self._metric = metric, get_metric(metric)
         if self.mode == "rich" and self._live is None:
             from rich.progress import BarColumn, Progress, TextColumn
             from rich.table import Column
@@ -135,8 +138,8 @@ class SweepProgress:
         try:
             value = study.best_value
         except ValueError:
-            value = -math.inf  # no completed trial yet
-        if math.isfinite(value) and (self.best is None or value > self.best[0]):
+            value = math.nan  # no completed trial yet
+        if math.isfinite(value) and (self.best is None or self._metric.better(value, self.best[0])):
             self.best = (value, f"{cell.backbone}/{cell.strategy}")
         self.epoch, self.batch = (self.epochs if finished == self.trials_per_cell else 0), 0
         self._refresh()

@@ -23,6 +23,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tlkit import _optuna
 from tlkit.checkpoint import atomic_write
 from tlkit.errors import TlkitError
 from tlkit.study import cell_studies
@@ -124,7 +125,7 @@ def summary_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
     for s in _studies(storage, study):
         trials = s.get_trials(deepcopy=False)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        retried = {n for t in trials for n in _optuna.earlier_attempts(t)}
         failed = sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
         best = _best(s)
         test = s.user_attrs.get("best_test") or {}
@@ -205,7 +206,8 @@ def plot_test_by_strategy(summary: pd.DataFrame, metric: str, backbones: list[st
             ax.text(right + 0.02, yi, "n/a" if math.isnan(score) else f"{score:.3f}", va="center", fontsize=9)
         ax.set_yticks(y, strategies)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1.15)
+        top = max(1.0, float(pd.concat([scores, vals]).max(skipna=True) or 0.0))
+        ax.set_xlim(0, top * 1.15)
         ax.set_title(backbone, fontsize=12)
         ax.set_xlabel(f"test {metric}")
         ax.grid(axis="x", alpha=0.3)
@@ -346,7 +348,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, 
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def winners(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+def winners(summary: pd.DataFrame, metric: str, direction: str = "maximize") -> pd.DataFrame:
     """The winning strategy of each backbone, chosen on validation like every other choice in tlkit.
 
     Ties go to fewer trainable parameters (the cheaper model), then to the strategy name. The test score is only
@@ -357,7 +359,7 @@ def winners(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     if done.empty:
         return done
     ranked = done.assign(_p=done["trainable_params"].astype("Float64").fillna(math.inf)).sort_values(
-        ["backbone", val, "_p", "strategy"], ascending=[True, False, True, True], kind="stable")
+        ["backbone", val, "_p", "strategy"], ascending=[True, direction == "minimize", True, True], kind="stable")
     return ranked.groupby("backbone", sort=False).head(1).drop(columns="_p")
 
 
@@ -402,7 +404,7 @@ def report_markdown(study: str, metric: str, summary: pd.DataFrame, experiment: 
     if summary.empty:
         return "\n".join(lines + ["No cell has started yet.", ""])
     backbones, strategies = _order(summary, experiment)
-    won = winners(summary, metric)
+    won = winners(summary, metric, experiment.get("metric_direction", "maximize"))
     winner = dict(zip(won["backbone"], won["strategy"]))
     cell = summary.set_index(["backbone", "strategy"])
     lines += [f"Test {metric} of each cell's best trial. Each cell's best trial is chosen on validation {metric}; "
@@ -444,7 +446,7 @@ def report_markdown(study: str, metric: str, summary: pd.DataFrame, experiment: 
     lines += ["## Files", "",
               "`summary.csv` (one row per cell), `trials.csv` (one row per trial), `history.csv` (one row per trial "
               "and epoch); `tensorboard --logdir tb` for every trial's curves and the HParams dashboard. "
-              f"Rebuild this report with `python -m tlkit.report <this folder>`.", ""]
+              "Rebuild this report with `python -m tlkit.report <this folder>`.", ""]
     return "\n".join(lines)
 
 

@@ -1,42 +1,43 @@
 """Source pretraining: train each backbone once on a source task, so a study needs no downloaded weights.
 
 This is Yosinski et al. (2014)'s set-up (pretrain on one half of the classes, transfer to the other half) and what a
-user with in-domain data but no suitable hub weights wants. The weights are cached by a hash of backbone, source
-data and recipe (``tlkit.weights.source_weights_path``): a later sweep with the same source reuses them.
+user with in-domain data but no suitable hub weights wants. The training is an ordinary trial (``run_trial``, full
+fine-tuning), checkpointed in a work folder beside the cached weights, so a killed pretraining resumes too. The
+weights are cached by a hash of backbone, source data and recipe (``tlkit.weights.source_weights_path``): a later
+sweep with the same source reuses them.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from tlkit.backbones import layer_groups, preprocessing
-from tlkit.data import splits_for, to_device
+from tlkit.backbones import create_backbone, preprocessing
+from tlkit.data import to_device
+from tlkit.datasets import splits_for
+from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment
-from tlkit.strategies.full_finetune import FullFinetune
+from tlkit.metrics import get_metric
+from tlkit.runner import TrialSpec, run_trial
 from tlkit.train import Callback, EpochResult, Trainer, evaluate
-from tlkit.trial import build_model
-from tlkit.weights import Pretrained, read_weights_file, save_source
+from tlkit.weights import read_weights_file, save_source
 
 __all__ = ["train_source"]
 
 log = logging.getLogger("tlkit")
 
 
-class _KeepBest(Callback):
-    """Keeps the best epoch's weights in memory and logs each epoch."""
-
+class _LogEpochs(Callback):
     def __init__(self, backbone: str) -> None:
         self.backbone = backbone
-        self.state: dict[str, torch.Tensor] | None = None
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
-        if trainer.best_epoch == result.epoch:
-            self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        log.info("source %s epoch %d/%d: val %s %.4f", self.backbone, result.epoch + 1,
-                 trainer.recipe.epochs, trainer.metric, result.val_metric)
+        log.info("source %s epoch %d/%d: val %s %.4f", self.backbone, result.epoch + 1, trainer.recipe.epochs,
+                 trainer.metric.name, result.val_metric)
 
 
 def train_source(exp: Experiment, backbone: str, path: Path, device: torch.device | None = None) -> None:
@@ -46,24 +47,26 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
     assert src is not None
     device = device or torch.device("cpu")
     started = time.perf_counter()
-    splits = splits_for(src.data, src.train.image_size, exp.seed)
-    splits = to_device(splits, device)
-    base = (Pretrained(read_weights_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
-            if backbone in exp.weights else None)
+    splits = to_device(splits_for(src.data, src.train.image_size, exp.seed), device)
+    base = read_weights_file(backbone, exp.weights[backbone]) if backbone in exp.weights else None
     log.info("pretraining %s on the source task (%d images, %d classes, %d epochs)", backbone, len(splits.train),
              splits.num_classes, src.train.epochs)
-    model = build_model(backbone, splits.num_classes, base, exp.seed, src.train.image_size)
-    groups = layer_groups(model, coarse=src.train.coarse_groups)
-    strategy = FullFinetune(num_groups=len(groups), epochs=src.train.epochs)
-    keep = _KeepBest(backbone)
-    trainer = Trainer(model, groups, strategy, splits, src.train, exp.metric, seed=exp.seed, device=device,
-                      callbacks=[keep], **preprocessing(model))
-    trainer.fit()
-    model.load_state_dict(keep.state)
-    test_loss, test_metric = evaluate(model, splits.test, metric=exp.metric, batch_size=src.train.batch_size,
-                                      device=device, image_size=src.train.image_size, **preprocessing(model))
+    work = path.with_name(path.stem + ".run")
+    spec = TrialSpec(backbone=backbone, strategy="full_finetune", params={}, recipe=src.train, metric=exp.metric,
+                     seed=exp.seed, folder=work, weights=base,
+                     weights_origin=f"file {exp.weights[backbone]}" if base is not None else "random init")
+    result = run_trial(spec, splits, device, callbacks=[_LogEpochs(backbone)])
+    if result.state != "COMPLETE":
+        raise TlkitError(f"Source pretraining of {backbone!r} produced no usable model ({result.reason}). HINT: "
+                         f"lower source.train.lr or check the source data.")
+    model = create_backbone(backbone, splits.num_classes, src.train.image_size)
+    model.load_state_dict(load_file(str(work / "best.safetensors")))  # the head too: it is scored on source test
+    model.to(device)
+    test = evaluate(model, splits.test, metric=get_metric(exp.metric), batch_size=src.train.batch_size,
+                    device=device, image_size=src.train.image_size, **preprocessing(model))
     save_source(path, model, {"backbone": backbone, "classes": splits.train.classes, "epochs": src.train.epochs,
-                              "best_epoch": trainer.best_epoch, f"val_{exp.metric}": trainer.best_metric,
-                              f"test_{exp.metric}": test_metric, "seconds": round(time.perf_counter() - started, 1)})
-    log.info("source %s: best val %s %.4f, test %.4f, saved %s", backbone, exp.metric, trainer.best_metric,
-             test_metric, path)
+                              "best_epoch": result.best_epoch, f"val_{exp.metric}": result.value,
+                              f"test_{exp.metric}": test.metric, "seconds": round(time.perf_counter() - started, 1)})
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("source %s: best val %s %.4f, test %.4f, saved %s", backbone, exp.metric, result.value, test.metric,
+             path)

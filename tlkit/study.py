@@ -2,7 +2,7 @@
 
 Each cell is its own study (same budget, same sampler seed, same data split) so a sampler that likes one cell cannot
 starve another. Trials left RUNNING by a dead process are failed and re-queued with the same parameters by Optuna's
-heartbeat machinery (``RetryHeartbeatStaleTrialCallback``); on the same machine a dead worker is recognised at
+heartbeat machinery (its retry callback); on the same machine a dead worker is recognised at
 once by its process id, so a restarted sweep resumes immediately instead of waiting out the grace period.
 """
 from __future__ import annotations
@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from tlkit.errors import TlkitError
+from tlkit import _optuna
+from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment, identity
+from tlkit.metrics import get_metric
 
 __all__ = ["Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count",
-           "take_up_dead_local_trials", "requeue", "worker_id", "run_of", "cell_studies", "check_results_folder",
+           "take_up_dead_local_trials", "worker_id", "run_of", "cell_studies", "check_results_folder",
            "HEARTBEAT_S"]
 
 HEARTBEAT_S = 30
@@ -61,7 +63,7 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-class _Retry(RetryHeartbeatStaleTrialCallback):
+class _Retry(_optuna.RetryCallback):
     """Optuna's retry (same parameters, reported epochs kept), without the dead attempt's notes: a retry that
     inherited ``failure_reason`` would show a completed trial as failed."""
 
@@ -83,14 +85,14 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=heartbeat_interval or HEARTBEAT_S,
                                   grace_period=grace_period or GRACE_S,
-                                  heartbeat_stale_trial_callback=_Retry(inherit_intermediate_values=True),
+                                  **_optuna.heartbeat_retry(_Retry(inherit_intermediate_values=True)),
                                   engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
         except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
             if attempt < 2 and "already exists" in str(err):
                 time.sleep(1.0)  # two workers created the tables of a new database at once; the other one won
                 continue
-            raise TlkitError(f"Cannot open the study storage {url!r} ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200]}). HINT: check the URL, that the database server "
+            raise TlkitError(f"Cannot open the study storage {url!r} ({describe_error(err)}). HINT: check the URL, "
+                             f"that the database server "
                              f"is running, and for PostgreSQL that psycopg is installed "
                              f"(pip install 'tlkit[postgres]').") from None
     raise AssertionError("unreachable")
@@ -146,8 +148,8 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
 def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell) -> optuna.Study:
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if exp.pruner == "median"
               else optuna.pruners.NopPruner())
-    s = optuna.create_study(storage=storage, study_name=cell.study_name(study), direction="maximize",
-                            load_if_exists=True, pruner=pruner)
+    s = optuna.create_study(storage=storage, study_name=cell.study_name(study),
+                            direction=get_metric(exp.metric).direction, load_if_exists=True, pruner=pruner)
     if "identity" not in s.user_attrs:
         s.set_user_attr("identity", identity(exp))
         s.set_user_attr("backbone", cell.backbone)
@@ -158,7 +160,7 @@ def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell
 def reseed_sampler(s: optuna.Study, seed: int, trials: int) -> None:
     """A sampler seeded by (seed, trials so far): a restarted sweep draws what an uninterrupted one would, never
     the same startup samples twice."""
-    n = sum(1 for t in s.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs)
+    n = sum(1 for t in s.get_trials(deepcopy=False) if not _optuna.is_retry(t))
     s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + n, n_startup_trials=max(2, min(10, trials // 2)))
 
 
@@ -189,30 +191,19 @@ def _is_dead_local(worker: str | None) -> bool:
     return _start_time(int(pid)) != start or int(pid) == os.getpid()
 
 
-def requeue(s: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a retry of ``trial``: same parameters, same folder (so it resumes from its checkpoint)."""
-    s._storage.get_heartbeat_stale_trial_callback()(s, trial)
-
-
 def take_up_dead_local_trials(s: optuna.Study) -> int:
     """Fail and re-queue (same parameters) RUNNING trials whose worker process on this host is gone.
 
     Optuna's heartbeat does the same for any worker, but only after the grace period; the process id tells at once.
     The trial's state change is the lock: of several workers starting together, only one re-queues it.
     """
-    storage = s._storage
     taken = 0
     for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _is_dead_local(t.user_attrs.get("worker")):
             continue
-        try:  # notes first: a finished trial can no longer be changed
-            storage.set_trial_user_attr(t._trial_id, "failure_reason", "worker process died; re-queued")
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        requeue(s, storage.get_trial(t._trial_id))
-        taken += 1
+        if _optuna.fail_trial(s, t, ("failure_reason", "worker process died; re-queued")):
+            _optuna.requeue(s, _optuna.reload(s, t))
+            taken += 1
     return taken
 
 
@@ -223,9 +214,7 @@ def run_of(trial: optuna.Trial) -> tuple[int, int | None]:
     its run (same folder, same seed). So a study that was killed and resumed numbers and seeds its runs exactly as
     an uninterrupted one, and computes the same results.
     """
-    frozen: FrozenTrial = trial.study._storage.get_trial(trial._trial_id)
-    first = frozen.system_attrs.get("failed_trial", trial.number)
-    run = sum(1 for t in trial.study.get_trials(deepcopy=False)
-              if t.number < first and "failed_trial" not in t.system_attrs)
-    history = frozen.system_attrs.get("retry_history") or []
-    return run, (history[-1] if history else None)
+    frozen = _optuna.frozen_trial(trial)
+    first = _optuna.first_attempt(frozen)
+    run = sum(1 for t in trial.study.get_trials(deepcopy=False) if t.number < first and not _optuna.is_retry(t))
+    return run, _optuna.previous_attempt(frozen)

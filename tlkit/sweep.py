@@ -16,17 +16,19 @@ from typing import Any, Callable, Sequence
 import optuna
 import torch
 
-from tlkit.backbones import check_backbone
+from tlkit.backbones import check_backbone, create_backbone, layer_groups
 from tlkit.checkpoint import write_json
-from tlkit.data import Splits, splits_for, to_device
+from tlkit.data import Splits, to_device
+from tlkit.datasets import splits_for
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
+from tlkit.metrics import get_metric
 from tlkit.progress import SweepProgress
 from tlkit.strategies import get_strategy
 from tlkit.study import (Cell, cells, check_identity, check_results_folder, default_storage, finished_count,
                          open_cell_study, open_storage, reseed_sampler, take_up_dead_local_trials)
-from tlkit.train import Callback
-from tlkit.trial import SweepRun, make_objective
+from tlkit.train import BN_POLICY, Callback
+from tlkit.trial import SweepRun, make_objective, search_space
 
 __all__ = ["main", "prepare", "run_sweep"]
 
@@ -91,13 +93,23 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def prepare(exp: Experiment) -> Splits:
-    """Check names and load the data: everything that can fail on bad input, before the study is touched."""
+def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
+    """Check names, load the data and count each backbone's layer groups: everything that can fail on bad input,
+    before the study is touched. Returns the splits and ``{backbone: number of layer groups}``."""
     for backbone in exp.backbones:
         check_backbone(backbone)
-    for strategy in exp.strategies:
-        get_strategy(strategy)
-    return splits_for(exp.data, exp.train.image_size, exp.seed)
+    strategies = [get_strategy(s) for s in exp.strategies]
+    splits = splits_for(exp.data, exp.train.image_size, exp.seed)
+    metric = get_metric(exp.metric)
+    if splits.num_classes < metric.min_classes:
+        raise TlkitError(f"metric {exp.metric!r} needs at least {metric.min_classes} classes but the data has "
+                         f"{splits.num_classes}. HINT: choose another metric, e.g. accuracy.")
+    num_groups = {b: len(layer_groups(create_backbone(b, splits.num_classes, exp.train.image_size),
+                                      coarse=exp.train.coarse_groups)) for b in exp.backbones}
+    for backbone in exp.backbones:
+        for strategy in strategies:
+            search_space(exp, strategy, num_groups[backbone])
+    return splits, num_groups
 
 
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
@@ -114,7 +126,8 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     from tlkit.weights import resolve_pretrained
 
     device = pick_device(exp.train.device)
-    splits = to_device(prepare(exp), device)
+    splits, num_groups = prepare(exp)
+    splits = to_device(splits, device)
     check_results_folder(out, exp.name)
     sqlite_file = out / "study.db"
     url = storage_url or default_storage(out)
@@ -127,8 +140,9 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
                   for b in exp.backbones}
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or open_storage(url)
-    write_json(out / "experiment.json", experiment_to_dict(exp))
-    run = SweepRun(exp, out, splits, pretrained, device)
+    write_json(out / "experiment.json", {**experiment_to_dict(exp), "bn_policy": BN_POLICY,
+                                         "metric_direction": get_metric(exp.metric).direction})
+    run = SweepRun(exp, out, splits, pretrained, device, num_groups)
     extra = callbacks if callbacks is not None else run.callbacks
     boards = TrialBoards(out / "tb", exp.metric)
     progress = progress or SweepProgress("off")
@@ -138,7 +152,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     for i, cell in enumerate(all_cells):
         study = open_cell_study(storage, exp.name, exp, cell)
         run_cell(run, study, cell, f"cell {i + 1}/{len(all_cells)}",
-                 before_trial=lambda: progress.update(i, cell, study), after_trial=boards.close)
+                 before_trial=lambda: progress.update(i, cell, study))
         result = evaluate_best(run, study, cell)
         if result:
             log.info("cell %s/%s: best val %s %.4f (trial %d), test %.4f", cell.backbone, cell.strategy,
@@ -147,8 +161,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     return out
 
 
-def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_trial: Callable[[], None],
-             after_trial: Callable[[], None]) -> None:
+def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_trial: Callable[[], None]) -> None:
     """Run trials of one cell until it has ``exp.trials`` finished ones (another worker's count too).
 
     One ``optimize(n_trials=1)`` at a time, so the budget is re-read from the shared storage before every trial
@@ -164,10 +177,7 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
             return
         log.info("%s %s/%s: trial %d of %d", label, cell.backbone, cell.strategy, done + 1, exp.trials)
         reseed_sampler(study, exp.seed, exp.trials)
-        try:
-            study.optimize(objective, n_trials=1, catch=())
-        finally:
-            after_trial()
+        study.optimize(objective, n_trials=1, catch=())
 
 
 def print_summary(out: Path, metric: str) -> None:
@@ -182,11 +192,19 @@ def print_summary(out: Path, metric: str) -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
+def _log_to(handler: logging.Handler, level: int) -> None:
+    """tlkit's own log (not the root logger: timm's and Optuna's info lines stay out of the user's terminal)."""
+    handler.setFormatter(logging.Formatter("[tlkit] %(message)s"))
+    for old in list(log.handlers):
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = SweepProgress.for_stderr(quiet=args.quiet)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[tlkit] %(message)s",
-                        handlers=[progress.log_handler()])
+    _log_to(progress.log_handler(), logging.WARNING if args.quiet else logging.INFO)
     started = time.perf_counter()
     try:
         exp = resolve_experiment(args)

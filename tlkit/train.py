@@ -1,16 +1,17 @@
 """The fit loop: a strategy's plan turned into frozen flags and per-group learning rates, epoch by epoch.
 
 Everything around the loop (checkpoints, TensorBoard, Optuna reporting and pruning, progress) is a Callback with
-do-nothing hooks, so ``Trainer.fit`` stays readable top to bottom.
+do-nothing hooks, so ``Trainer.fit`` stays readable top to bottom. The learning rate of every parameter group is
+set in one place, once per step (``set_learning_rates``), from the schedule and the strategy's plan: nothing else
+touches it, so a resumed trial needs only the step counter to continue the schedule exactly.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -18,14 +19,23 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tlkit.backbones import LayerGroup
 from tlkit.data import ImageSet, Splits, iterate_batches
 from tlkit.experiment import Train
+from tlkit.metrics import Metric
+from tlkit.strategies.base import Strategy, check_plan
 
-__all__ = ["Callback", "EpochResult", "NonFiniteError", "Trainer", "evaluate", "apply_plan", "BN_POLICY"]
+__all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "Scores", "evaluate", "predict",
+           "FeatureCache", "apply_plan", "set_train_mode", "lr_factor", "param_groups", "set_learning_rates",
+           "BN_POLICY", "OUTCOMES"]
 
-BN_POLICY = "BatchNorm layers with frozen weights run in eval mode (running statistics kept)"
+BN_POLICY = "BatchNorm layers run in eval mode (running statistics kept) when their weights or layer group are frozen"
+OUTCOMES = ("completed", "pruned", "failed", "interrupted")
 
 
-class NonFiniteError(RuntimeError):
-    """A NaN or infinite loss or metric: the trial cannot produce a trustworthy number."""
+class PruneTrial(Exception):
+    """Raised by a callback's ``on_epoch_end`` to stop the trial after this epoch; the message is the reason."""
+
+
+class NonFiniteError(PruneTrial):
+    """A NaN or infinite loss or metric: the trial cannot produce a trustworthy number, so it is pruned."""
 
 
 @dataclass
@@ -35,6 +45,7 @@ class EpochResult:
     val_loss: float
     val_metric: float
     lrs: list[float]
+    """The learning rate of each layer group at the epoch's first step (0 while frozen)."""
     trainable_params: int
     images_per_s: float
     """Training throughput of the epoch's optimisation loop."""
@@ -51,20 +62,23 @@ class EpochResult:
 class Callback:
     """Hooks around the loop; each does nothing unless overridden."""
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first epoch run by this process (after a resume, that is the resumed epoch)."""
 
-    def on_batch_end(self, trainer: "Trainer", batch: int, num_batches: int) -> None:
+    def on_batch_end(self, trainer: Trainer, batch: int, num_batches: int) -> None:
         """After each optimizer step."""
 
-    def on_epoch_end(self, trainer: "Trainer", result: EpochResult) -> None:
-        """After validation; raise ``optuna.TrialPruned`` here to stop the trial."""
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        """After validation. Raise ``PruneTrial`` to stop the trial; the other callbacks still see this epoch."""
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
-        """After the last epoch (not called when the trial is pruned or fails)."""
+    def on_fit_end(self, trainer: Trainer, outcome: str) -> None:
+        """Always, in a ``finally``: ``outcome`` is one of completed, pruned, failed, interrupted."""
 
 
-def apply_plan(model: torch.nn.Module, groups: Sequence[LayerGroup], scales: Sequence[float], strategy: Any) -> int:
+# --- the plan: frozen flags, BatchNorm modes, learning rates -------------------------------------------------------
+
+def apply_plan(model: torch.nn.Module, groups: Sequence[LayerGroup], scales: Sequence[float],
+               strategy: Strategy) -> int:
     """Set ``requires_grad`` from the plan's per-group multipliers; returns the trainable parameter count."""
     params = dict(model.named_parameters())
     trainable = 0
@@ -76,18 +90,21 @@ def apply_plan(model: torch.nn.Module, groups: Sequence[LayerGroup], scales: Seq
     return trainable
 
 
-def set_train_mode(model: torch.nn.Module) -> None:
-    """Train mode, except BatchNorm layers whose weights are frozen: they keep their running statistics."""
+def set_train_mode(model: torch.nn.Module, groups: Sequence[LayerGroup], scales: Sequence[float]) -> None:
+    """Train mode, except BatchNorm layers that are frozen, which keep their running statistics: those whose
+    weight does not train, and weightless ones (``affine=False``) whose layer group the plan freezes."""
     model.train()
     for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            weight = module.weight
-            if weight is None or not weight.requires_grad:
-                module.eval()
+        if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
+            module.eval()
+    modules = dict(model.named_modules())
+    for group, scale in zip(groups, scales):
+        for name in group.norms:
+            modules[name].train(scale > 0)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Linear warm-up, then cosine decay to zero (or constant)."""
+    """The schedule's multiplier at ``step``: linear warm-up, then cosine decay to zero (or constant)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
@@ -96,46 +113,108 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _metric(name: str, labels: np.ndarray, preds: np.ndarray) -> float:
-    if name == "balanced_accuracy":
-        from sklearn.metrics import balanced_accuracy_score
-        return float(balanced_accuracy_score(labels, preds))
-    return float((labels == preds).mean())
+def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float, scales: Sequence[float]) -> None:
+    """The one place learning rates are set: each param group at ``lr`` x its layer group's multiplier."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * scales[group["layer_group"]]
+
+
+def _decays(name: str, param: torch.Tensor, no_decay: set[str]) -> bool:
+    """timm's rule (``param_groups_weight_decay``): no weight decay for biases, norm weights and other 1-d
+    parameters, nor for what the model lists in ``no_weight_decay()`` (a ViT's position embedding)."""
+    return not (param.ndim <= 1 or name.endswith(".bias") or name in no_decay)
+
+
+def param_groups(model: torch.nn.Module, groups: Sequence[LayerGroup], weight_decay: float) -> list[dict[str, Any]]:
+    """Every parameter once: per layer group, one param group with weight decay and one without (empty ones left
+    out), each tagged with its ``layer_group`` so the plan's multiplier reaches it."""
+    params = dict(model.named_parameters())
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    out = []
+    for g in groups:
+        for decay in (True, False):
+            names = [n for n in g.params if _decays(n, params[n], no_decay) == decay]
+            if names:
+                out.append({"params": [params[n] for n in names], "layer_group": g.index,
+                            "weight_decay": weight_decay if decay else 0.0, "name": f"{g.name}/{'decay' * decay}"})
+    return out
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Scores:
+    """A model's predictions on a split, and what the metric and the loss make of them."""
+
+    loss: float
+    metric: float
+    logits: torch.Tensor
+    labels: torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, metric: str,
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], data: ImageSet | tuple[torch.Tensor, torch.Tensor], *,
+            batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
+            amp: bool = False, image_size: int | None = None, channels_last: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward`` over ``data`` in order, without augmentation: ``(outputs, labels)`` as float32 / int64 on
+    ``device``. The one evaluation loop: scores, test predictions and cached features all go through it."""
+    outputs, labels = [], []
+    for x, y in iterate_batches(data, batch_size, mean=mean, std=std, device=device, image_size=image_size):
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs.append(forward(x).float())
+        labels.append(y)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, metric: Metric,
              batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
-             head_only: bool = False, amp: bool = False, image_size: int | None = None) -> tuple[float, float]:
-    """Mean loss and ``metric`` of ``model`` on ``data`` (images, or cached features when ``head_only``)."""
+             head_only: bool = False, amp: bool = False, image_size: int | None = None,
+             channels_last: bool = False) -> Scores:
+    """Mean loss, ``metric`` and logits of ``model`` on ``data`` (images, or cached features when ``head_only``)."""
     was_training = model.training
     model.eval()
-    forward = model.get_classifier() if head_only else model
-    losses, preds, labels = [], [], []
-    for x, y in iterate_batches(data, batch_size * 2, mean=mean, std=std, device=device, image_size=image_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = forward(x).float()
-        losses.append(F.cross_entropy(logits, y, reduction="sum").item())
-        preds.append(logits.argmax(1).cpu())
-        labels.append(y.cpu())
-    model.train(was_training)
-    y_all = torch.cat(labels).numpy()
-    return sum(losses) / len(y_all), _metric(metric, y_all, torch.cat(preds).numpy())
+    try:
+        forward = model.get_classifier() if head_only else model
+        logits, labels = predict(forward, data, batch_size=batch_size * 2, mean=mean, std=std, device=device,
+                                 amp=amp, image_size=image_size, channels_last=channels_last)
+    finally:
+        model.train(was_training)
+    loss = F.cross_entropy(logits, labels, reduction="mean").item()
+    logits, labels = logits.cpu(), labels.cpu()
+    return Scores(loss, metric(labels.numpy(), logits.numpy()), logits, labels)
 
 
-@torch.no_grad()
-def _features(model: torch.nn.Module, data: ImageSet, batch_size: int, mean: Sequence[float], std: Sequence[float],
-              device: torch.device, amp: bool, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-logit features of the (frozen, eval-mode) backbone: what the head sees."""
-    was_training = model.training
-    model.eval()
-    feats = []
-    for x, _ in iterate_batches(data, batch_size * 2, mean=mean, std=std, device=device, image_size=image_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-    model.train(was_training)
-    return torch.cat(feats), data.labels.to(device)
+class FeatureCache:
+    """What the head sees (the frozen backbone's pre-logit features) of the un-augmented train and val splits,
+    computed once while only the head trains; ``clear()`` once the body trains and they go stale."""
 
+    def __init__(self, model: torch.nn.Module, splits: Splits, **predict_kwargs: Any) -> None:
+        self.model = model
+        self.splits = splits
+        self.predict_kwargs = predict_kwargs
+        self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    def get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._features:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                self._features[split] = predict(self._forward, getattr(self.splits, split), **self.predict_kwargs)
+            finally:
+                self.model.train(was_training)
+        return self._features[split]
+
+    def clear(self) -> None:
+        self._features.clear()
+
+
+# --- the loop -------------------------------------------------------------------------------------------------------
 
 @dataclass
 class Trainer:
@@ -147,10 +226,10 @@ class Trainer:
 
     model: torch.nn.Module
     groups: list[LayerGroup]
-    strategy: Any
+    strategy: Strategy
     splits: Splits
     recipe: Train
-    metric: str
+    metric: Metric
     mean: Sequence[float]
     std: Sequence[float]
     seed: int
@@ -159,42 +238,45 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
-        if self.device.type == "cuda":
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp = self.recipe.amp and self.device.type == "cuda"
         self.epoch = 0  # the next epoch to run
+        self.step = 0  # optimizer steps taken: the schedule's position
+        self.elapsed = 0.0  # seconds spent in fit(), over every process that ran this trial
         self.history: list[EpochResult] = []
-        self.best_metric = -math.inf
+        self.best_metric = self.metric.worst
         self.best_epoch = -1
         self.scales = [0.0] * len(self.groups)
         self.optimizer = self._build_optimizer()
         n = len(self.splits.train)
         batches = n // self.recipe.batch_size if n > self.recipe.batch_size else 1
         self.steps_per_epoch = min(batches, self.recipe.max_batches or batches)
-        total = self.steps_per_epoch * self.recipe.epochs
-        warmup = self.steps_per_epoch * self.recipe.warmup_epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
-            (lambda step, i=i: lr_factor(step, total, warmup, self.recipe.scheduler) * self.scales[i])
-            for i in range(len(self.groups))])
-        self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.total_steps = self.steps_per_epoch * self.recipe.epochs
+        self.warmup_steps = self.steps_per_epoch * self.recipe.warmup_epochs
+        self.features = FeatureCache(self.model, self.splits, batch_size=self.recipe.batch_size * 2, mean=self.mean,
+                                     std=self.std, device=self.device, amp=self.amp,
+                                     image_size=self.recipe.image_size, channels_last=self.channels_last)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """Every parameter goes in once, one param group per layer group; frozen ones simply have no grad."""
-        params = dict(self.model.named_parameters())
-        groups = [{"params": [params[n] for n in g.params], "name": g.name} for g in self.groups]
+        """Every parameter goes in once (see ``param_groups``); frozen ones simply have no grad."""
+        groups = param_groups(self.model, self.groups, self.recipe.weight_decay)
         r = self.recipe
         if r.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=True)
-        return torch.optim.AdamW(groups, lr=r.lr, weight_decay=r.weight_decay)
+            return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.momentum > 0)
+        return torch.optim.AdamW(groups, lr=r.lr)
+
+    def lr_now(self) -> float:
+        return self.recipe.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, self.recipe.scheduler)
 
     def _enter_epoch(self, epoch: int) -> int:
-        """Apply the strategy's plan for ``epoch``; newly unfrozen groups join the schedule where it stands."""
-        self.scales = list(self.strategy.lr_scales(epoch))
+        """Apply the strategy's (checked) plan for ``epoch``; returns the trainable parameter count."""
+        self.scales = check_plan(self.strategy, epoch)
         if not self.head_only:
-            self._feature_cache.clear()  # the body trains: features cached before are stale from now on
+            self.features.clear()  # the body trains: features cached before are stale from now on
         trainable = apply_plan(self.model, self.groups, self.scales, self.strategy)
-        for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base * lam(self.scheduler.last_epoch)
+        set_learning_rates(self.optimizer, self.lr_now(), self.scales)
         return trainable
 
     @property
@@ -203,47 +285,67 @@ class Trainer:
         return all(s == 0 for s in self.scales[:-1])
 
     def fit(self) -> list[EpochResult]:
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
-        while self.epoch < self.recipe.epochs:
-            result = self._run_epoch(self.epoch)
-            self.history.append(result)
-            if result.val_metric > self.best_metric:
-                self.best_metric, self.best_epoch = result.val_metric, result.epoch
-            self.epoch += 1
+        """Run the remaining epochs. Every callback's ``on_fit_end`` runs, with the outcome, however it ends."""
+        outcome = "failed"
+        started = time.perf_counter()
+        try:
             for cb in self.callbacks:
-                cb.on_epoch_end(self, result)
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
+                cb.on_fit_start(self)
+            while self.epoch < self.recipe.epochs:
+                result = self._run_epoch(self.epoch)
+                self.history.append(result)
+                if self.metric.better(result.val_metric, self.best_metric):
+                    self.best_metric, self.best_epoch = result.val_metric, result.epoch
+                self.epoch += 1
+                self.elapsed += time.perf_counter() - started
+                started = time.perf_counter()
+                self._epoch_end(result)
+            outcome = "completed"
+        except PruneTrial:
+            outcome = "pruned"
+            raise
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self, outcome)
         return self.history
+
+    def _epoch_end(self, result: EpochResult) -> None:
+        """Every callback sees the epoch; the first ``PruneTrial`` raised is raised once they all have."""
+        stop: PruneTrial | None = None
+        for cb in self.callbacks:
+            try:
+                cb.on_epoch_end(self, result)
+            except PruneTrial as err:
+                stop = stop or err
+        if stop is not None:
+            raise stop
 
     def _run_epoch(self, epoch: int) -> EpochResult:
         epoch_start = time.perf_counter()
         trainable = self._enter_epoch(epoch)
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        set_train_mode(self.model)
+        lrs = [self.lr_now() * s for s in self.scales]
+        set_train_mode(self.model, self.groups, self.scales)
         cached = self.head_only and self.recipe.cache_features
-        if cached and "train" not in self._feature_cache:
-            for split in ("train", "val"):
-                self._feature_cache[split] = _features(self.model, getattr(self.splits, split),
-                                                       self.recipe.batch_size, self.mean, self.std, self.device,
-                                                       self.amp, self.recipe.image_size)
         forward = self.model.get_classifier() if cached else self.model
-        data = self._feature_cache["train"] if cached else self.splits.train
+        data = self.features.get("train") if cached else self.splits.train
         start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=self.device)
         batches = iterate_batches(data, self.recipe.batch_size, shuffle_seed=self.seed * 100_003 + epoch,
                                   augment=self.recipe.augment, padding=self.recipe.crop_padding, mean=self.mean,
                                   std=self.std, device=self.device, max_batches=self.recipe.max_batches,
                                   drop_last=True, image_size=self.recipe.image_size)
         for i, (x, y) in enumerate(batches):
-            if self.device.type == "cuda" and x.dim() == 4:
+            if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+            set_learning_rates(self.optimizer, self.lr_now(), self.scales)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = F.cross_entropy(forward(x).float(), y, label_smoothing=self.recipe.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.scheduler.step()
+            self.step += 1
             loss_sum += loss.detach() * len(y)  # summed on the device: no host sync per step
             seen += len(y)
             for cb in self.callbacks:
@@ -252,28 +354,27 @@ class Trainer:
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise NonFiniteError(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = self._feature_cache["val"] if cached else self.splits.val
-        val_loss, val_metric = evaluate(self.model, val, metric=self.metric, batch_size=self.recipe.batch_size,
-                                        mean=self.mean, std=self.std, device=self.device, head_only=cached,
-                                        amp=self.amp, image_size=self.recipe.image_size)
-        if not (math.isfinite(val_loss) and math.isfinite(val_metric)):
+        val = evaluate(self.model, self.features.get("val") if cached else self.splits.val, metric=self.metric,
+                       batch_size=self.recipe.batch_size, mean=self.mean, std=self.std, device=self.device,
+                       head_only=cached, amp=self.amp, image_size=self.recipe.image_size,
+                       channels_last=self.channels_last)
+        if not (math.isfinite(val.loss) and math.isfinite(val.metric)):
             raise NonFiniteError(f"non-finite validation loss or metric at epoch {epoch}")
-        return EpochResult(epoch, train_loss, val_loss, val_metric, lrs, trainable,
+        return EpochResult(epoch, train_loss, val.loss, val.metric, lrs, trainable,
                            seen / train_seconds if train_seconds > 0 else 0.0, time.perf_counter() - epoch_start,
                            cached)
 
     def state_dict(self) -> dict[str, Any]:
         """The resumable state, as plain data (weights are saved separately, as safetensors)."""
-        return {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "best_metric": self.best_metric,
+        return {"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+                "optimizer": self.optimizer.state_dict(), "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "history": [r.__dict__ for r in self.history],
                 "strategy": {"name": self.strategy.name, "params": dict(self.strategy.params)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
+        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         # The plan of the last finished epoch decides which params have optimizer state, so restore flags first.
         self._enter_epoch(max(0, self.epoch - 1))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         self.history = [EpochResult(**r) for r in state["history"]]

@@ -1,17 +1,14 @@
-"""One Optuna trial of one cell: sample, build, resume if a checkpoint exists, fit, record.
+"""The Optuna edge of a sweep: sample a cell's hyperparameters, run the trial, report, prune, re-queue.
 
-The trial's folder is ``trials/<backbone>/<strategy>/trial_NNNN`` with NNNN its run (the cell's configurations
-numbered in the order first sampled); a trial re-queued after a crash keeps its run's folder and seed, so it continues
-where the dead one stopped.
-While it runs the folder holds the last two epoch checkpoints; once it is finished, ``best.safetensors`` (its best
-epoch's weights), ``trial.json`` (what it ran) and ``outcome.json`` (how it ended).
+The trial itself runs in ``tlkit.runner.run_trial``, which knows nothing of Optuna. Here a cell's objective turns an
+Optuna trial into a ``TrialSpec`` (its folder ``trials/<backbone>/<strategy>/trial_NNNN``, NNNN its run: the
+cell's configurations numbered in the order first sampled), reports each epoch so the pruner can stop it, records
+the result as user attributes (the storage is the source of truth for every table), and re-queues the trial with
+the same parameters when the process is interrupted or crashes, so the next run resumes it from its checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,19 +17,19 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.checkpoint import load_latest, prune_epochs, save_epoch, save_weights, set_rng_state, write_json
+from tlkit import _optuna
 from tlkit.data import Splits
+from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment
-from tlkit.strategies import get_strategy
-from tlkit.study import Cell, requeue, run_of, worker_id
-from tlkit.train import BN_POLICY, Callback, EpochResult, NonFiniteError, Trainer
-from tlkit.weights import Pretrained, load_into
+from tlkit.runner import TrialResult, TrialSpec, run_trial
+from tlkit.strategies import Strategy, get_strategy
+from tlkit.study import Cell, run_of, worker_id
+from tlkit.train import Callback, EpochResult, PruneTrial, Trainer
+from tlkit.weights import Pretrained
 
 INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
-OUTCOME = "outcome.json"
 
-__all__ = ["SweepRun", "make_objective", "trial_folder", "suggest", "build_model"]
+__all__ = ["SweepRun", "make_objective", "trial_folder", "suggest", "search_space"]
 
 
 @dataclass
@@ -44,12 +41,26 @@ class SweepRun:
     splits: Splits
     pretrained: dict[str, Pretrained]
     device: torch.device
+    num_groups: dict[str, int]
+    """Layer groups of each backbone (strategies' search spaces depend on it)."""
     callbacks: Callable[[Cell, int, dict[str, Any]], list[Callback]] = field(default=lambda cell, run, params: [])
     """Extra callbacks per trial (TensorBoard, progress): ``callbacks(cell, run_number, params)``."""
 
 
 def trial_folder(out: Path, cell: Cell, run: int) -> Path:
     return out / "trials" / cell.folder / f"trial_{run:04d}"
+
+
+def search_space(exp: Experiment, strategy: type[Strategy], num_groups: int) -> dict[str, BaseDistribution]:
+    """The experiment's shared hyperparameters plus the strategy's own. A strategy hyperparameter with the name of
+    a shared one is an error: one would silently override the other."""
+    own = strategy.search_space(num_groups, exp.train.epochs)
+    clash = sorted(set(own) & set(exp.search))
+    if clash:
+        raise TlkitError(f"Strategy {strategy.name!r} searches {clash}, which the experiment's search space also "
+                         f"names; one would silently override the other. HINT: remove {clash} from the experiment's "
+                         f"search (or rename the strategy's hyperparameter).")
+    return {**exp.search, **own}
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -62,111 +73,71 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")
 
 
-def build_model(backbone: str, num_classes: int, pretrained: Pretrained | None, seed: int,
-                image_size: int | None = None) -> torch.nn.Module:
-    """A fresh model; the new head's random init depends only on ``seed``."""
-    torch.manual_seed(seed)
-    model = create_backbone(backbone, num_classes, image_size)
-    if pretrained is not None and pretrained.state_dict is not None:
-        load_into(model, pretrained.state_dict, pretrained.origin)
-    return model
+class _Reporter(Callback):
+    """Records each epoch in the trial (so tables show a running or killed trial) and lets Optuna prune."""
 
-
-class Recorder(Callback):
-    """Stores each epoch in the trial (the storage is the source of truth for tables) and lets Optuna prune."""
-
-    def __init__(self, trial: optuna.Trial, wall_before: float) -> None:
+    def __init__(self, trial: optuna.Trial, retry: bool) -> None:
         self.trial = trial
-        self.wall_before = wall_before
-        self.started = time.perf_counter()
+        self.retry = retry
+        self.reported = set(_optuna.frozen_trial(trial).intermediate_values)  # a retry inherits its epochs
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Say at once where a resumed trial starts: the process may be killed again before it ends."""
+        if self.retry or trainer.epoch > 0:
+            self.trial.set_user_attr("resumed_from_epoch", trainer.epoch)
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         t = self.trial
         t.set_user_attr("history", [r.as_row() for r in trainer.history])
         t.set_user_attr("epochs_run", trainer.epoch)
         t.set_user_attr("trainable_params", max(r.trainable_params for r in trainer.history))
-        t.set_user_attr("wall_time", round(self.wall_before + time.perf_counter() - self.started, 3))
+        t.set_user_attr("wall_time", round(trainer.elapsed, 3))
         t.set_user_attr("best_epoch", trainer.best_epoch)
-        t.report(result.val_metric, result.epoch)
+        if result.epoch not in self.reported:
+            t.report(result.val_metric, result.epoch)
+            self.reported.add(result.epoch)
         if t.should_prune():
-            t.set_user_attr("pruned_reason", f"{type(t.study.pruner).__name__} at epoch {result.epoch}")
-            raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
+            raise PruneTrial(f"{type(t.study.pruner).__name__} at epoch {result.epoch}")
 
 
-class Checkpointer(Callback):
-    """Best weights when the validation metric improves, then the epoch's resumable checkpoint."""
-
-    def __init__(self, folder: Path, recorder: Recorder) -> None:
-        self.folder = folder
-        self.recorder = recorder
-
-    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
-        if trainer.best_epoch == result.epoch:
-            save_weights(self.folder / "best.safetensors", trainer.model, metadata={"epoch": str(result.epoch)})
-        wall = self.recorder.wall_before + time.perf_counter() - self.recorder.started
-        save_epoch(self.folder, result.epoch, trainer.model, {**trainer.state_dict(), "wall_time": wall})
+def _record(trial: optuna.Trial, result: TrialResult) -> None:
+    for key in ("history", "epochs_run", "trainable_params", "total_params", "num_groups", "wall_time",
+                "best_epoch"):
+        trial.set_user_attr(key, getattr(result, key))
+    if result.replayed:  # the dead attempt had finished; only telling Optuna was left
+        trial.set_user_attr("resumed_from_epoch", result.epochs_run)
+    if result.state == "PRUNED":
+        trial.set_user_attr("pruned_reason", result.reason)
 
 
 def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective of one cell: returns the best validation metric over the trial's epochs."""
+    """The Optuna objective of one cell: the best validation metric over the trial's epochs."""
     exp = run.exp
+    strategy = get_strategy(cell.strategy)
+    space = search_space(exp, strategy, run.num_groups[cell.backbone])
+    pretrained = run.pretrained.get(cell.backbone) if strategy.pretrained else None
 
     def attempt(trial: optuna.Trial) -> float:
         run_number, retried = run_of(trial)
         trial.set_user_attr("worker", worker_id())
-        strategy_cls = get_strategy(cell.strategy)
-        pretrained = run.pretrained.get(cell.backbone) if strategy_cls.pretrained else None
-        model = build_model(cell.backbone, run.splits.num_classes, pretrained, exp.seed + run_number,
-                            exp.train.image_size)
-        groups = layer_groups(model, coarse=exp.train.coarse_groups)
-        space = {**exp.search, **strategy_cls.search_space(len(groups), exp.train.epochs)}
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}
-        recipe = dataclasses.replace(exp.train, **{k: params[k] for k in exp.search})
-        strategy = strategy_cls(num_groups=len(groups), epochs=recipe.epochs,
-                                **{k: v for k, v in params.items() if k not in exp.search})
-        total = sum(p.numel() for p in model.parameters())
+        origin = pretrained.origin if pretrained else "random init (from scratch)"
         for key, value in {"backbone": cell.backbone, "strategy": cell.strategy, "run": run_number,
-                           "total_params": total, "num_groups": len(groups), "bn_policy": BN_POLICY,
-                           "weights": pretrained.origin if pretrained else "random init (from scratch)"}.items():
+                           "weights": origin}.items():
             trial.set_user_attr(key, value)
-        folder = trial_folder(run.out, cell, run_number)
-        write_json(folder / "trial.json", {"backbone": cell.backbone, "strategy": strategy.describe(),
-                                           "params": params, "recipe": dataclasses.asdict(recipe),
-                                           "groups": [g.name for g in groups], "seed": exp.seed + run_number,
-                                           "weights": trial.user_attrs["weights"]})
         if retried is not None:
             trial.set_user_attr("resumed_from_trial", retried)
-            outcome = _read_outcome(folder)
-            if outcome is not None:  # the dead attempt had finished; only telling Optuna was left
-                trial.set_user_attr("resumed_from_epoch", trial.user_attrs.get("epochs_run", 0))
-                return _replay(trial, outcome)
-        latest = load_latest(folder)
-        recorder = Recorder(trial, wall_before=latest[1].get("wall_time", 0.0) if latest else 0.0)
-        trainer = Trainer(model, groups, strategy, run.splits, recipe, exp.metric, seed=exp.seed + run_number,
-                          device=run.device, **preprocessing(model),
-                          callbacks=[recorder, Checkpointer(folder, recorder),
-                                     *run.callbacks(cell, run_number, params)])
-        if latest is not None:
-            weights, state = latest
-            model.load_state_dict(weights)
-            trainer.load_state_dict(state)
-            set_rng_state(state["rng"])
-        if latest is not None or retried is not None:
-            trial.set_user_attr("resumed_from_epoch", trainer.epoch)
-        try:
-            trainer.fit()
-        except NonFiniteError as err:
-            _finish(exp, folder, {"state": "PRUNED", "reason": str(err)})
-            return _replay(trial, {"state": "PRUNED", "reason": str(err)})
-        except optuna.TrialPruned as err:
-            _finish(exp, folder, {"state": "PRUNED", "reason": trial.user_attrs.get("pruned_reason", str(err))})
-            raise
-        # A crash (any other exception) keeps the epoch state and re-queues the run (see objective): a rerun resumes.
-        if not math.isfinite(trainer.best_metric):
-            _finish(exp, folder, {"state": "PRUNED", "reason": "no finite validation metric"})
-            return _replay(trial, {"state": "PRUNED", "reason": "no finite validation metric"})
-        _finish(exp, folder, {"state": "COMPLETE", "value": trainer.best_metric})
-        return trainer.best_metric
+        spec = TrialSpec(backbone=cell.backbone, strategy=cell.strategy,
+                         params={k: v for k, v in params.items() if k not in exp.search},
+                         recipe=dataclasses.replace(exp.train, **{k: params[k] for k in exp.search}),
+                         metric=exp.metric, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number),
+                         weights=pretrained.state_dict if pretrained else None, weights_origin=origin)
+        result = run_trial(spec, run.splits, run.device,
+                           callbacks=[_Reporter(trial, retried is not None), *run.callbacks(cell, run_number, params)])
+        _record(trial, result)
+        if result.state == "PRUNED":
+            raise optuna.TrialPruned(result.reason)
+        return result.value
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -175,35 +146,11 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
             raise
         except KeyboardInterrupt:  # wherever it lands, the run is queued again, to resume from its checkpoint
             trial.set_user_attr("failure_reason", INTERRUPTED)
-            requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            _optuna.requeue(trial.study, _optuna.frozen_trial(trial))
             raise
         except Exception as err:  # a crash (out of memory, full disk, ...): the sweep stops, the rerun resumes
-            trial.set_user_attr("failure_reason", f"crashed ({type(err).__name__}: {str(err)[:200]}); re-queued")
-            requeue(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            trial.set_user_attr("failure_reason", f"crashed ({describe_error(err)}); re-queued")
+            _optuna.requeue(trial.study, _optuna.frozen_trial(trial))
             raise
 
     return objective
-
-
-def _finish(exp: Experiment, folder: Path, outcome: dict[str, Any]) -> None:
-    """Record the outcome, then apply retention (only ``best.safetensors`` stays unless
-    ``train.keep_checkpoints='last'``). The outcome is written first: if the process dies before Optuna hears of
-    it, the retry reads it instead of training the trial again from scratch."""
-    write_json(folder / OUTCOME, outcome)
-    if exp.train.keep_checkpoints == "best":
-        prune_epochs(folder, keep=0)
-
-
-def _read_outcome(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / OUTCOME).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _replay(trial: optuna.Trial, outcome: dict[str, Any]) -> float:
-    """Tell Optuna a recorded outcome: the value, or prune with the recorded reason."""
-    if outcome["state"] == "COMPLETE":
-        return outcome["value"]
-    trial.set_user_attr("pruned_reason", outcome["reason"])
-    raise optuna.TrialPruned(outcome["reason"])

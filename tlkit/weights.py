@@ -5,7 +5,7 @@ sweep with a message instead of failing (or, worse, silently training from rando
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -15,14 +15,16 @@ from typing import Callable
 import timm
 import torch
 
-from tlkit.backbones import create_backbone, layer_groups, model_kwargs
+from tlkit.backbones import adapt_weights, create_backbone, load_into, model_kwargs
 from tlkit.checkpoint import load_weights, save_weights, write_json
 from tlkit.data import cache_dir
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment, experiment_to_dict, file_digest, fingerprint
 
-__all__ = ["Pretrained", "resolve_pretrained", "load_into", "hub_reachable", "source_weights_path",
-           "read_weights_file"]
+__all__ = ["Pretrained", "resolve_pretrained", "hub_reachable", "source_weights_path", "read_weights_file",
+           "save_source"]
+
+log = logging.getLogger("tlkit")
 
 HUB_HOST = ("huggingface.co", 443)
 
@@ -80,26 +82,6 @@ def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.T
         hf_constants.HF_HUB_OFFLINE = saved[1]
 
 
-def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
-    """Load a backbone's pretrained weights, replacing only the classifier head.
-
-    Any other missing, unexpected or mis-shaped key is an error: a half-loaded model is not a pretrained model.
-    """
-    head = set(layer_groups(model)[-1].params)
-    own = model.state_dict()
-    body = {k: v for k, v in state_dict.items() if k not in head}
-    mismatched = [k for k, v in body.items() if k in own and own[k].shape != v.shape]
-    missing = sorted(set(own) - set(body) - head)
-    unexpected = sorted(set(body) - set(own))
-    if mismatched or missing or unexpected:
-        parts = [f"{label} {keys[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", mismatched)) if keys]
-        raise TlkitError(f"Pretrained weights from {origin} do not fit {type(model).__name__}: {'; '.join(parts)}. "
-                         f"HINT: the weights must come from the same timm architecture.")
-    model.load_state_dict(body, strict=False)
-
-
 def source_weights_path(exp: Experiment, backbone: str) -> Path:
     """Cache path keyed by a hash of backbone + source data + source recipe + seed: later sweeps reuse it.
 
@@ -113,7 +95,7 @@ def source_weights_path(exp: Experiment, backbone: str) -> Path:
     model = create_backbone(backbone, 1, exp.source.train.image_size)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     key = fingerprint({"backbone": backbone, "source": src, "seed": exp.seed, "base": _base_origin(exp, backbone),
-                       "shapes": shapes})
+                       "shapes": shapes, "metric": exp.metric})
     return cache_dir() / "source" / f"{backbone.replace('/', '_')}-{key}.safetensors"
 
 
@@ -127,12 +109,21 @@ def read_weights_file(backbone: str, path: str) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} does not exist. HINT: fix the path "
                          f"in --weights {backbone}=PATH or the experiment's weights={{...}}.")
+    hint = "HINT: use safetensors or a plain state dict saved with torch.save(model.state_dict(), path)."
     try:
-        return load_weights(file)
+        state = load_weights(file)
     except Exception as err:  # noqa: BLE001
         raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} cannot be read safely "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). HINT: use safetensors or a "
-                         f"plain state dict saved with torch.save(model.state_dict(), path).") from None
+                         f"({describe_error(err)}). {hint}") from None
+    if not isinstance(state, dict) or not state:
+        raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} holds "
+                         f"{'an empty dict' if isinstance(state, dict) else type(state).__name__}, not a state dict "
+                         f"of named tensors. {hint}")
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if odd:
+        raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} is not a state dict of named tensors "
+                         f"(e.g. {odd[0]!r} -> {type(state[odd[0]]).__name__}). {hint}")
+    return state
 
 
 def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
@@ -145,20 +136,38 @@ def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
     """
     if not exp.pretrained:
         return Pretrained(None, "random init (pretrained=False)")
+    size = exp.train.image_size
     if exp.source is not None:
-        path = source_weights_path(exp, backbone)
-        if not path.is_file():
-            if train_source is None:
-                raise TlkitError(f"Source weights for {backbone!r} are not trained yet ({path}).")
-            train_source(exp, backbone, path)
-        pretrained = Pretrained(load_weights(path), f"source task {_source_label(exp)} ({path.name})")
+        origin = f"source task {_source_label(exp)}"
+        state = adapt_weights(backbone, _source_state(exp, backbone, train_source), size, origin)
     elif backbone in exp.weights:
-        pretrained = Pretrained(read_weights_file(backbone, exp.weights[backbone]), f"file {exp.weights[backbone]}")
+        origin = f"file {exp.weights[backbone]}"
+        state = adapt_weights(backbone, read_weights_file(backbone, exp.weights[backbone]), size, origin)
     else:
-        pretrained = Pretrained(_from_hub(backbone, hub_reachable(), exp.train.image_size), f"timm hub ({backbone})")
-    model = create_backbone(backbone, num_classes, exp.train.image_size)
-    load_into(model, pretrained.state_dict, pretrained.origin)  # fail early, before any trial
-    return pretrained
+        origin = f"timm hub ({backbone})"
+        state = _from_hub(backbone, hub_reachable(), size)
+    model = create_backbone(backbone, num_classes, size)
+    load_into(model, state, origin)  # fail early, before any trial
+    return Pretrained(state, origin)
+
+
+def _source_state(exp: Experiment, backbone: str, train_source: Callable[[Experiment, str, Path], None] | None
+                  ) -> dict[str, torch.Tensor]:
+    """The cached source-task weights, trained first if missing; a cached file that cannot be read is set aside
+    (renamed ``*.bad``) and trained again, so a damaged cache never blocks a study."""
+    path = source_weights_path(exp, backbone)
+    if path.is_file():
+        try:
+            return load_weights(path)
+        except Exception as err:  # noqa: BLE001 - truncated or corrupt: retrain rather than trust it
+            aside = path.with_name(path.name + ".bad")
+            os.replace(path, aside)
+            log.warning("cached source weights %s cannot be read (%s); set aside as %s and trained again", path,
+                        describe_error(err), aside.name)
+    if train_source is None:
+        raise TlkitError(f"Source weights for {backbone!r} are not trained yet ({path}).")
+    train_source(exp, backbone, path)
+    return load_weights(path)
 
 
 def _source_label(exp: Experiment) -> str:

@@ -1,0 +1,107 @@
+"""The one trial runner: a plain spec in, a result out, resumable, replayable, and free of Optuna."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tlkit
+from tlkit.data import make_splits
+from tlkit.datasets import load_dataset
+from tlkit.experiment import Train
+from tlkit.runner import TrialSpec, read_outcome, run_trial
+from tlkit.train import Callback, PruneTrial
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    train, test = load_dataset("digits")
+    return make_splits(train, test, classes=[5, 6, 7], val_fraction=0.25, seed=0, image_size=16,
+                       train_per_class=40)
+
+
+def _spec(folder: Path, strategy: str = "gradual", epochs: int = 3, **recipe) -> TrialSpec:
+    return TrialSpec(backbone="test_resnet", strategy=strategy, params={}, metric="accuracy", seed=3,
+                     recipe=Train(epochs=epochs, batch_size=16, image_size=16, **recipe), folder=folder)
+
+
+class KillAt(Callback):
+    """Stands in for a kill: raises KeyboardInterrupt in the given epoch, after its first optimizer step."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_batch_end(self, trainer, batch, num_batches):
+        if trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_trial_runs_records_its_outcome_and_keeps_only_its_best_weights(tmp_path, splits):
+    result = run_trial(_spec(tmp_path / "t"), splits, CPU)
+    assert result.state == "COMPLETE" and result.epochs_run == 3 and not result.replayed
+    assert result.value == max(h["val_metric"] for h in result.history)
+    assert result.best_epoch == max(range(3), key=lambda e: (result.history[e]["val_metric"], -e))
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["best.safetensors", "outcome.json",
+                                                                 "trial.json"]
+    assert json.loads((tmp_path / "t" / "outcome.json").read_text())["value"] == result.value
+    trial = json.loads((tmp_path / "t" / "trial.json").read_text())
+    assert trial["seed"] == 3 and trial["strategy"].startswith("gradual(") and trial["groups"][-1] == "head"
+    assert 0 < result.trainable_params < result.total_params  # 3 epochs unfreeze 2 of 5 body groups
+
+
+def test_a_finished_trial_is_replayed_not_retrained(tmp_path, splits, monkeypatch):
+    first = run_trial(_spec(tmp_path / "t"), splits, CPU)
+    monkeypatch.setattr(tlkit.runner.Trainer, "fit", lambda self: pytest.fail("trained again"))
+    again = run_trial(_spec(tmp_path / "t"), splits, CPU)
+    assert again.replayed and again.value == first.value and again.history == first.history
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(tmp_path, splits):
+    whole = run_trial(_spec(tmp_path / "whole"), splits, CPU)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(_spec(tmp_path / "killed"), splits, CPU, callbacks=[KillAt(epoch=2)])
+    assert read_outcome(tmp_path / "killed") is None
+    resumed = run_trial(_spec(tmp_path / "killed"), splits, CPU)
+    assert resumed.resumed_from_epoch == 2 and not resumed.replayed
+    assert resumed.history == [{**h, "images_per_s": r["images_per_s"], "seconds": r["seconds"]}
+                               for h, r in zip(whole.history, resumed.history)]
+    a, b = load_file(str(tmp_path / "whole/best.safetensors")), load_file(str(tmp_path / "killed/best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_prune_request_and_a_diverging_loss_end_as_pruned(tmp_path, splits):
+    class PruneAtOne(Callback):
+        def on_epoch_end(self, trainer, result):
+            if result.epoch == 1:
+                raise PruneTrial("MedianPruner at epoch 1")
+
+    pruned = run_trial(_spec(tmp_path / "p"), splits, CPU, callbacks=[PruneAtOne()])
+    assert (pruned.state, pruned.reason, pruned.epochs_run, pruned.value) == \
+        ("PRUNED", "MedianPruner at epoch 1", 2, None)
+    assert read_outcome(tmp_path / "p").state == "PRUNED"
+    diverged = run_trial(_spec(tmp_path / "d", strategy="full_finetune", lr=1e12, optimizer="sgd"), splits, CPU)
+    assert diverged.state == "PRUNED" and "non-finite" in diverged.reason
+
+
+def test_a_damaged_outcome_is_set_aside_and_the_trial_runs_again(tmp_path, splits, caplog):
+    first = run_trial(_spec(tmp_path / "t", epochs=2), splits, CPU)
+    (tmp_path / "t" / "outcome.json").write_text("{not json")
+    again = run_trial(_spec(tmp_path / "t", epochs=2), splits, CPU)
+    assert not again.replayed and again.value == first.value
+    assert (tmp_path / "t" / "outcome.json.bad").is_file() and "set aside" in caplog.text
+
+
+def test_the_runner_imports_nothing_of_optuna():
+    """Optuna stays at the edge (tlkit.trial, tlkit.study): the runner and the loop it drives never import it."""
+    root = Path(tlkit.__file__).parent
+    for module in ("runner.py", "train.py", "checkpoint.py", "backbones.py", "data.py"):
+        tree = ast.parse((root / module).read_text())
+        imported = {n.name for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {m for m in imported if m.split(".")[0] == "optuna"}, module

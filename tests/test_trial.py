@@ -1,0 +1,85 @@
+"""The Optuna adapter: a cell's objective samples, builds the spec, runs it, records the result, lets the pruner
+stop it, and re-queues a crashed trial with its parameters. Real tiny trials, an in-memory study."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+from tlkit import _optuna
+from tlkit.datasets import splits_for
+from tlkit.errors import TlkitError
+from tlkit.experiment import Data, Experiment, Train
+from tlkit.strategies import get_strategy
+from tlkit.study import Cell, open_cell_study, open_storage
+from tlkit.trial import SweepRun, make_objective, search_space, trial_folder
+
+
+def _run(tmp_path, **fields) -> SweepRun:
+    exp = Experiment(backbones=["test_resnet"], strategies=["last_n"], name="t", pretrained=False,
+                     data=Data("digits", classes=[5, 6, 7], train_per_class=30, val_fraction=0.25),
+                     train=Train(epochs=2, batch_size=16, image_size=16), **fields)
+    return SweepRun(exp, tmp_path, splits_for(exp.data, 16, 0), {}, torch.device("cpu"), {"test_resnet": 6})
+
+
+def _storage(run: SweepRun):
+    """A file, not ``:memory:``: Optuna's heartbeat thread opens a connection of its own."""
+    return open_storage(f"sqlite:///{run.out / 'study.db'}")
+
+
+def _optimize(run: SweepRun, cell: Cell, pruner=None) -> optuna.Study:
+    study = open_cell_study(_storage(run), "t", run.exp, cell)
+    if pruner is not None:
+        study.pruner = pruner
+    study.optimize(make_objective(run, cell), n_trials=1, catch=())
+    return study
+
+
+def test_a_strategy_hyperparameter_may_not_shadow_a_shared_one(tmp_path):
+    run = _run(tmp_path, search={"epochs": IntDistribution(1, 3)})
+    exp = run.exp
+    space = search_space(exp, get_strategy("layer_decay"), 6)
+    assert set(space) == {"epochs", "layer_decay"}
+    exp.search["n_groups"] = IntDistribution(1, 2)  # what last_n searches itself
+    with pytest.raises(TlkitError, match=r"Strategy 'last_n' searches \['n_groups'\], which the experiment's search "
+                                         r"space also names.*HINT: remove"):
+        search_space(exp, get_strategy("last_n"), 6)
+
+
+def test_the_objective_records_the_trial_in_the_storage(tmp_path):
+    run = _run(tmp_path)
+    cell = Cell("test_resnet", "last_n")
+    study = _optimize(run, cell)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and set(trial.params) == {"lr", "weight_decay", "n_groups"}
+    u = trial.user_attrs
+    assert (u["backbone"], u["strategy"], u["run"], u["epochs_run"], u["num_groups"]) == \
+        ("test_resnet", "last_n", 0, 2, 6)
+    assert trial.value == max(h["val_metric"] for h in u["history"]) and u["worker"].count(":") == 2
+    assert trial.intermediate_values == {h["epoch"]: h["val_metric"] for h in u["history"]}
+    assert (trial_folder(tmp_path, cell, 0) / "outcome.json").is_file()
+
+
+def test_the_pruner_stops_a_trial_with_its_reason(tmp_path):
+    study = _optimize(_run(tmp_path), Cell("test_resnet", "last_n"), pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["epochs_run"] == 1
+    assert trial.user_attrs["pruned_reason"] == "ThresholdPruner at epoch 0"
+
+
+def test_a_crash_is_requeued_with_the_same_parameters(tmp_path, monkeypatch):
+    run = _run(tmp_path)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("tlkit.trial.run_trial", out_of_memory)
+    study = open_cell_study(_storage(run), "t", run.exp, Cell("test_resnet", "last_n"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        study.optimize(make_objective(run, Cell("test_resnet", "last_n")), n_trials=1, catch=())
+    failed, retry = study.trials
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert failed.user_attrs["failure_reason"] == "crashed (RuntimeError: CUDA out of memory); re-queued"
+    assert retry.params == failed.params and _optuna.previous_attempt(retry) == 0

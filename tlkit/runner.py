@@ -1,0 +1,165 @@
+"""One trial, from a plain spec to a result: build the model, resume from its checkpoint, fit, record the outcome.
+
+This is the only code that runs a trial. The Optuna adapter (``tlkit.trial``), source pretraining
+(``tlkit.source``) and repeat runs all call :func:`run_trial`; none of them has its own copy of the logic, and this
+module knows nothing of Optuna (a callback raises ``PruneTrial`` to stop a trial early).
+
+A trial's folder holds, while it runs, the last two epoch checkpoints; once it has ended, ``best.safetensors`` (its
+best epoch's weights), ``trial.json`` (what it ran) and ``outcome.json`` (how it ended). A trial whose folder already
+has an outcome is not trained again: its recorded result is returned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tlkit.backbones import build_model, layer_groups, preprocessing
+from tlkit.checkpoint import load_latest, prune_epochs, save_epoch, save_weights, set_rng_state, write_json
+from tlkit.data import Splits
+from tlkit.errors import describe_error
+from tlkit.experiment import Train
+from tlkit.metrics import get_metric
+from tlkit.strategies import get_strategy
+from tlkit.train import BN_POLICY, Callback, EpochResult, PruneTrial, Trainer
+
+__all__ = ["TrialSpec", "TrialResult", "run_trial", "read_outcome", "OUTCOME"]
+
+OUTCOME = "outcome.json"
+log = logging.getLogger("tlkit")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one trial computes from; the same spec in the same folder gives the same result."""
+
+    backbone: str
+    strategy: str
+    params: dict[str, Any]
+    """The strategy's hyperparameters (the recipe's searched values are already in ``recipe``)."""
+    recipe: Train
+    metric: str
+    seed: int
+    """Seeds the head's initialisation, the batch order and the augmentation."""
+    folder: Path
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    """The backbone's starting weights (None: random initialisation)."""
+    weights_origin: str = "random init"
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended. ``value`` is the best validation metric over its epochs (None when pruned early)."""
+
+    state: str
+    """``COMPLETE`` or ``PRUNED``."""
+    value: float | None
+    reason: str = ""
+    best_epoch: int = -1
+    epochs_run: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    num_groups: int = 0
+    wall_time: float = 0.0
+    resumed_from_epoch: int | None = None
+    """The epoch this process started from when a checkpoint was found (None: it started fresh)."""
+    replayed: bool = False
+    """True when the result was read from the folder's ``outcome.json`` instead of trained."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "replayed"}
+
+
+class _Checkpointer(Callback):
+    """Best weights when the validation metric improves, then the epoch's resumable checkpoint (last, after every
+    other callback has seen the epoch, so what they log is never behind the checkpoint a resume starts from)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        if trainer.best_epoch == result.epoch:
+            save_weights(self.folder / "best.safetensors", trainer.model, metadata={"epoch": str(result.epoch)})
+        save_epoch(self.folder, result.epoch, trainer.model, trainer.state_dict())
+
+
+def run_trial(spec: TrialSpec, splits: Splits, device: torch.device,
+              callbacks: Sequence[Callback] = ()) -> TrialResult:
+    """Run (or resume, or replay) the trial ``spec`` describes, and record its outcome in ``spec.folder``."""
+    done = read_outcome(spec.folder)
+    if done is not None:
+        return done
+    strategy_cls = get_strategy(spec.strategy)
+    model = build_model(spec.backbone, splits.num_classes, spec.weights, spec.seed, spec.recipe.image_size,
+                        spec.weights_origin)
+    groups = layer_groups(model, coarse=spec.recipe.coarse_groups)
+    strategy = strategy_cls(num_groups=len(groups), epochs=spec.recipe.epochs, **spec.params)
+    write_json(spec.folder / "trial.json", {
+        "backbone": spec.backbone, "strategy": strategy.describe(), "params": spec.params,
+        "recipe": dataclasses.asdict(spec.recipe), "metric": spec.metric, "seed": spec.seed,
+        "groups": [g.name for g in groups], "weights": spec.weights_origin, "bn_policy": BN_POLICY})
+    trainer = Trainer(model, groups, strategy, splits, spec.recipe, get_metric(spec.metric), seed=spec.seed,
+                      device=device, callbacks=[*callbacks, _Checkpointer(spec.folder)], **preprocessing(model))
+    resumed_from = None
+    latest = load_latest(spec.folder)
+    if latest is not None:
+        weights, state = latest
+        model.load_state_dict(weights)
+        trainer.load_state_dict(state)
+        set_rng_state(state["rng"])
+        resumed_from = trainer.epoch
+    state, reason = "COMPLETE", ""
+    try:
+        trainer.fit()
+    except PruneTrial as err:
+        state, reason = "PRUNED", describe_error(err).removeprefix(f"{type(err).__name__}: ")
+    if state == "COMPLETE" and not math.isfinite(trainer.best_metric):
+        state, reason = "PRUNED", "no finite validation metric"
+    history = [r.as_row() for r in trainer.history]
+    result = TrialResult(
+        state=state, value=trainer.best_metric if state == "COMPLETE" else None, reason=reason,
+        best_epoch=trainer.best_epoch, epochs_run=trainer.epoch, history=history,
+        trainable_params=max((r.trainable_params for r in trainer.history), default=0),
+        total_params=sum(p.numel() for p in model.parameters()), num_groups=len(groups),
+        wall_time=round(trainer.elapsed, 3), resumed_from_epoch=resumed_from)
+    _finish(spec, result)
+    return result
+
+
+def _finish(spec: TrialSpec, result: TrialResult) -> None:
+    """Record the outcome, then apply retention (only ``best.safetensors`` stays unless
+    ``train.keep_checkpoints='last'``). The outcome is written first: if the process dies before whoever runs the
+    trial hears of it, the next attempt reads it instead of training the trial again."""
+    write_json(spec.folder / OUTCOME, result.to_json())
+    if spec.recipe.keep_checkpoints == "best":
+        prune_epochs(spec.folder, keep=0)
+
+
+def read_outcome(folder: Path) -> TrialResult | None:
+    """The recorded result of a finished trial, or None. An ``outcome.json`` that cannot be read is set aside
+    (renamed ``*.bad``) with a warning, and the trial runs again from its checkpoints."""
+    path = Path(folder) / OUTCOME
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        fields = {f.name for f in dataclasses.fields(TrialResult)}
+        result = TrialResult(**{k: v for k, v in payload.items() if k in fields})
+        if result.state not in ("COMPLETE", "PRUNED"):
+            raise ValueError(f"unknown state {result.state!r}")
+    except (OSError, ValueError, TypeError) as err:
+        aside = path.with_name(path.name + ".bad")
+        os.replace(path, aside)
+        log.warning("%s cannot be read (%s); set aside as %s, and the trial runs again from its checkpoints", path,
+                    describe_error(err), aside.name)
+        return None
+    result.replayed = True
+    return result
