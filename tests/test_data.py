@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlkit.data import augment_batch, iterate_batches, make_splits
+from tlkit.data import ImageSet, augment_batch, iterate_batches, make_splits
 from tlkit.datasets import load_dataset
 from tlkit.errors import TlkitError
 
@@ -21,6 +21,30 @@ def test_class_subset_caps_and_a_stratified_seeded_split():
     assert torch.equal(a.val.images, b.val.images) and not torch.equal(a.val.images, c.val.images)
     with pytest.raises(TlkitError, match=r"data\.classes has \[12\]"):
         make_splits(train, test, classes=[1, 12], val_fraction=0.2, seed=0, image_size=8)
+
+
+def test_every_split_holds_every_class_or_the_data_is_refused_naming_the_class():
+    """A class missing from validation is never selected for, one missing from test is never scored, one class
+    alone scores perfectly: each is refused before any trial, with the class and the fix."""
+    train, test = load_dataset("digits")
+    kwargs = {"val_fraction": 0.25, "seed": 0, "image_size": 8}
+    one_class = ImageSet(train.images[train.labels == 3], torch.zeros(int((train.labels == 3).sum()), dtype=torch.long),
+                         ["3"])
+    with pytest.raises(TlkitError, match=r"The data has 1 class \(3\): a classifier needs at least 2"):
+        make_splits(one_class, one_class, classes=None, **kwargs)
+    no_test_sevens = test.subset(torch.nonzero(test.labels != 7).flatten())
+    with pytest.raises(TlkitError, match=r"Class '7' has 0 test images: every class needs at least 1 .*HINT: add test"):
+        make_splits(train, no_test_sevens, classes=[7, 3], **kwargs)
+    with pytest.raises(TlkitError, match=r"Class '7' has 1 training image .*HINT: add images of that class"):
+        make_splits(train, test, classes=[7, 3], train_per_class=1, **kwargs)
+    with pytest.raises(TlkitError, match=r"data\.val_fraction=0\.05 of 20 training images leaves class '.' without a "
+                                         r"validation image.*set data\.val_fraction to at least 0\.1"):
+        make_splits(train, test, classes=[7, 3], train_per_class=10, **{**kwargs, "val_fraction": 0.05})
+    with pytest.raises(TlkitError, match=r"source\.data\.val_fraction=0\.95 .* without a training image.*at most 0\.9"):
+        make_splits(train, test, classes=[7, 3], train_per_class=10, prefix="source.data.",
+                    **{**kwargs, "val_fraction": 0.95})
+    splits = make_splits(train, test, classes=[7, 3], train_per_class=2, **{**kwargs, "val_fraction": 0.5})
+    assert [sorted(s.labels.tolist()) for s in (splits.train, splits.val)] == [[0, 1], [0, 1]], "the least that works"
 
 
 def test_augmentation_is_a_seeded_crop_and_flip_of_the_whole_batch():

@@ -92,9 +92,21 @@ def test_missing_data_says_where_it_looked(tmp_path):
 def test_bad_files_name_themselves(tmp_path):
     root = _write_imagefolder(tmp_path / "pets", per_class=2)
     (root / "train" / "dog" / "notes.jpg").write_text("not an image")
-    with pytest.raises(TlkitError, match=r"Image .*notes\.jpg cannot be decoded .*HINT: replace or remove"):
+    with pytest.raises(TlkitError, match=r"Image .*notes\.jpg cannot be decoded: it is not in an image format .*"
+                                         r"HINT: replace or remove"):
         load_dataset("imagefolder", root)
     (root / "train" / "dog" / "notes.jpg").unlink()
+    whole = (root / "train" / "dog" / "001.png").read_bytes()
+    (root / "train" / "dog" / "001.png").write_bytes(whole[: len(whole) // 2])  # a torn copy
+    with pytest.raises(TlkitError, match=r"Image .*dog/001\.png cannot be decoded.*HINT: replace or remove"):
+        load_dataset("imagefolder", root)
+    (root / "train" / "dog" / "001.png").write_bytes(whole)
+    (root / "train" / "fox").mkdir()
+    (root / "train" / "fox" / "readme.txt").write_text("images to come")
+    with pytest.raises(TlkitError, match=r"class folder train/fox/ holds no images .*HINT: add its images, or remove"):
+        load_dataset("imagefolder", root)  # never silently a class fewer, with every later label shifted
+    (root / "train" / "fox" / "readme.txt").unlink()
+    (root / "train" / "fox").rmdir()
     (root / "train" / "stray.png").write_bytes((root / "train" / "dog" / "000.png").read_bytes())
     with pytest.raises(TlkitError, match=r"'train/stray\.png' lies beside the class folders"):
         load_dataset("imagefolder", root)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tlkit.errors import TlkitError
-from tlkit.experiment import Experiment, Train, apply_overrides, experiment_to_dict, identity, load_experiment
+from tlkit.experiment import (Experiment, Train, apply_overrides, experiment_to_dict, identity, load_experiment,
+                              validate)
 from tlkit.testing import write_experiment
 
 
@@ -117,3 +118,63 @@ def test_resolved_experiment_is_json_and_identity_ignores_budget(exp):
     more = apply_overrides(exp, ["trials=9", "data.root='/elsewhere'"])
     assert identity(more) == identity(exp)
     assert identity(apply_overrides(exp, ["train.epochs=3"])) != identity(exp)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"lr": float("nan")}, r"train\.lr must be a finite number > 0 but got nan\. HINT: .*--set train\.lr="),
+    ({"weight_decay": float("inf")}, r"train\.weight_decay must be a finite number >= 0 but got inf"),
+    ({"momentum": 1.0}, r"train\.momentum must be in \[0, 1\) but got 1\.0"),
+    ({"label_smoothing": -0.1}, r"train\.label_smoothing must be in \[0, 1\)"),
+    ({"epochs": 3, "warmup_epochs": 3}, r"train\.warmup_epochs must be less than train\.epochs"),
+    ({"max_batches": 0}, r"train\.max_batches must be None or an int >= 1 but got 0"),
+    ({"augment": ["crop", "flip"]}, r"Unknown augmentation in train\.augment 'flip'\. Did you mean 'hflip'"),
+    ({"epochs": "2"}, r"train\.epochs must be int but got '2'"),
+])
+def test_a_recipe_no_trial_can_train_with_is_refused_where_it_is_made(fields, message):
+    with pytest.raises(TlkitError, match=message):
+        Train(**fields)
+
+
+def test_a_source_recipe_is_checked_and_named_as_the_source(tmp_path):
+    path = write_experiment(tmp_path / "src", pretrained=True, source={"data": {"name": "digits", "classes": [0, 1]}})
+    exp = load_experiment(path)
+    with pytest.raises(TlkitError, match=r"source\.train\.momentum must be in \[0, 1\) .*--set source\.train\."):
+        apply_overrides(exp, ["source.train.momentum=-0.5"])
+    with pytest.raises(TlkitError, match=r"source\.data\.classes=\[0\] keeps one class"):
+        apply_overrides(exp, ["source.data.classes=[0]"])
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"batch_size": IntDistribution(0, 64)}, r"search\['batch_size'\] .* can give 0, which no trial can use: "
+                                             r"train\.batch_size must be >= 1"),
+    ({"batch_size": FloatDistribution(8, 64)}, r"can give 8\.0, .*train\.batch_size must be int"),
+    ({"momentum": FloatDistribution(0.5, 1.0)}, r"can give 1\.0, .*train\.momentum must be in \[0, 1\)"),
+    ({"optimizer": CategoricalDistribution(["adamw", "sgdd"])}, r"can give 'sgdd', .*Did you mean 'sgd'"),
+    ({"warmup_epochs": IntDistribution(0, 10)}, r"train\.warmup_epochs can be 10 while train\.epochs can be 10"),
+])
+def test_every_value_a_search_can_give_must_be_one_a_trial_can_use(search, message):
+    with pytest.raises(TlkitError, match=message):
+        Experiment(backbones=["test_vit"], strategies=["bitfit"], search=search)
+    fine = {k: IntDistribution(1, 9) if k in ("batch_size", "warmup_epochs") else
+            FloatDistribution(0.0, 0.9) if k == "momentum" else CategoricalDistribution(["adamw", "sgd"])
+            for k in search}
+    Experiment(backbones=["test_vit"], strategies=["bitfit"], search=fine)  # the same keys, in range: accepted
+
+
+def test_the_seed_and_weights_are_checked(exp):
+    with pytest.raises(TlkitError, match=r"seed must be an int in \[0, 400000\] but got 400001"):
+        apply_overrides(exp, ["seed=400001"])
+    exp.weights["test_resnett"] = "r.pt"  # as --weights sets it, checked again by validate()
+    with pytest.raises(TlkitError, match=r"backbone 'test_resnett', which is not one of the experiment's backbones "
+                                         r"\(test_resnet\)\. Did you mean 'test_resnet'\?"):
+        validate(exp)
+
+
+def test_an_experiment_file_must_be_python_and_must_not_exit(tmp_path):
+    path = write_experiment(tmp_path, prelude="import sys\nif True:\n    sys.exit(0)\n")
+    with pytest.raises(TlkitError, match=r"tiny\.py:5: the file called sys\.exit\(0\) .*defines no experiment"):
+        load_experiment(path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("experiment = None\n")
+    with pytest.raises(TlkitError, match=r"'.*notes\.txt' is not a Python file \(\.py\)"):
+        load_experiment(notes)

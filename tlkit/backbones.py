@@ -7,6 +7,7 @@ group (the *head*), so "only the head trains" is exactly a linear probe on every
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import timm
 import torch
@@ -15,8 +16,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlkit.errors import TlkitError, describe_error, did_you_mean
 
-__all__ = ["LayerGroup", "check_backbone", "create_backbone", "build_model", "layer_groups", "preprocessing",
-           "load_into", "adapt_weights"]
+__all__ = ["LayerGroup", "check_backbone", "check_runs", "create_backbone", "build_model", "layer_groups",
+           "preprocessing", "load_into", "adapt_weights"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,35 @@ def create_backbone(name: str, num_classes: int, image_size: int | None = None) 
     """A randomly initialised timm model with a fresh head for ``num_classes``; weights come from tlkit.weights."""
     check_backbone(name)
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs(name, image_size))
+
+
+def check_runs(name: str, num_classes: int, image_sizes: Iterable[int], batch: int, prefix: str = "train.") -> None:
+    """Fail before any trial when the architecture cannot train at an image size or on batches of ``batch`` images
+    (a ViT whose patch size does not divide the image, BatchNorm over a single 1x1 value): one forward pass in train
+    mode on random images at each size, the way the first training step would run it."""
+    model = create_backbone(name, num_classes, max(image_sizes))
+    for size in sorted(set(image_sizes)):
+        if model_kwargs(name, size):  # built for its input size
+            model = create_backbone(name, num_classes, size)
+        problem = _forward_problem(model, size, batch)
+        if problem is None:
+            continue
+        if batch < 2 and _forward_problem(model, size, 2) is None:
+            raise TlkitError(f"Backbone {name!r} cannot train on batches of {batch} image at {size} px ({problem}). "
+                             f"HINT: keep {prefix}batch_size, and every batch size searched, at 2 or more.")
+        raise TlkitError(f"Backbone {name!r} cannot run at image size {size} ({problem}). HINT: choose a "
+                         f"{prefix}image_size the architecture supports (a ViT's must be a multiple of its patch "
+                         f"size; 32 or more is safe for most).")
+
+
+def _forward_problem(model: torch.nn.Module, size: int, batch: int) -> str | None:
+    model.train()
+    try:
+        with torch.no_grad():
+            model(torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    except Exception as err:  # noqa: BLE001 - whatever the architecture raises, the trial would raise too
+        return describe_error(err).rstrip(".")
+    return None
 
 
 def build_model(backbone: str, num_classes: int, weights: dict[str, torch.Tensor] | None, seed: int,

@@ -6,6 +6,7 @@ augmentation (random crop with padding, horizontal flip) is applied to the whole
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,14 @@ def cache_dir() -> Path:
 
 # --- splitting ---------------------------------------------------------------------------------------------------
 
-def _select_classes(s: ImageSet, classes: list[int] | None) -> ImageSet:
+def _select_classes(s: ImageSet, classes: list[int] | None, prefix: str = "data.") -> ImageSet:
     if classes is None:
         return s
     bad = [c for c in classes if not 0 <= c < len(s.classes)]
     if bad:
-        raise TlkitError(f"data.classes has {bad}, but the dataset has classes 0..{len(s.classes) - 1} "
-                         f"({', '.join(s.classes)}).")
+        shown = ", ".join(s.classes[:20]) + (" ..." if len(s.classes) > 20 else "")
+        raise TlkitError(f"{prefix}classes has {bad}, but the dataset has classes 0..{len(s.classes) - 1} ({shown}). "
+                         f"HINT: pick class indices from that range.")
     keep = torch.isin(s.labels, torch.tensor(classes))
     remap = torch.full((len(s.classes),), -1, dtype=torch.long)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
@@ -93,23 +95,79 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 
 
 def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, val_fraction: float, seed: int,
-                image_size: int, train_per_class: int | None = None, test_per_class: int | None = None) -> Splits:
-    """Class subset, per-class caps, then a stratified seeded validation split carved from the training set."""
+                image_size: int, train_per_class: int | None = None, test_per_class: int | None = None,
+                prefix: str = "data.") -> Splits:
+    """Class subset, per-class caps, then a stratified seeded validation split carved from the training set.
+
+    Every split must hold every class (at least 2): a class missing from validation cannot be selected for, one
+    missing from test is never scored, and one class alone scores perfectly. Such data is refused here, before any
+    trial, naming the class; ``prefix`` (``data.`` or ``source.data.``) names the section to fix.
+    """
     from sklearn.model_selection import train_test_split
 
-    train = _cap_per_class(_select_classes(train, classes), train_per_class, seed)
-    test = _cap_per_class(_select_classes(test, classes), test_per_class, seed)
-    if len(train) < 2 * len(train.classes):
-        raise TlkitError(f"Only {len(train)} training images for {len(train.classes)} classes: too few to carve a "
-                         f"validation split. HINT: raise data.train_per_class or use more data.")
+    train = _cap_per_class(_select_classes(train, classes, prefix), train_per_class, seed)
+    test = _cap_per_class(_select_classes(test, classes, prefix), test_per_class, seed)
+    _check_classes(train, test, prefix)
+    _check_counts(train, "training", minimum=2, hint=f"add images of that class, raise {prefix}train_per_class, or "
+                                                     f"leave the class out with {prefix}classes")
+    _check_counts(test, "test", minimum=1, hint=f"add test images of that class, or leave it out with {prefix}classes")
+    n_val = math.ceil(val_fraction * len(train))  # what train_test_split holds out
+    for side, n in (("validation", n_val), ("training", len(train) - n_val)):
+        if n < len(train.classes):  # too few for one image per class: train_test_split would refuse it
+            raise _split_error(train, val_fraction, train.classes[0], side, prefix)
     fit_idx, val_idx = train_test_split(np.arange(len(train)), test_size=val_fraction, random_state=seed,
                                         stratify=train.labels.numpy())
     splits = Splits(train.subset(np.sort(fit_idx)), train.subset(np.sort(val_idx)), test)
+    for part, side in ((splits.val, "validation"), (splits.train, "training")):
+        short = _short_classes(part, 1)
+        if short:
+            raise _split_error(train, val_fraction, short[0], side, prefix)
     for s in (splits.train, splits.val, splits.test):
         if len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
             s.images = resize_images(s.images, image_size)
         # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
     return splits
+
+
+def _check_classes(train: ImageSet, test: ImageSet, prefix: str) -> None:
+    """At least two classes, one class list, and labels that index it."""
+    if len(train.classes) < 2:
+        raise TlkitError(f"The data has {len(train.classes)} class{'es' * (len(train.classes) != 1)} "
+                         f"({', '.join(map(str, train.classes)) or 'none'}): a classifier needs at least 2 to score "
+                         f"anything meaningful (with one, every prediction is right). HINT: use data with 2 or more "
+                         f"classes, or widen {prefix}classes.")
+    if list(test.classes) != list(train.classes):
+        raise TlkitError(f"The data's training and test splits list different classes ({train.classes[:5]} vs "
+                         f"{test.classes[:5]}). HINT: a dataset's load() returns one class list for both splits.")
+    for s, name in ((train, "training"), (test, "test")):
+        if len(s) and not 0 <= int(s.labels.min()) <= int(s.labels.max()) < len(s.classes):
+            raise TlkitError(f"The data's {name} labels run from {int(s.labels.min())} to {int(s.labels.max())} but "
+                             f"there are {len(s.classes)} classes. HINT: labels index the class list, 0..k-1.")
+
+
+def _split_error(train: ImageSet, val_fraction: float, name: str, side: str, prefix: str) -> TlkitError:
+    smallest = int(torch.bincount(train.labels, minlength=len(train.classes)).min())
+    need = f"at least {1 / smallest:.2g}" if side == "validation" else f"at most {1 - 1 / smallest:.2g}"
+    return TlkitError(f"{prefix}val_fraction={val_fraction} of {len(train)} training images leaves class {name!r} "
+                      f"without a {side} image: every class needs at least one in each split. HINT: set "
+                      f"{prefix}val_fraction to {need} (the smallest class has {smallest} training images), or use "
+                      f"more images per class.")
+
+
+def _short_classes(s: ImageSet, minimum: int) -> list[str]:
+    counts = torch.bincount(s.labels.cpu(), minlength=len(s.classes)).tolist()
+    return [f"{s.classes[c]}" for c, n in enumerate(counts) if n < minimum]
+
+
+def _check_counts(s: ImageSet, name: str, minimum: int, hint: str) -> None:
+    """Every class has ``minimum`` images in ``s``, or the error names the first that does not."""
+    short = _short_classes(s, minimum)
+    if short:
+        count = int(torch.bincount(s.labels, minlength=len(s.classes))[s.classes.index(short[0])])
+        others = f" (as do {len(short) - 1} other classes of {len(s.classes)})" if len(short) > 1 else ""
+        purpose = "split into training and validation" if minimum > 1 else "scored"
+        raise TlkitError(f"Class {short[0]!r} has {count} {name} image{'s' * (count != 1)}{others}: every class "
+                         f"needs at least {minimum} to be {purpose}. HINT: {hint}.")
 
 
 # --- batches -----------------------------------------------------------------------------------------------------

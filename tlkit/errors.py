@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-__all__ = ["TlkitError", "did_you_mean", "describe_error"]
+__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error"]
 
 
 class TlkitError(Exception):
@@ -17,10 +17,14 @@ class TlkitError(Exception):
 def did_you_mean(name: str, choices: Iterable[str], what: str, list_available: bool = True) -> str:
     """``Unknown strategy 'lastn'. Did you mean 'last_n'? Available: a, b, c.``"""
     choices = sorted(set(choices))
-    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     shown = f" Available: {', '.join(choices)}." if list_available else ""
-    return f"Unknown {what} {name!r}.{hint}{shown}"
+    return f"Unknown {what} {name!r}.{close_matches(name, choices)}{shown}"
+
+
+def close_matches(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'last_n'?`` (with its leading space) for the close matches of ``name``, or ``""``."""
+    close = difflib.get_close_matches(str(name), sorted(set(map(str, choices))), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def describe_error(err: BaseException, limit: int = 200) -> str:

@@ -13,13 +13,14 @@ import functools
 import hashlib
 import importlib.util
 import json
+import math
 import sys
 import traceback
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from optuna.distributions import (
     BaseDistribution,
@@ -30,12 +31,15 @@ from optuna.distributions import (
 )
 
 from tlkit.checkpoint import sha256
-from tlkit.errors import TlkitError, did_you_mean
+from tlkit.errors import TlkitError, close_matches, did_you_mean
 from tlkit.metrics import get_metric
 
-__all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict"]
+__all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict",
+           "validate", "recipe_values"]
 
 AUGMENTATIONS = ("crop", "hflip")
+MAX_SEED = 400_000
+"""Derived seeds must stay below 2**32 (NumPy's limit): the sampler of a cell is seeded with seed x 10007 + trials."""
 
 
 @dataclass
@@ -64,19 +68,34 @@ class Data:
     """Dataset-specific settings, e.g. the column names of a ``table``."""
 
     def __post_init__(self) -> None:
+        self.validate("data.")
+
+    def validate(self, prefix: str) -> None:
+        """Check every field; ``prefix`` says where this section sits (``data.`` or ``source.data.``)."""
         from tlkit.datasets import get_dataset
 
+        check_types(self, prefix)
         get_dataset(self.name)  # an unknown name says "did you mean"
-        if self.decode_size is not None and (isinstance(self.decode_size, bool) or self.decode_size < 1):
-            raise TlkitError(f"data.decode_size must be None or an int >= 1 but got {self.decode_size!r}.")
+        if self.decode_size is not None and self.decode_size < 1:
+            raise TlkitError(f"{prefix}decode_size must be None or an int >= 1 but got {self.decode_size!r}.")
         if not 0.0 < self.val_fraction < 1.0:
-            raise TlkitError(f"data.val_fraction must be in (0, 1) but got {self.val_fraction}.")
+            raise TlkitError(f"{prefix}val_fraction must be in (0, 1) but got {self.val_fraction}. HINT: 0.1 to 0.25 "
+                             f"is usual; the validation split is carved from the training split.")
         for name in ("train_per_class", "test_per_class"):
             cap = getattr(self, name)
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-                raise TlkitError(f"data.{name} must be None or an int >= 1 but got {cap!r}.")
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise TlkitError(f"data.classes must not repeat a class but got {self.classes}.")
+            if cap is not None and cap < 1:
+                raise TlkitError(f"{prefix}{name} must be None or an int >= 1 but got {cap!r}.")
+        if self.classes is None:
+            return
+        if len(self.classes) < 2:
+            raise TlkitError(f"{prefix}classes={self.classes} keeps {'no class' if not self.classes else 'one class'}: "
+                             f"a classifier needs at least 2 classes to score anything meaningful. HINT: list at "
+                             f"least 2 class indices, or leave {prefix}classes=None for all of them.")
+        if len(set(self.classes)) != len(self.classes):
+            raise TlkitError(f"{prefix}classes must not repeat a class but got {self.classes}.")
+        if min(self.classes) < 0:
+            raise TlkitError(f"{prefix}classes must be class indices >= 0 but got {self.classes}. HINT: the "
+                             f"dataset's classes are numbered 0, 1, ... in its own order.")
 
 
 @dataclass
@@ -85,6 +104,8 @@ class Train:
 
     epochs: int = 10
     batch_size: int = 128
+    """Images per optimizer step (the last partial batch of an epoch is dropped); a training split of at most this
+    many images is one step per epoch on all of it, never zero steps."""
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -109,17 +130,53 @@ class Train:
     """``best``: once a trial ends keep only its best weights; ``last``: also keep its last two epoch checkpoints."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise TlkitError(f"train.{name} must be >= 1 but got {getattr(self, name)}.")
-        choices = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant"),
-                   "keep_checkpoints": ("best", "last")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise TlkitError(did_you_mean(getattr(self, name), allowed, f"train.{name}"))
-        for aug in self.augment:
-            if aug not in AUGMENTATIONS:
-                raise TlkitError(did_you_mean(aug, AUGMENTATIONS, "augmentation in train.augment"))
+        self.validate("train.")
+
+    def validate(self, prefix: str) -> None:
+        """Check every value (type, range, choice); ``prefix`` says where the recipe sits (``train.`` or
+        ``source.train.``). A value no trial can train with is refused here, never found by a crashed trial."""
+        check_types(self, prefix)
+        for f in dataclasses.fields(self):
+            problem = recipe_problem(f.name, getattr(self, f.name), prefix + f.name)
+            if problem:
+                raise TlkitError(f"{problem} HINT: fix it in the experiment file or with --set {prefix}{f.name}=...")
+        if self.warmup_epochs >= self.epochs:
+            raise TlkitError(f"{prefix}warmup_epochs must be less than {prefix}epochs but got {self.warmup_epochs} "
+                             f"warm-up epochs of {self.epochs}: the rate would never leave its warm-up. HINT: lower "
+                             f"{prefix}warmup_epochs (0 turns warm-up off).")
+
+
+# What each recipe value must be. Fixed values and every value a search space can give pass the same test.
+RECIPE_CHOICES = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant"),
+                  "keep_checkpoints": ("best", "last")}
+RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "image_size": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "crop_padding": (lambda v: v >= 0, ">= 0"),
+    "max_batches": (lambda v: v is None or v >= 1, "None or an int >= 1"),
+}
+
+
+def recipe_problem(name: str, value: Any, path: str) -> str | None:
+    """What is wrong with ``value`` as the recipe field ``name`` (a sentence naming ``path``), or None."""
+    try:
+        value = _check_value(value, typing.get_type_hints(Train)[name], path)
+    except TlkitError as err:
+        return str(err)
+    if name in RECIPE_CHOICES and value not in RECIPE_CHOICES[name]:
+        return did_you_mean(value, RECIPE_CHOICES[name], path)
+    if name == "augment":
+        bad = [a for a in value if a not in AUGMENTATIONS]
+        return did_you_mean(bad[0], AUGMENTATIONS, f"augmentation in {path}") if bad else None
+    if name in RECIPE_RANGES and not RECIPE_RANGES[name][0](value):
+        return f"{path} must be {RECIPE_RANGES[name][1]} but got {value!r}."
+    return None
 
 
 @dataclass
@@ -176,6 +233,11 @@ class Experiment:
 
     def __post_init__(self) -> None:
         check_types(self)
+        self.data.validate("data.")
+        self.train.validate("train.")
+        if self.source is not None:
+            self.source.data.validate("source.data.")
+            self.source.train.validate("source.train.")
         if not self.backbones:
             raise TlkitError("The experiment lists no backbones. HINT: set backbones=['resnet18', ...].")
         if not self.strategies:
@@ -192,6 +254,45 @@ class Experiment:
             if not isinstance(dist, BaseDistribution):
                 raise TlkitError(f"search[{key!r}] must be an optuna distribution (e.g. FloatDistribution(1e-4, "
                                  f"1e-2, log=True)) but got {dist!r}.")
+        check_search(self.search, self.train)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise TlkitError(f"seed must be an int in [0, {MAX_SEED}] but got {self.seed}. HINT: any seed in that "
+                             f"range; tlkit derives the sampler's, the trials' and the split's seeds from it.")
+        stray = [b for b in self.weights if b not in self.backbones]
+        if stray:
+            raise TlkitError(f"Weights are given for backbone {stray[0]!r}, which is not one of the experiment's "
+                             f"backbones ({', '.join(self.backbones)}).{close_matches(stray[0], self.backbones)} HINT: "
+                             f"name the backbone exactly as in backbones: --weights BACKBONE=PATH or "
+                             f"weights={{BACKBONE: PATH}}.")
+
+
+def _possible_values(dist: BaseDistribution) -> list[Any]:
+    """The values a distribution can give that bound the rest: a range's ends, or every choice."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
+def check_search(search: dict[str, BaseDistribution], recipe: Train) -> None:
+    """Every value a search distribution can give must be a value the recipe accepts (a range's ends decide, as
+    every limit is an interval), so no sampled trial can crash on it; searched warm-up must stay below the epochs."""
+    for key, dist in search.items():
+        for value in _possible_values(dist):
+            problem = recipe_problem(key, value, f"train.{key}")
+            if problem:
+                raise TlkitError(f"search[{key!r}] ({dist}) can give {value!r}, which no trial can use: {problem} "
+                                 f"HINT: make every value it can give a valid train.{key} (a range within the "
+                                 f"limits, IntDistribution for an int field, choices from the allowed ones).")
+    warmup, epochs = recipe_values(search, recipe, "warmup_epochs"), recipe_values(search, recipe, "epochs")
+    if max(warmup) >= min(epochs):
+        raise TlkitError(f"train.warmup_epochs can be {max(warmup)} while train.epochs can be {min(epochs)}: warm-up "
+                         f"must end before training does. HINT: keep every searched or fixed warmup_epochs below "
+                         f"every epochs value.")
+
+
+def recipe_values(search: dict[str, BaseDistribution], recipe: Train, name: str) -> list[Any]:
+    """The values of recipe field ``name`` that bound what a trial can see: the fixed value, or the search's."""
+    return _possible_values(search[name]) if name in search else [getattr(recipe, name)]
 
 
 # --- type checking -----------------------------------------------------------------------------------------------
@@ -263,6 +364,10 @@ def load_experiment(path: str | Path) -> Experiment:
     if not path.is_file():
         raise TlkitError(f"Experiment file {str(path)!r} does not exist. HINT: pass the path of a Python file "
                          f"that defines `experiment = Experiment(...)`, e.g. experiments/digits.py.")
+    if path.suffix != ".py":
+        raise TlkitError(f"Experiment file {str(path)!r} is not a Python file (.py): an experiment is Python code "
+                         f"that defines `experiment = Experiment(...)`. HINT: pass the experiment's .py file (results "
+                         f"folders are read by python -m tlkit.report, not by the sweep).")
     module_name = f"tlkit_experiment_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -274,6 +379,10 @@ def load_experiment(path: str | Path) -> Experiment:
         raise TlkitError(f"{path}:{err.lineno}: syntax error: {err.msg}. HINT: fix the line and run again.") from None
     except TlkitError as err:
         raise TlkitError(f"{path}:{_line_in(path, err)}: {err}") from None
+    except SystemExit as err:  # sys.exit(0) would end the sweep "successfully" having done nothing
+        raise TlkitError(f"{path}:{_line_in(path, err)}: the file called sys.exit({err.code!r}) while it was loaded, "
+                         f"so it defines no experiment. HINT: an experiment file only defines `experiment = "
+                         f"Experiment(...)`; put script code under `if __name__ == '__main__':`.") from None
     except Exception as err:  # noqa: BLE001 - any error in user code is reported, with its line
         raise TlkitError(f"{path}:{_line_in(path, err)}: {type(err).__name__}: {_explain(err)}") from None
     if not isinstance(exp, Experiment):
@@ -360,7 +469,7 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
             setattr(target, leaf, _check_value(value, hints[leaf], key))
         except TlkitError as err:
             raise TlkitError(f"Bad --set {item!r}: {err}") from None
-    _revalidate(exp)
+    validate(exp)
     return exp
 
 
@@ -379,15 +488,18 @@ def _distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistr
             raise TlkitError(f"Bad --set {key}: {err}") from None
     if not isinstance(value, (list, tuple)) or not value:
         raise TlkitError(f"Bad --set {key}: categorical choices are a list, e.g. [32, 64], but got {value!r}.")
+    bad = [v for v in value if v is not None and not isinstance(v, (bool, int, float, str))]
+    if bad:
+        raise TlkitError(f"Bad --set {key}: a categorical choice is None, a bool, a number or a string but got "
+                         f"{bad[0]!r}. HINT: e.g. --set {key}=[32, 64].")
     return CategoricalDistribution(list(value))
 
 
-def _revalidate(exp: Experiment) -> None:
-    """Re-run every ``__post_init__`` check after overrides changed fields in place."""
-    for obj in (exp.data, exp.train, exp.source.data if exp.source else None, exp.source.train if exp.source else None):
-        if obj is not None:
-            obj.__post_init__()
+def validate(exp: Experiment) -> Experiment:
+    """Check the whole experiment again after fields changed in place (overrides, ``--data-dir``, ``--weights``):
+    every section, with the dotted path of each field in the message."""
     exp.__post_init__()
+    return exp
 
 
 # --- serialising -------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
     assert src is not None
     device = device or torch.device("cpu")
     started = time.perf_counter()
-    splits = to_device(splits_for(src.data, src.train.image_size, exp.seed), device)
+    splits = to_device(splits_for(src.data, src.train.image_size, exp.seed, "source.data."), device)
     base = read_weights_file(backbone, exp.weights[backbone]) if backbone in exp.weights else None
     log.info("pretraining %s on the source task (%d images, %d classes, %d epochs)", backbone, len(splits.train),
              splits.num_classes, src.train.epochs)

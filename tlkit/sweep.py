@@ -16,12 +16,12 @@ from typing import Any, Callable, Sequence
 import optuna
 import torch
 
-from tlkit.backbones import check_backbone, create_backbone, layer_groups
+from tlkit.backbones import check_backbone, check_runs, create_backbone, layer_groups
 from tlkit.checkpoint import write_json
 from tlkit.data import Splits, to_device
 from tlkit.datasets import splits_for
 from tlkit.errors import TlkitError
-from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment
+from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values, validate
 from tlkit.metrics import get_metric
 from tlkit.progress import SweepProgress
 from tlkit.strategies import get_strategy
@@ -78,7 +78,7 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
         exp.weights[backbone] = path
     if args.study:
         exp.name = args.study
-    return exp
+    return validate(exp)
 
 
 def pick_device(name: str) -> torch.device:
@@ -107,6 +107,8 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
     num_groups = {b: len(layer_groups(create_backbone(b, splits.num_classes, exp.train.image_size),
                                       coarse=exp.train.coarse_groups)) for b in exp.backbones}
     for backbone in exp.backbones:
+        check_runs(backbone, splits.num_classes, recipe_values(exp.search, exp.train, "image_size"),
+                   min([*recipe_values(exp.search, exp.train, "batch_size"), len(splits.train)]))
         for strategy in strategies:
             search_space(exp, strategy, num_groups[backbone])
     return splits, num_groups

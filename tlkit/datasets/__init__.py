@@ -16,7 +16,7 @@ import torch
 from tlkit.data import ImageSet, Splits, cache_dir, make_splits
 from tlkit.datasets.base import (DATASETS, Dataset, decode_image, get_dataset, list_datasets,  # noqa: F401
                                  register_dataset)
-from tlkit.errors import describe_error
+from tlkit.errors import TlkitError, describe_error
 
 # Built-ins, imported explicitly so `ls tlkit/datasets` is the list.
 from tlkit.datasets import cifar10, cifar100, digits, imagefolder, table, torchvision_sets  # noqa: F401, E402
@@ -57,10 +57,25 @@ def load_dataset(name: str, root: Any = None, download: bool = True, decode_size
             log.warning("decoded-data cache %s cannot be read (%s); set aside as %s and rebuilt from the images",
                         cached, describe_error(err), aside.name)
     train, test = dataset.load()
+    _check_loaded(name, train, "train")
+    _check_loaded(name, test, "test")
     key = dataset.cache_key()  # after a download the files are there
     if key is not None:
         _save(_cache_path(name, key, decode_size, options), train, test)
     return train, test
+
+
+def _check_loaded(name: str, s: Any, split: str) -> None:
+    """What a dataset plugin's ``load()`` returns is checked once, before it is cached or trained on."""
+    ok = (isinstance(s, ImageSet) and isinstance(s.images, torch.Tensor) and s.images.dtype == torch.uint8
+          and s.images.dim() == 4 and s.images.shape[1] == 3 and isinstance(s.labels, torch.Tensor)
+          and s.labels.dtype == torch.long and s.labels.shape == (len(s.images),))
+    if not ok:
+        got = (f"images {tuple(s.images.shape)} {s.images.dtype}, labels {tuple(s.labels.shape)} {s.labels.dtype}"
+               if isinstance(s, ImageSet) and all(isinstance(t, torch.Tensor) for t in (s.images, s.labels))
+               else type(s).__name__)
+        raise TlkitError(f"Dataset {name!r} returned a {split} split that is not uint8 images (N, 3, H, W) with int64 "
+                         f"labels (N,): got {got}. HINT: its load() returns (train, test) ImageSets of that shape.")
 
 
 def _cache_path(name: str, key: str, decode_size: int | None, options: dict[str, Any] | None) -> Any:
@@ -83,9 +98,10 @@ def _save(path: Any, train: ImageSet, test: ImageSet) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def splits_for(data: "Data", image_size: int, seed: int) -> Splits:
-    """The splits an experiment's ``Data`` section describes (decoded once, then cached)."""
+def splits_for(data: "Data", image_size: int, seed: int, prefix: str = "data.") -> Splits:
+    """The splits an experiment's ``Data`` section describes (decoded once, then cached); ``prefix`` names the
+    section in errors (``source.data.`` for a source task)."""
     train, test = load_dataset(data.name, data.root, data.download, data.decode_size, data.options)
     return make_splits(train, test, classes=data.classes, val_fraction=data.val_fraction, seed=seed,
                        image_size=image_size, train_per_class=data.train_per_class,
-                       test_per_class=data.test_per_class)
+                       test_per_class=data.test_per_class, prefix=prefix)

@@ -137,6 +137,9 @@ def decode_image(data: bytes | Path, size: tuple[int, int] | None, name: str) ->
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             return fit_image(img, size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise TlkitError(f"Image {name} cannot be decoded ({describe_error(err)}): it is truncated or not an image. "
+    except UnidentifiedImageError:
+        raise TlkitError(f"Image {name} cannot be decoded: it is not in an image format Pillow reads (a truncated "
+                         f"file, or not an image at all). HINT: replace or remove the file and run again.") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise TlkitError(f"Image {name} cannot be decoded ({describe_error(err)}): it is truncated or damaged. "
                          f"HINT: replace or remove the file and run again.") from None

@@ -84,6 +84,19 @@ def read_imagefolder(root: Path, decode_size: int | None = None) -> tuple[ImageS
             archive.close()
 
 
+def _check_no_empty_class(root: Path, base: str, names: list[str], files: list[str]) -> None:
+    """A class folder without images would silently drop the class (and shift every label after it)."""
+    for split in ("train", "test"):
+        prefix = f"{base}{split}/"
+        folders = {n[len(prefix):].split("/")[0] for n in names if n.startswith(prefix) and "/" in n[len(prefix):]}
+        full = {n[len(prefix):].split("/")[0] for n in files if n.startswith(prefix)}
+        empty = sorted(folders - full)
+        if empty:
+            raise TlkitError(f"{root}: the class folder {prefix}{empty[0]}/ holds no images (looked for "
+                             f"{', '.join(IMAGE_SUFFIXES)}). HINT: add its images, or remove the folder to leave the "
+                             f"class out.")
+
+
 def _read(root: Path, names: list[str], read: Callable[[str], bytes], decode_size: int | None
           ) -> tuple[ImageSet, ImageSet]:
     base = _base(names)
@@ -96,6 +109,7 @@ def _read(root: Path, names: list[str], read: Callable[[str], bytes], decode_siz
         raise TlkitError(f"{root}: {stray[0]!r} lies beside the class folders, so it has no class. HINT: move it "
                          f"into train/<class>/ or test/<class>/, or delete it.")
     classes = sorted({n[len(base):].split("/")[1] for n in files if n[len(base):].startswith("train/")})
+    _check_no_empty_class(root, base, names, files)
     size = (decode_size, decode_size) if decode_size else None
     out = []
     for split in ("train", "test"):
