@@ -1,8 +1,11 @@
 """Checkpoint files: atomic writes (even under SIGKILL), plain-data state, and bad files detected, never trusted."""
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from tlkit.checkpoint import atomic_write, load_latest, prune_epochs, rng_state, save_epoch, set_rng_state
+from tlkit.checkpoint import (atomic_write, check_writable, load_latest, prune_epochs, read_json, rng_state, save_epoch,
+                              set_rng_state, torch_save)
+import tlkit.checkpoint
+from tlkit.errors import TlkitError, environment_fault
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -183,3 +189,57 @@ def test_no_good_checkpoint_means_start_over(tmp_path):
     with pytest.warns(UserWarning):
         assert load_latest(tmp_path) is None
     assert load_latest(tmp_path / "missing") is None
+
+
+def test_a_failed_write_is_an_os_error_naming_the_file_whatever_the_writer_raised(tmp_path):
+    """safetensors reports a full disk as ``SafetensorError: ... (os error 28)``; tlkit must still see a full disk,
+    and name the file it was writing (not its temporary twin)."""
+    from safetensors import SafetensorError
+
+    target = tmp_path / "epoch_0003.safetensors"
+
+    def full(tmp: Path) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(OSError) as caught:
+        atomic_write(target, full)
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    assert "The disk is full" in str(environment_fault(caught.value)) and not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="not a disk problem"):  # anything else is left as it is
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(ValueError("not a disk problem")))
+    assert environment_fault(ValueError("not a disk problem")) is None
+
+
+def test_a_state_written_through_a_full_disk_raises_an_os_error(tmp_path, monkeypatch):
+    """torch.save to a path turns ENOSPC into a bare RuntimeError; through a Python file it stays an OSError."""
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tlkit.checkpoint, "open", lambda path, mode: FullDisk(), raising=False)
+    with pytest.raises(OSError) as caught:
+        torch_save({"x": torch.zeros(3)}, tmp_path / "state.pt")
+    assert caught.value.errno == errno.ENOSPC
+
+
+def test_a_damaged_json_file_names_itself_and_the_fix(tmp_path):
+    path = tmp_path / "model.json"
+    for damage, said in (('{"backbone": "test_', "cannot be read (JSONDecodeError"), ("[1, 2]", "holds a JSON list"),
+                         (b"\xff\xfe\x00", "cannot be read (UnicodeDecodeError")):
+        path.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
+        with pytest.raises(TlkitError, match=rf"model\.json {re.escape(said)}.*HINT: export it again\."):
+            read_json(path, "export it again.")
+    with pytest.raises(TlkitError, match=r"model\.json cannot be read \(FileNotFoundError"):
+        read_json(tmp_path / "missing" / "model.json", "export it again.")
+
+
+def test_a_results_folder_must_be_a_writable_folder(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TlkitError, match=r"'.*file/results' cannot be made: '.*file' is a file, not a folder"):
+        check_writable(tmp_path / "file" / "results")
+    check_writable(tmp_path / "new" / "results")  # made later, in a writable folder
+    assert not (tmp_path / "new").exists(), "checking writes nothing"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "study.db").write_bytes(b"")
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).endswith("study.db"))  # root ignores chmod
+    with pytest.raises(TlkitError, match=r"study\.db' is read-only"):
+        check_writable(tmp_path / "old")

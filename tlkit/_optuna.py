@@ -68,6 +68,8 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     callback = storage.get_heartbeat_stale_trial_callback() if _OPTUNA_5 else storage.get_failed_trial_callback()
     if callback is None:
         raise RuntimeError("the study's storage has no heartbeat retry callback (open it with tlkit.study)")
+    if any(previous_attempt(t) == trial.number for t in study.get_trials(deepcopy=False)):
+        return  # already re-queued (say by the process that ran it, whose storage then failed): one retry, not two
     callback(study, trial)
 
 

@@ -7,10 +7,12 @@ pickle that would run code on load is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tlkit.errors import describe_error
+from tlkit.errors import TlkitError, describe_error
 
-__all__ = ["atomic_write", "save_weights", "load_weights", "save_epoch", "load_latest", "rng_state",
-           "set_rng_state", "prune_epochs", "write_json"]
+__all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "load_weights", "save_epoch",
+           "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
 
 KEEP_EPOCHS = 2
 
@@ -37,13 +39,57 @@ def atomic_write(path: Path, write: Any) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        fault = _as_os_error(err, path)
+        if fault is err:
+            raise
+        raise fault from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk even this fails; the error above is the news
+            tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _as_os_error(err: Exception, path: Path) -> Exception:
+    """A failed write as an ``OSError`` naming ``path`` (safetensors reports a full disk as ``SafetensorError: ...
+    (os error 28)``), so a full or read-only disk is recognised as such; any other error is returned as it is."""
+    code = err.errno if isinstance(err, OSError) else None
+    match = re.search(r"os error (\d+)", str(err)) if code is None else None
+    code = int(match.group(1)) if match else code
+    if code is None:
+        return err
+    return OSError(code, os.strerror(code), str(path))
+
+
+def check_writable(folder: Path, what: str = "The results folder") -> None:
+    """Fail before anything is written when ``folder`` cannot hold files: it is a file, or it (or, while it does
+    not exist, the folder it would be made in) is read-only; an existing ``study.db`` in it must be writable too."""
+    folder = Path(folder).absolute()
+    hint = "HINT: pass --out with a folder you can write (a new one, or this study's results folder)."
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise TlkitError(f"{what} {str(folder)!r} cannot be made: {str(existing)!r} is a file, not a folder. {hint}")
+    for path in (existing, folder / "study.db"):
+        if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise TlkitError(f"{what} {str(folder)!r} cannot be written: {str(path)!r} is read-only (or not "
+                             f"yours). {hint}")
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object tlkit wrote (``experiment.json``, ``model.json``); one that cannot be read, or is not an
+    object, is a TlkitError that names the file and ends with ``fix``."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TlkitError(f"{path} cannot be read ({describe_error(err)}). HINT: {fix}") from None
+    if not isinstance(payload, dict):
+        raise TlkitError(f"{path} holds a JSON {type(payload).__name__}, not the object tlkit writes: it is damaged. "
+                         f"HINT: {fix}")
+    return payload
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -104,8 +150,14 @@ def save_epoch(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str
     weights, state_path = _epoch_paths(folder, epoch)
     save_weights(weights, model)
     payload = {**state, "weights_sha256": sha256(weights), "rng": rng_state()}
-    atomic_write(state_path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(state_path, lambda tmp: torch_save(payload, tmp))
     prune_epochs(folder, keep=KEEP_EPOCHS)
+
+
+def torch_save(payload: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a full disk raises ``OSError`` (not a bare ``RuntimeError``)."""
+    with open(path, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def prune_epochs(folder: Path, keep: int) -> None:

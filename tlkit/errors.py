@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import errno
+from typing import Iterable, Iterator
 
-__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error"]
+__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error", "environment_fault"]
 
 
 class TlkitError(Exception):
@@ -39,3 +40,61 @@ def describe_error(err: BaseException, limit: int = 200) -> str:
         lines = []
     first = lines[0][:limit] if lines else ""
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+_RERUN = ("run the same command again: finished trials are kept and the interrupted trial resumes from its last "
+          "checkpoint.")
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, innermost last."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+
+
+def environment_fault(err: BaseException) -> TlkitError | None:
+    """The one-paragraph message for a fault of the machine rather than of the input or of tlkit (a full disk, a
+    folder that cannot be written, a study database that is locked or unreachable), or None for any other error.
+
+    Such a fault stops the sweep; nothing is lost (checkpoints and the storage are written atomically), so the
+    message ends with the remedy and "run the same command again".
+    """
+    chain = list(_chain(err))
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _FULL | _DENIED | {errno.EIO}:
+            return _os_fault(e)
+    database = [e for e in chain if type(e).__name__ in ("OperationalError", "InterfaceError", "DatabaseError",
+                                                         "StorageInternalError")]
+    if not database:
+        return None
+    text = " ".join(str(e) for e in database).lower()
+    said = describe_error(database[-1])
+    if "malformed" in text or "not a database" in text:  # not a passing fault: rerunning alone will not help
+        return TlkitError(f"The study storage is damaged ({said}). HINT: restore study.db from a backup, or move it "
+                          f"aside (sqlite3's .recover may save its trials) and run again to start the study anew.")
+    if "locked" in text:
+        what, fix = "is locked by another process", ("let the process holding it finish (or stop it); many workers "
+                                                     "need PostgreSQL, not SQLite")
+    elif "full" in text:
+        what, fix = "is on a full disk", "free space on that disk"
+    elif "readonly" in text or "read-only" in text or "unable to open" in text:
+        what, fix = "cannot be written", "make the study.db file and its folder writable"
+    else:
+        what, fix = "could not be reached or written", "check that the database server is up and reachable"
+    return TlkitError(f"The study storage {what} ({said}). HINT: {fix}, then {_RERUN}")
+
+
+def _os_fault(e: OSError) -> TlkitError:
+    if e.errno in _FULL:
+        return TlkitError(f"The disk is full ({describe_error(e)}). HINT: free space on it (or pass --out on "
+                          f"another disk, and set TLKIT_CACHE if the cache is there), then {_RERUN}")
+    if e.errno in _DENIED:
+        return TlkitError(f"Permission denied ({describe_error(e)}). HINT: make the folder writable (or pass "
+                          f"--out with a folder you can write), then {_RERUN}")
+    return TlkitError(f"An input/output error ({describe_error(e)}): the disk or network filesystem failed. "
+                      f"HINT: check the device, then {_RERUN}")

@@ -5,7 +5,6 @@ head, loads the best weights and returns it in eval mode, with its preprocessing
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit.backbones import create_backbone, preprocessing
-from tlkit.checkpoint import atomic_write, write_json
+from tlkit.checkpoint import atomic_write, read_json, write_json
 from tlkit.errors import TlkitError, describe_error
 from tlkit.metrics import get_metric
 from tlkit.study import Cell
@@ -80,7 +79,10 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
                            for p in (Path(results) / "best").glob("*/*/model.json"))
         raise TlkitError(f"No exported best model for {backbone}/{strategy} under {results}. Available: "
                          f"{', '.join(available) or 'none (has the sweep finished a trial?)'}.")
-    info = json.loads(meta_path.read_text())
+    info = read_json(meta_path, f"delete {folder} and run the sweep command again to export it anew.")
+    if not isinstance(info.get("backbone"), str) or not isinstance(info.get("num_classes"), int):
+        raise TlkitError(f"{meta_path} lacks the backbone or the number of classes: it is damaged. HINT: delete "
+                         f"{folder} and run the sweep command again to export it anew.")
     model = create_backbone(info["backbone"], info["num_classes"], info.get("image_size"))
     weights = folder / "model.safetensors"
     try:

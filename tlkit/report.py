@@ -24,7 +24,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tlkit import _optuna
-from tlkit.checkpoint import atomic_write
+from tlkit.checkpoint import atomic_write, read_json
 from tlkit.errors import TlkitError
 from tlkit.study import cell_studies
 
@@ -493,7 +493,8 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
         raise TlkitError(f"No experiment.json in {folder}: it does not look like a results folder of "
                          f"`python -m tlkit.sweep`. HINT: pass the folder the sweep wrote (its --out, by default "
                          f"results/<study>).")
-    experiment = json.loads(experiment_file.read_text(encoding="utf-8"))
+    experiment = read_json(experiment_file, "run the sweep command that made this folder again: it writes "
+                                            "experiment.json anew and keeps every finished trial.")
     study = args.study or experiment.get("name")
     if not study:
         raise TlkitError(f"{experiment_file} has no study name. HINT: pass --study NAME.")

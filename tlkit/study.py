@@ -22,6 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tlkit import _optuna
+from tlkit.checkpoint import check_writable
 from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment, identity
 from tlkit.metrics import get_metric
@@ -36,7 +37,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ATTEMPT_ATTRS = ("worker", "failure_reason", "pruned_reason", "resumed_from_trial", "resumed_from_epoch")
 """User attributes that describe one attempt at a trial; a retry starts without them."""
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # tlkit reports a failed trial itself, without a traceback
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             if attempt < 2 and "already exists" in str(err):
                 time.sleep(1.0)  # two workers created the tables of a new database at once; the other one won
                 continue
+            if url.startswith("sqlite") and ("not a database" in str(err) or "malformed" in str(err)):
+                raise TlkitError(f"The study storage {url!r} is not a SQLite database, or is damaged "
+                                 f"({describe_error(err)}). HINT: move the file aside (sqlite3's .recover may save "
+                                 f"its trials) and run again to start the study anew, or pass --storage.") from None
             raise TlkitError(f"Cannot open the study storage {url!r} ({describe_error(err)}). HINT: check the URL, "
                              f"that the database server "
                              f"is running, and for PostgreSQL that psycopg is installed "
@@ -123,9 +128,10 @@ def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
 def check_results_folder(out: Path, study: str) -> None:
     """One results folder, one study: trial folders and exported models are per folder, so a second study there
     would overwrite the first one's."""
+    check_writable(out)
     try:
         theirs = json.loads((Path(out) / "experiment.json").read_text()).get("name")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # none, or damaged: the sweep writes it anew
         return
     if theirs and theirs != study:
         raise TlkitError(f"The results folder {str(out)!r} holds study {theirs!r}; study {study!r} would overwrite "

@@ -20,7 +20,7 @@ from tlkit.backbones import check_backbone, check_runs, create_backbone, layer_g
 from tlkit.checkpoint import write_json
 from tlkit.data import Splits, to_device
 from tlkit.datasets import splits_for
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, environment_fault
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values, validate
 from tlkit.metrics import get_metric
 from tlkit.progress import SweepProgress
@@ -215,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a full disk, a locked database: say so; anything else is a bug, with its traceback
+        fault = environment_fault(err)
+        if fault is None:
+            raise
+        print(f"tlkit: error: {fault}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tlkit: interrupted. Finished trials are saved; run the same command again to resume.",
               file=sys.stderr)

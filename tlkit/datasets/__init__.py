@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tlkit.checkpoint import atomic_write, torch_save
 from tlkit.data import ImageSet, Splits, cache_dir, make_splits
 from tlkit.datasets.base import (DATASETS, Dataset, decode_image, get_dataset, list_datasets,  # noqa: F401
                                  register_dataset)
@@ -53,7 +54,10 @@ def load_dataset(name: str, root: Any = None, download: bool = True, decode_size
                     ImageSet(blob["test_images"], blob["test_labels"], blob["classes"]))
         except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             aside = cached.with_name(cached.name + ".bad")
-            os.replace(cached, aside)
+            try:
+                os.replace(cached, aside)
+            except OSError:  # a read-only cache: decode anyway, the cache is only speed
+                aside = cached
             log.warning("decoded-data cache %s cannot be read (%s); set aside as %s and rebuilt from the images",
                         cached, describe_error(err), aside.name)
     train, test = dataset.load()
@@ -85,17 +89,13 @@ def _cache_path(name: str, key: str, decode_size: int | None, options: dict[str,
 
 def _save(path: Any, train: ImageSet, test: ImageSet) -> None:
     """Write the cache atomically; a cache that cannot be written (read-only or full disk) only costs speed."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
+            "test_labels": test.labels, "classes": train.classes}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
-                    "test_labels": test.labels, "classes": train.classes}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch_save(blob, tmp))
     except OSError as err:
         log.warning("decoded-data cache %s cannot be written (%s); the data will be decoded again next time",
                     path, describe_error(err))
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def splits_for(data: "Data", image_size: int, seed: int, prefix: str = "data.") -> Splits:
