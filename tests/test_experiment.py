@@ -178,3 +178,11 @@ def test_an_experiment_file_must_be_python_and_must_not_exit(tmp_path):
     notes.write_text("experiment = None\n")
     with pytest.raises(TlkitError, match=r"'.*notes\.txt' is not a Python file \(\.py\)"):
         load_experiment(notes)
+
+
+def test_an_error_in_the_file_is_one_line_with_its_line_number_whatever_it_says(tmp_path):
+    path = write_experiment(tmp_path, prelude="raise ValueError('first line\\nsecond line')\n")
+    with pytest.raises(TlkitError) as caught:
+        load_experiment(path)
+    assert str(caught.value) == (f"{path}:3: ValueError: first line HINT: fix that line of the experiment file and "
+                                 f"run again.")

@@ -31,6 +31,7 @@ from tlkit.errors import TlkitError, environment_fault
 from tlkit.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.report import main as report_main
+from tlkit.runner import read_outcome
 from tlkit.strategies import create_strategy
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
@@ -247,6 +248,13 @@ def test_a_damaged_study_database_is_named_and_left_as_it_is(tmp_path, capfd):
     assert main([str(exp), "--out", str(out), "--quiet"]) == 2
     _one_paragraph(capfd.readouterr().err, "study.db' is not a SQLite database, or is damaged", "move the file aside")
     assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("damage", ['{"state": "COMPL', "[1, 2]", '{"state": "RUNNING"}', ""])
+def test_a_damaged_outcome_is_set_aside_and_the_trial_runs_again(tmp_path, caplog, damage):
+    (tmp_path / "outcome.json").write_text(damage)
+    assert read_outcome(tmp_path) is None
+    assert (tmp_path / "outcome.json.bad").read_text() == damage and "set aside" in caplog.text
 
 
 def test_damaged_json_files_name_themselves(reference, tmp_path, capfd):

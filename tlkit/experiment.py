@@ -31,7 +31,7 @@ from optuna.distributions import (
 )
 
 from tlkit.checkpoint import sha256
-from tlkit.errors import TlkitError, close_matches, did_you_mean
+from tlkit.errors import TlkitError, close_matches, describe_error, did_you_mean
 from tlkit.metrics import get_metric
 
 __all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict",
@@ -384,7 +384,8 @@ def load_experiment(path: str | Path) -> Experiment:
                          f"so it defines no experiment. HINT: an experiment file only defines `experiment = "
                          f"Experiment(...)`; put script code under `if __name__ == '__main__':`.") from None
     except Exception as err:  # noqa: BLE001 - any error in user code is reported, with its line
-        raise TlkitError(f"{path}:{_line_in(path, err)}: {type(err).__name__}: {_explain(err)}") from None
+        raise TlkitError(f"{path}:{_line_in(path, err)}: {_explain(err)} HINT: fix that line of the experiment file "
+                         f"and run again.") from None
     if not isinstance(exp, Experiment):
         raise TlkitError(f"{path} defines no `experiment = Experiment(...)` nor `get_experiment()` "
                          f"(found {type(exp).__name__}). HINT: see experiments/digits.py for the shape.")
@@ -403,14 +404,15 @@ def _line_in(path: Path, err: BaseException) -> int | str:
 
 
 def _explain(err: Exception) -> str:
-    """Turn ``Train.__init__() got an unexpected keyword argument 'epoch'`` into a did-you-mean message."""
-    text = str(err)
+    """``Type: first line of the message``, safe for any exception user code raises; ``Train.__init__() got an
+    unexpected keyword argument 'epoch'`` becomes a did-you-mean message."""
+    text = describe_error(err)
     if isinstance(err, TypeError) and "unexpected keyword argument" in text:
-        cls_name = text.split(".")[0].split("(")[0]
+        cls_name = text.removeprefix("TypeError: ").split(".")[0].split("(")[0]
         key = text.rsplit("'", 2)[-2]
         cls = {c.__name__: c for c in (Data, Train, Source, Experiment)}.get(cls_name)
         if cls is not None:
-            return did_you_mean(key, [f.name for f in dataclasses.fields(cls)], f"{cls_name} field")
+            return "TypeError: " + did_you_mean(key, [f.name for f in dataclasses.fields(cls)], f"{cls_name} field")
     return text
 
 

@@ -155,7 +155,7 @@ def read_outcome(folder: Path) -> TrialResult | None:
         result = TrialResult(**{k: v for k, v in payload.items() if k in fields})
         if result.state not in ("COMPLETE", "PRUNED"):
             raise ValueError(f"unknown state {result.state!r}")
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # AttributeError: JSON that is not an object
         aside = path.with_name(path.name + ".bad")
         os.replace(path, aside)
         log.warning("%s cannot be read (%s); set aside as %s, and the trial runs again from its checkpoints", path,

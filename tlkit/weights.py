@@ -68,7 +68,8 @@ def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.T
     try:
         return timm.create_model(backbone, pretrained=True, **model_kwargs(backbone, image_size)).state_dict()
     except Exception as err:  # noqa: BLE001 - every failure here has the same remedies
-        where = "the hub is unreachable and nothing is cached" if not online else f"loading failed ({err})"
+        where = "the hub is unreachable and nothing is cached" if not online else \
+            f"loading failed ({describe_error(err)})"
         raise TlkitError(
             f"No pretrained weights for backbone {backbone!r}: {where}; looked in {_hub_cache_hint()}. "
             f"HINT: put the weights in a file and pass --weights {backbone}=PATH (or weights={{...}} in the "
