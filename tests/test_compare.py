@@ -1,0 +1,106 @@
+"""Which differences are real, on fixed inputs: the best cell is chosen on validation, differences are paired by seed
+or by test example, Holm-corrected, and tied strategies are never called worse."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from tlkit import compare, stats
+from tlkit.metrics import Predictions, get_metric
+
+ACC = get_metric("accuracy")
+
+
+def _cell(strategy, vals, tests, backbone="b", params=100.0, predictions=None):
+    models = [compare.ScoredModel(i, v, t, predictions[i] if predictions else None)
+              for i, (v, t) in enumerate(zip(vals, tests))]
+    return compare.Cell(backbone, strategy, models, trainable_params=params)
+
+
+def _predictions(right: np.ndarray) -> Predictions:
+    labels = np.zeros(len(right), dtype=np.int64)
+    pred = np.where(right, 0, 1)
+    return Predictions(labels, pred, np.where(right, -0.1, -2.3), (~right).astype(np.int64))
+
+
+def test_the_best_is_chosen_on_validation_ties_to_fewer_parameters():
+    cells = [_cell("full", [0.9, 0.9], [0.80, 0.80], params=1000), _cell("probe", [0.9, 0.9], [0.70, 0.70], params=10),
+             _cell("last", [0.8, 0.8], [0.99, 0.99])]
+    assert compare.choose_best(cells, ACC).strategy == "probe"  # not "last", whose test score is highest
+    lowest = compare.choose_best(cells, get_metric("log_loss"))
+    assert lowest.strategy == "last"
+
+
+def test_seed_paired_comparisons_with_holm_and_verdicts():
+    best = _cell("a", [0.95, 0.95, 0.95], [0.90, 0.91, 0.92])
+    close = _cell("b", [0.90, 0.90, 0.90], [0.895, 0.915, 0.915])
+    far = _cell("c", [0.80, 0.80, 0.80], [0.70, 0.72, 0.71])
+    table = compare.comparisons([best, close, far], ACC).set_index("strategy")
+    assert set(table.best) == {"a"}
+    for name, cell in (("b", close), ("c", far)):
+        expected = stats.paired_t([m.test for m in best.models], [m.test for m in cell.models])
+        assert table.difference[name] == pytest.approx(expected.diff) and table.p[name] == pytest.approx(expected.p)
+        assert table.method[name] == "paired t-test over 3 seeds"
+    assert table.p_holm.tolist() == pytest.approx(stats.holm(table.p.tolist()))
+    assert table.verdict.to_dict() == {"b": "tied", "c": "worse"}
+
+
+def test_a_minimised_metric_turns_the_sign_so_positive_means_better():
+    best = _cell("a", [0.2, 0.2, 0.2], [0.30, 0.31, 0.32])  # lower log-loss is better
+    worse = _cell("b", [0.5, 0.5, 0.5], [0.60, 0.62, 0.61])
+    row = compare.comparisons([best, worse], get_metric("log_loss")).iloc[0]
+    assert (row.best, row.strategy) == ("a", "b") and row.difference == pytest.approx(0.30)
+
+
+def test_one_seed_uses_the_test_examples_mcnemar_and_wilson():
+    rng = np.random.default_rng(0)
+    right_a = rng.random(300) < 0.95
+    right_b = right_a.copy()
+    right_b[:30] = False  # b misses 30 examples a may get right
+    a = _cell("a", [0.95], [right_a.mean()], predictions=[_predictions(right_a)])
+    b = _cell("b", [0.90], [right_b.mean()], predictions=[_predictions(right_b)])
+    row = compare.comparisons([a, b], ACC).iloc[0]
+    only_a = int(np.sum(right_a & ~right_b))
+    assert row.p == pytest.approx(scipy_stats.binomtest(only_a, only_a, 0.5).pvalue)
+    assert row.method == "McNemar's exact test over 300 test examples (CI: paired bootstrap)"
+    assert row.difference == pytest.approx(right_a.mean() - right_b.mean()) and row.verdict == "worse"
+    interval = compare.cell_interval(a, ACC)
+    assert interval.method == "Wilson interval over 300 test examples (1 seed)"
+    expected = stats.wilson_interval(int(right_a.sum()), 300)
+    assert (interval.low, interval.high) == (pytest.approx(expected.low), pytest.approx(expected.high))
+
+
+def test_intervals_stay_inside_what_the_metric_can_be():
+    near_one = _cell("a", [1.0, 1.0, 1.0], [0.97, 1.0, 1.0])
+    interval = compare.cell_interval(near_one, ACC)
+    raw = stats.t_interval([0.97, 1.0, 1.0])
+    assert raw.high > 1.0 and interval.high == 1.0 and interval.low == pytest.approx(raw.low)
+    assert compare.cell_interval(_cell("b", [], []), ACC) is None
+
+
+def test_sentences_say_what_the_numbers_say():
+    tied = {"best": "last_n", "strategy": "layer_decay", "verdict": "tied", "difference": 0.007, "ci_low": -0.004,
+            "ci_high": 0.018, "p_holm": 0.41, "method": "paired t-test over 3 seeds"}
+    assert compare.sentence(tied, "accuracy", points=True) == (
+        "last_n and layer_decay cannot be told apart here (0.7 points, 95% CI -0.4 to 1.8, p = 0.410 "
+        "Holm-adjusted; paired t-test over 3 seeds).")
+    worse = {**tied, "strategy": "full_finetune", "verdict": "worse", "difference": 0.033, "ci_low": 0.021,
+             "ci_high": 0.045, "p_holm": 0.003}
+    assert compare.sentence(worse, "accuracy", points=True) == (
+        "last_n beats full_finetune by 3.3 points of test accuracy (95% CI 2.1 to 4.5, p = 0.003 Holm-adjusted; "
+        "paired t-test over 3 seeds).")
+
+
+def test_ranks_and_friedman_across_backbones():
+    cells = [_cell(s, [0.9], [t], backbone=b) for b, row in
+             (("x", {"p": 0.9, "q": 0.8, "r": 0.7}), ("y", {"p": 0.8, "q": 0.9, "r": 0.7}),
+              ("z", {"p": 0.9, "q": 0.7, "r": 0.8}), ("w", {"p": 0.9, "q": 0.8, "r": 0.7})) for s, t in row.items()]
+    result = compare.friedman_test(compare.rank_table(cells, ACC), ACC)
+    assert result["ranks"] == pytest.approx({"p": 5 / 4, "q": 8 / 4, "r": 11 / 4})
+    assert result["statistic"] == pytest.approx(4.5) and result["backbones"] == 4
+    assert result["cd"] == pytest.approx(stats.nemenyi_cd(3, 4))
+    assert compare.friedman_test(compare.rank_table(cells[:6], ACC), ACC) is None  # 2 backbones: not defined
+    assert math.isclose(compare.cell_intervals(cells[:1], ACC).test_accuracy_mean[0], 0.9)
