@@ -125,7 +125,7 @@ def _epochs_trained(tmp: Path, since: int = 0) -> list[tuple[int, int]]:
 
 def _study(out: Path) -> optuna.Study:
     url = f"sqlite:///{out / 'study.db'}"
-    (name,) = optuna.get_all_study_names(url)
+    (name,) = [n for n in optuna.get_all_study_names(url) if ":repeats/" not in n]
     return optuna.load_study(study_name=name, storage=url)
 
 

@@ -129,19 +129,19 @@ def _run(logger: TensorBoardLogger, trainer: SimpleNamespace, epochs: range, val
 
 def test_a_resumed_trial_shows_each_epoch_once_with_the_resumed_values(tmp_path: Path) -> None:
     cell = Cell("test_resnet", "last_n")
-    first = TensorBoardLogger(tmp_path, cell, 7, {"lr": 0.01}, "accuracy")
+    first = TensorBoardLogger(tmp_path, cell, "trial_0007", {"lr": 0.01}, "accuracy")
     trainer = _trainer([])
     first.on_fit_start(trainer)
     _run(first, trainer, range(3), value=100.0)  # epochs 0..2 logged, epoch 2's checkpoint never saved
     first.writer.flush()  # then the process dies: no close, no session end
 
-    resumed = TensorBoardLogger(tmp_path, cell, 7, {"lr": 0.01}, "accuracy")
+    resumed = TensorBoardLogger(tmp_path, cell, "trial_0007", {"lr": 0.01}, "accuracy")
     trainer = _trainer([_epoch(0), _epoch(1)])  # the checkpoint of epoch 1: epoch 2 runs again
     resumed.on_fit_start(trainer)
     _run(resumed, trainer, range(2, 5), value=200.0)
     resumed.on_fit_end(trainer, "completed")
 
-    folder = run_dir(tmp_path, cell, 7)
+    folder = run_dir(tmp_path, cell, "trial_0007")
     assert folder == tmp_path / "test_resnet" / "last_n" / "trial_0007"
     acc = EventAccumulator(str(folder))
     acc.Reload()
@@ -154,17 +154,17 @@ def test_a_resumed_trial_shows_each_epoch_once_with_the_resumed_values(tmp_path:
 def test_a_trial_restarted_from_scratch_is_shown_once(tmp_path: Path) -> None:
     """A process that died before its first checkpoint: the rerun starts at epoch 0 and hides all it wrote."""
     cell = Cell("test_vit", "gradual")
-    first = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
+    first = TensorBoardLogger(tmp_path, cell, "trial_0000", {}, "accuracy")
     trainer = _trainer([])
     first.on_fit_start(trainer)
     _run(first, trainer, range(1), value=50.0)
     first.writer.flush()
-    again = TensorBoardLogger(tmp_path, cell, 0, {}, "accuracy")
+    again = TensorBoardLogger(tmp_path, cell, "trial_0000", {}, "accuracy")
     trainer = _trainer([])
     again.on_fit_start(trainer)
     _run(again, trainer, range(2), value=60.0)
     again.on_fit_end(trainer, "pruned")
-    acc = EventAccumulator(str(run_dir(tmp_path, cell, 0)))
+    acc = EventAccumulator(str(run_dir(tmp_path, cell, "trial_0000")))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("val/accuracy")] == [(0, 60.0), (1, 61.0)]
     assert [e.value for e in acc.Scalars("lr/01_head")] == pytest.approx([0.01, 0.01])
@@ -174,11 +174,11 @@ def test_a_trial_restarted_from_scratch_is_shown_once(tmp_path: Path) -> None:
 def test_only_a_finished_trial_gets_its_hparams_status(tmp_path: Path, outcome: str, ends: int) -> None:
     """A trial that will resume (interrupted, crashed) must not be shown as ended."""
     cell = Cell("test_resnet", "bitfit")
-    logger = TensorBoardLogger(tmp_path, cell, 3, {"lr": 0.1}, "accuracy")
+    logger = TensorBoardLogger(tmp_path, cell, "trial_0003", {"lr": 0.1}, "accuracy")
     trainer = _trainer([])
     logger.on_fit_start(trainer)
     _run(logger, trainer, range(1), value=0.5)
     logger.on_fit_end(trainer, outcome)
     logger.on_fit_end(trainer, outcome)  # a second call does nothing
-    counts = _raw_counts(run_dir(tmp_path, cell, 3))
+    counts = _raw_counts(run_dir(tmp_path, cell, "trial_0003"))
     assert counts[("_hparams_/session_end_info", 0)] == ends and counts[("val/accuracy", 0)] == 1

@@ -39,7 +39,8 @@ def test_two_workers_share_one_postgres_study(tmp_path, fresh_database):
     try:
         errors = [w.communicate(timeout=300)[1] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], errors
-        names = [s.study_name for s in optuna.get_all_study_summaries(postgres) if s.study_name.startswith(study)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(postgres)
+                 if s.study_name.startswith(f"{study}/")]
         assert sorted(names) == [f"{study}/test_resnet/last_n", f"{study}/test_resnet/linear_probe"]
         for name in names:
             trials = optuna.load_study(study_name=name, storage=postgres).get_trials()

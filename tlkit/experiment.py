@@ -222,6 +222,10 @@ class Experiment:
     (``tlkit.register_metric``)."""
     trials: int = 4
     """Finished trials per cell."""
+    repeats: int = 3
+    """Seeds each cell's best configuration is trained with again after its search (shared by every cell, so the
+    comparisons are paired); the intervals and tests of the report come from them (3 or more: tests over seeds).
+    0 skips them: the report then tests each cell's best search trial over test examples."""
     seed: int = 0
     pruner: str = "median"
     """``median`` (Optuna's MedianPruner on the per-epoch validation metric) or ``none``."""
@@ -247,6 +251,8 @@ class Experiment:
             raise TlkitError(did_you_mean(self.pruner, ("median", "none"), "pruner"))
         if self.trials < 1:
             raise TlkitError(f"trials must be >= 1 but got {self.trials}.")
+        if self.repeats < 0:
+            raise TlkitError(f"repeats must be >= 0 but got {self.repeats}.")
         train_fields = {f.name: f for f in dataclasses.fields(Train)}
         for key, dist in self.search.items():
             if key not in train_fields:
@@ -515,8 +521,8 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
 
 # Fields that do not change what a trial computes: a study may grow or move without being a different study.
 # Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
-_NOT_IDENTITY = {"trials", "name", "backbones", "strategies", "data.root", "data.download", "source.data.root",
-                 "source.data.download", "train.device", "train.keep_checkpoints"}
+_NOT_IDENTITY = {"trials", "repeats", "name", "backbones", "strategies", "data.root", "data.download",
+                 "source.data.root", "source.data.download", "train.device", "train.keep_checkpoints"}
 
 
 def identity(exp: Experiment) -> dict[str, Any]:

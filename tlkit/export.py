@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from tlkit.backbones import create_backbone, preprocessing
 from tlkit.checkpoint import atomic_write, read_json, write_json
 from tlkit.errors import TlkitError, describe_error
-from tlkit.metrics import get_metric
+from tlkit.metrics import Predictions, get_metric
 from tlkit.study import Cell
-from tlkit.train import evaluate
+from tlkit.train import Scores, evaluate
 from tlkit.trial import SweepRun, trial_folder
 
-__all__ = ["evaluate_best", "load_best"]
+__all__ = ["evaluate_best", "score_test", "load_best"]
 
 log = logging.getLogger("tlkit")
 
@@ -41,26 +41,33 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
         log.warning("best trial %d of %s/%s has no weights here (%s); run the report on the machine that ran it",
                     best.number, cell.backbone, cell.strategy, weights)
         return None
-    model = create_backbone(cell.backbone, run.splits.num_classes, run.exp.train.image_size)
     try:
-        model.load_state_dict(load_file(str(weights)))
+        test, predictions, prep = score_test(run, cell.backbone, weights)
     except Exception as err:  # noqa: BLE001 - a damaged file must not stop the sweep's other cells
         log.warning("best weights %s of trial %d cannot be read (%s); %s/%s is not exported", weights, best.number,
                     describe_error(err), cell.backbone, cell.strategy)
         return None
-    model.to(run.device)
-    prep = preprocessing(model)
-    test = evaluate(model, run.splits.test, metric=get_metric(run.exp.metric), batch_size=run.exp.train.batch_size,
-                    device=run.device, image_size=run.exp.train.image_size,
-                    amp=run.exp.train.amp and run.device.type == "cuda", **prep)
     result = {"trial": best.number, "val_metric": best.value, "test_metric": test.metric, "test_loss": test.loss}
     atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
     write_json(export_dir / "model.json", {
         "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
         "classes": run.splits.train.classes, "image_size": run.exp.train.image_size, **prep,
         "params": best.params, "metric": run.exp.metric, **result})
-    study.set_user_attr("best_test", result)
+    study.set_user_attr("best_test", {**result, "predictions": predictions.to_json()})
     return result
+
+
+def score_test(run: SweepRun, backbone: str, weights: Path) -> tuple[Scores, Predictions, dict[str, Any]]:
+    """A trained model's test scores, its per-example predictions and its preprocessing (the test split is scored
+    once per kept model, never used to select). Raises if the weights cannot be read."""
+    model = create_backbone(backbone, run.splits.num_classes, run.exp.train.image_size)
+    model.load_state_dict(load_file(str(weights)))
+    model.to(run.device)
+    prep = preprocessing(model)
+    test = evaluate(model, run.splits.test, metric=get_metric(run.exp.metric), batch_size=run.exp.train.batch_size,
+                    device=run.device, image_size=run.exp.train.image_size,
+                    amp=run.exp.train.amp and run.device.type == "cuda", **prep)
+    return test, Predictions.from_logits(test.labels.numpy(), test.logits.numpy()), prep
 
 
 def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Module:

@@ -20,9 +20,10 @@ from tlkit.train import Callback, EpochResult, Trainer
 __all__ = ["TensorBoardLogger", "TrialBoards", "run_dir"]
 
 
-def run_dir(root: Path, cell: Cell, run: int) -> Path:
-    """``<root>/<backbone>/<strategy>/trial_NNNN``, with hub names made path-safe as for ``trials/``."""
-    return Path(root) / cell.folder / f"trial_{run:04d}"
+def run_dir(root: Path, cell: Cell, name: str) -> Path:
+    """``<root>/<backbone>/<strategy>/<name>`` (``trial_NNNN``, or ``run_NNNN_seed_S`` for a repeat), with hub
+    names made path-safe as for ``trials/``."""
+    return Path(root) / cell.folder / name
 
 
 def _hparam(value: Any) -> Any:
@@ -38,8 +39,8 @@ class TensorBoardLogger(Callback):
     ``hparams/epochs_run`` (the HParams table shows the last value of every scalar; these two are its summary).
     """
 
-    def __init__(self, root: Path, cell: Cell, run: int, params: dict[str, Any], metric: str) -> None:
-        self.folder = run_dir(root, cell, run)
+    def __init__(self, root: Path, cell: Cell, name: str, params: dict[str, Any], metric: str) -> None:
+        self.folder = run_dir(root, cell, name)
         self.hparams = {"backbone": cell.backbone, "strategy": cell.strategy,
                         **{k: _hparam(v) for k, v in sorted(params.items())}}
         self.metric = metric
@@ -96,5 +97,5 @@ class TrialBoards:
         self.root = Path(root)
         self.metric = metric
 
-    def __call__(self, cell: Cell, run: int, params: dict[str, Any]) -> TensorBoardLogger:
-        return TensorBoardLogger(self.root, cell, run, params, self.metric)
+    def __call__(self, cell: Cell, name: str, params: dict[str, Any]) -> TensorBoardLogger:
+        return TensorBoardLogger(self.root, cell, name, params, self.metric)

@@ -16,6 +16,7 @@ TINY_DEFAULTS: dict[str, Any] = {
     "strategies": ["last_n"],
     "train": {"epochs": 2, "batch_size": 32, "image_size": 16, "augment": ["crop"]},
     "trials": 1,
+    "repeats": 0,
     "pretrained": False,
     "seed": 0,
 }

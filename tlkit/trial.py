@@ -29,7 +29,8 @@ from tlkit.weights import Pretrained
 
 INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
 
-__all__ = ["SweepRun", "make_objective", "trial_folder", "suggest", "search_space"]
+__all__ = ["SweepRun", "make_objective", "trial_folder", "suggest", "search_space", "spec_for",
+           "requeue_on_failure", "Reporter", "record"]
 
 
 @dataclass
@@ -43,12 +44,17 @@ class SweepRun:
     device: torch.device
     num_groups: dict[str, int]
     """Layer groups of each backbone (strategies' search spaces depend on it)."""
-    callbacks: Callable[[Cell, int, dict[str, Any]], list[Callback]] = field(default=lambda cell, run, params: [])
-    """Extra callbacks per trial (TensorBoard, progress): ``callbacks(cell, run_number, params)``."""
+    callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] = field(default=lambda cell, name, params: [])
+    """Extra callbacks per trial (TensorBoard, progress): ``callbacks(cell, name, params)``, ``name`` the trial's
+    folder name (``trial_0003``, ``run_0003_seed_1`` for a repeat)."""
 
 
 def trial_folder(out: Path, cell: Cell, run: int) -> Path:
-    return out / "trials" / cell.folder / f"trial_{run:04d}"
+    return out / "trials" / cell.folder / trial_name(run)
+
+
+def trial_name(run: int) -> str:
+    return f"trial_{run:04d}"
 
 
 def search_space(exp: Experiment, strategy: type[Strategy], num_groups: int) -> dict[str, BaseDistribution]:
@@ -73,7 +79,7 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")
 
 
-class _Reporter(Callback):
+class Reporter(Callback):
     """Records each epoch in the trial (so tables show a running or killed trial) and lets Optuna prune."""
 
     def __init__(self, trial: optuna.Trial, retry: bool) -> None:
@@ -100,7 +106,7 @@ class _Reporter(Callback):
             raise PruneTrial(f"{type(t.study.pruner).__name__} at epoch {result.epoch}")
 
 
-def _record(trial: optuna.Trial, result: TrialResult) -> None:
+def record(trial: optuna.Trial, result: TrialResult) -> None:
     for key in ("history", "epochs_run", "trainable_params", "total_params", "num_groups", "wall_time",
                 "best_epoch"):
         trial.set_user_attr(key, getattr(result, key))
@@ -110,45 +116,59 @@ def _record(trial: optuna.Trial, result: TrialResult) -> None:
         trial.set_user_attr("pruned_reason", result.reason)
 
 
+def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folder: Path) -> TrialSpec:
+    """The trial a cell's sampled (or best) ``params`` describe: searched recipe fields go into the recipe, the rest
+    are the strategy's; the starting weights are the backbone's unless the strategy trains from scratch."""
+    exp = run.exp
+    pretrained = run.pretrained.get(cell.backbone) if get_strategy(cell.strategy).pretrained else None
+    return TrialSpec(backbone=cell.backbone, strategy=cell.strategy,
+                     params={k: v for k, v in params.items() if k not in exp.search},
+                     recipe=dataclasses.replace(exp.train, **{k: v for k, v in params.items() if k in exp.search}),
+                     metric=exp.metric, seed=seed, folder=folder,
+                     weights=pretrained.state_dict if pretrained else None,
+                     weights_origin=pretrained.origin if pretrained else "random init (from scratch)")
+
+
 def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one cell: the best validation metric over the trial's epochs."""
     exp = run.exp
     strategy = get_strategy(cell.strategy)
     space = search_space(exp, strategy, run.num_groups[cell.backbone])
-    pretrained = run.pretrained.get(cell.backbone) if strategy.pretrained else None
 
     def attempt(trial: optuna.Trial) -> float:
         run_number, retried = run_of(trial)
         trial.set_user_attr("worker", worker_id())
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}
-        origin = pretrained.origin if pretrained else "random init (from scratch)"
+        spec = spec_for(run, cell, params, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number))
         for key, value in {"backbone": cell.backbone, "strategy": cell.strategy, "run": run_number,
-                           "weights": origin}.items():
+                           "weights": spec.weights_origin}.items():
             trial.set_user_attr(key, value)
         if retried is not None:
             trial.set_user_attr("resumed_from_trial", retried)
-        spec = TrialSpec(backbone=cell.backbone, strategy=cell.strategy,
-                         params={k: v for k, v in params.items() if k not in exp.search},
-                         recipe=dataclasses.replace(exp.train, **{k: params[k] for k in exp.search}),
-                         metric=exp.metric, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number),
-                         weights=pretrained.state_dict if pretrained else None, weights_origin=origin)
-        result = run_trial(spec, run.splits, run.device,
-                           callbacks=[_Reporter(trial, retried is not None), *run.callbacks(cell, run_number, params)])
-        _record(trial, result)
+        extra = run.callbacks(cell, trial_name(run_number), params)
+        result = run_trial(spec, run.splits, run.device, callbacks=[Reporter(trial, retried is not None), *extra])
+        record(trial, result)
         if result.state == "PRUNED":
             raise optuna.TrialPruned(result.reason)
         return result.value
+
+    return requeue_on_failure(attempt)
+
+
+def requeue_on_failure(attempt: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """An objective that queues its trial again, same parameters and folder, when the process is interrupted or
+    crashes (out of memory, full disk, ...): the sweep stops, and the rerun resumes the trial from its checkpoint."""
 
     def objective(trial: optuna.Trial) -> float:
         try:
             return attempt(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # wherever it lands, the run is queued again, to resume from its checkpoint
+        except KeyboardInterrupt:
             trial.set_user_attr("failure_reason", INTERRUPTED)
             _optuna.requeue(trial.study, _optuna.frozen_trial(trial))
             raise
-        except Exception as err:  # a crash (out of memory, full disk, ...): the sweep stops, the rerun resumes
+        except Exception as err:
             trial.set_user_attr("failure_reason", f"crashed ({describe_error(err)}); re-queued")
             _optuna.requeue(trial.study, _optuna.frozen_trial(trial))
             raise

@@ -1,0 +1,115 @@
+"""Repeat runs through the real CLI: the same seeds in every cell, recorded in the storage, resumed after SIGKILL to
+the uninterrupted numbers, and raising K later trains only the missing seeds."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from tlkit.repeats import REPEAT_SEED_OFFSET, repeats_study_name
+from tlkit.study import Cell
+from tlkit.testing import write_experiment
+
+STRATEGIES = ["linear_probe", "last_n"]
+
+# SIGKILL the process once, right after the checkpoint of epoch 1 of repeat seed 1 of last_n is saved.
+KILL_PRELUDE = '''
+import os, signal
+from pathlib import Path
+import tlkit.runner
+
+_MARKER = os.environ.get("TLKIT_TEST_KILL_MARKER")
+
+
+def _save_epoch(folder, epoch, *args, _real=tlkit.runner.save_epoch, **kw):
+    _real(folder, epoch, *args, **kw)
+    hit = folder.name == "seed_1" and "last_n" in folder.parts and epoch == 1
+    if _MARKER and hit and not Path(_MARKER).exists():
+        Path(_MARKER).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+tlkit.runner.save_epoch = _save_epoch
+'''
+
+
+def _sweep(exp: Path, out: Path, tmp: Path, *args: str, kill: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TLKIT_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
+    if kill:
+        env["TLKIT_TEST_KILL_MARKER"] = str(tmp / "killed")
+    return subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(out), "--quiet", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("repeats")
+    exp = write_experiment(tmp, name="rep", strategies=STRATEGIES, repeats=2, train={"epochs": 3},
+                           prelude=KILL_PRELUDE)
+    proc = _sweep(exp, tmp / "out", tmp)
+    assert proc.returncode == 0, proc.stderr
+    return exp, tmp / "out"
+
+
+@pytest.mark.slow
+def test_repeats_share_their_seeds_across_cells_and_live_in_the_storage(reference):
+    _, out = reference
+    repeats = pd.read_csv(out / "repeats.csv")
+    assert len(repeats) == 2 * 2 and set(repeats.state) == {"COMPLETE"}
+    for strategy in STRATEGIES:
+        mine = repeats[repeats.strategy == strategy]
+        assert mine.seed.tolist() == [REPEAT_SEED_OFFSET, REPEAT_SEED_OFFSET + 1]
+        study = optuna.load_study(study_name=repeats_study_name("rep", Cell("test_resnet", strategy)),
+                                  storage=f"sqlite:///{out / 'study.db'}")
+        stored = {t.user_attrs["repeat"]: t for t in study.trials}
+        for row in mine.itertuples():
+            assert stored[row.repeat].value == pytest.approx(row.val_accuracy)
+            assert stored[row.repeat].user_attrs["test_metric"] == pytest.approx(row.test_accuracy)
+            folder = out / f"repeats/test_resnet/{strategy}/run_{row.config_trial:04d}/seed_{row.repeat}"
+            assert json.loads((folder / "trial.json").read_text())["seed"] == row.seed
+    # The best configuration, not a new sample: every repeat runs the cell's best trial's parameters.
+    trials = pd.read_csv(out / "trials.csv").set_index(["strategy", "trial"])
+    for row in repeats.itertuples():
+        params = json.loads((out / f"repeats/test_resnet/{row.strategy}/run_{row.config_trial:04d}/seed_"
+                             f"{row.repeat}/trial.json").read_text())["recipe"]
+        assert params["lr"] == pytest.approx(trials.loc[(row.strategy, row.config_trial), "params_lr"])
+    assert (out / "tb/test_resnet/last_n/run_0000_seed_1").is_dir()
+
+
+@pytest.mark.slow
+def test_a_killed_repeat_resumes_to_the_uninterrupted_numbers_and_more_seeds_add_only_the_missing(reference,
+                                                                                                   tmp_path):
+    exp, ref = reference
+    out = tmp_path / "out"
+    first = _sweep(exp, out, tmp_path, kill=True)
+    assert first.returncode == -signal.SIGKILL and (tmp_path / "killed").exists(), first.stderr
+    second = _sweep(exp, out, tmp_path, kill=True)
+    assert second.returncode == 0, second.stderr
+    columns = ["backbone", "strategy", "repeat", "seed", "state", "val_accuracy", "test_accuracy", "test_loss",
+               "epochs_run", "best_epoch"]
+    mine, theirs = pd.read_csv(out / "repeats.csv"), pd.read_csv(ref / "repeats.csv")
+    pd.testing.assert_frame_equal(mine[columns], theirs[columns])
+    assert mine.resumed_from_trial.notna().sum() == 1  # the killed repeat was taken up once
+    for folder in sorted(ref.glob("repeats/*/*/*/seed_*")):
+        assert _sha(out / folder.relative_to(ref) / "best.safetensors") == _sha(folder / "best.safetensors")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "comparisons.csv"), pd.read_csv(ref / "comparisons.csv"))
+
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("repeats/*/*/*/seed_*/best.safetensors")}
+    third = _sweep(exp, out, tmp_path, "--repeats", "3")
+    assert third.returncode == 0, third.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished seeds are not trained again"
+    grown = pd.read_csv(out / "repeats.csv")
+    assert grown.groupby("strategy").seed.apply(list).tolist() == [[REPEAT_SEED_OFFSET + i for i in range(3)]] * 2
+    assert "t over 3 seeds" in (out / "report.md").read_text()
