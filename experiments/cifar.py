@@ -24,5 +24,6 @@ experiment = Experiment(
                 "from_scratch"],
     train=Train(epochs=10, batch_size=128, image_size=128, augment=["crop", "hflip"], crop_padding=4),
     trials=4,
+    repeats=3,
     seed=0,
 )

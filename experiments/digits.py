@@ -19,5 +19,6 @@ experiment = Experiment(
     train=Train(epochs=8, batch_size=64, image_size=32, augment=["crop"]),
     search={"lr": FloatDistribution(3e-4, 3e-2, log=True), "weight_decay": FloatDistribution(1e-5, 1e-1, log=True)},
     trials=4,
+    repeats=1,  # one repeat per cell keeps the quickstart short; its report tests over test examples
     seed=0,
 )

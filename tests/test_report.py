@@ -11,19 +11,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tlkit.report import PLOTS, main, winners
+from tlkit.plots import plot_critical_difference
+from tlkit.report import PLOTS, TABLES, main
 from tlkit.testing import run_tiny_sweep
 
 BACKBONES = ["test_resnet", "test_vit"]
 STRATEGIES = ["linear_probe", "last_n"]
-REPORT_FILES = ["trials.csv", "history.csv", "summary.csv", "report.md", *PLOTS.values()]
+DRAWN = [name for key, name in PLOTS.items() if key != "critical_difference"]  # needs 3 backbones
+REPORT_FILES = [*TABLES, "report.md", *DRAWN]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny sweep (2 backbones x 2 strategies x 2 trials x 2 epochs) shared by the tests of this module."""
+    """One tiny sweep (2 backbones x 2 strategies x 2 trials x 2 epochs, 2 repeats) shared by this module's tests."""
     return run_tiny_sweep(tmp_path_factory.mktemp("report"), tmp_path_factory.getbasetemp() / "tlkit-cache",
-                          backbones=BACKBONES, strategies=STRATEGIES, trials=2, pruner="none",
+                          backbones=BACKBONES, strategies=STRATEGIES, trials=2, repeats=2, pruner="none",
                           data={"test_per_class": 20})
 
 
@@ -76,28 +78,67 @@ def test_tables_match_the_storage(results: Path) -> None:
         assert cell.trainable_params == study.best_trial.user_attrs["trainable_params"]
 
 
-def test_report_md_compares_cells_and_embeds_the_plots(results: Path) -> None:
+def test_report_md_shows_intervals_ties_and_the_tests(results: Path) -> None:
     text = (results / "report.md").read_text()
     summary = pd.read_csv(results / "summary.csv")
+    comparisons = pd.read_csv(results / "comparisons.csv")
     header = next(line for line in text.splitlines() if line.startswith("| backbone | linear_probe"))
     assert header == "| backbone | linear_probe | last_n |"  # strategies in the experiment's order
+    assert "(t over 2 seeds)" in text
     for b in BACKBONES:
         row = next(line for line in text.splitlines() if line.startswith(f"| {b} | ") and line.count("|") == 4)
         cells = summary[summary.backbone == b].set_index("strategy")
-        shown = [c.strip().strip("*") for c in row.split("|")[2:4]]
-        assert shown == [f"{cells.test_accuracy[s]:.4f}" for s in STRATEGIES]
-        win = cells.best_val_accuracy.idxmax() if cells.best_val_accuracy.nunique() > 1 else None
-        if win is not None:
-            assert f"**{cells.test_accuracy[win]:.4f}**" in row
-    assert "## Winner per backbone" in text and "## Best configuration of each cell" in text
+        test = comparisons[comparisons.backbone == b].iloc[0]
+        for shown, strategy in zip(row.split("|")[2:4], STRATEGIES):
+            c = cells.loc[strategy]
+            interval = f"{c.test_accuracy_mean:.4f} [{c.test_accuracy_ci_low:.4f}, {c.test_accuracy_ci_high:.4f}]"
+            expected = (f"**{interval}**" if strategy == test.best else
+                        f"{interval} ≈" if test.verdict == "tied" else interval)
+            assert shown.strip() == expected
+        assert f"**{b}** (best on validation: {test.best})" in text
+        assert ("cannot be told apart here" if test.verdict == "tied" else f"{test.best} beats") in text
+    for name in ("## Winner per backbone", "## Which differences are real", "## Across backbones",
+                 "## Best configuration of each cell", "Needs 3 or more backbones"):
+        assert name in text, name
     done = int(summary.trials_complete.sum()), int(summary.trials_pruned.sum())
     assert f"{len(summary)} cells ({len(BACKBONES)} backbones x {len(STRATEGIES)} strategies)" in text
     assert f"({done[0]} complete, {done[1]} pruned, 0 failed)" in text
-    assert f"The trials ran {summary.cell_time_s.sum() / 60:.1f} min in all" in text
-    for name in PLOTS.values():
+    for name in DRAWN:
         assert f"]({name})" in text
         with Image.open(results / name) as image:
             assert image.format == "PNG" and image.width >= 800 and image.height >= 300
+
+
+def test_repeats_and_predictions_tables_match_the_storage(results: Path) -> None:
+    repeats = pd.read_csv(results / "repeats.csv")
+    assert len(repeats) == 4 * 2 and set(repeats.state) == {"COMPLETE"}
+    assert sorted(set(repeats.seed)) == [100_000, 100_001]  # the same seeds in every cell: paired
+    summary = pd.read_csv(results / "summary.csv").set_index(["backbone", "strategy"])
+    for (b, s), mine in repeats.groupby(["backbone", "strategy"]):
+        assert summary.loc[(b, s), "test_accuracy_mean"] == pytest.approx(mine.test_accuracy.mean())
+        assert summary.loc[(b, s), "repeats"] == 2
+    predictions = pd.read_csv(results / "predictions.csv")
+    models = predictions.groupby(["backbone", "strategy", "model", "repeat"], dropna=False)
+    assert len(models) == 4 * 3  # each cell: the search's best trial and 2 repeats
+    for (b, s, model, repeat), rows in models:
+        assert rows.example.tolist() == list(range(100))  # test_per_class=20 x 5 classes
+        accuracy = (rows.pred == rows.label).mean()
+        if model == "repeat":
+            stored = repeats[(repeats.backbone == b) & (repeats.strategy == s) & (repeats.repeat == repeat)]
+            assert accuracy == pytest.approx(stored.test_accuracy.iloc[0])
+        else:
+            assert accuracy == pytest.approx(summary.loc[(b, s), "test_accuracy"])
+        assert ((rows.label_rank == 0) == (rows.pred == rows.label)).all()
+        assert rows.p_label.between(0, 1).all()
+
+
+def test_a_critical_difference_diagram_is_drawn_from_the_ranks(tmp_path: Path) -> None:
+    friedman = {"ranks": {"a": 1.2, "b": 1.9, "c": 3.4, "d": 3.5}, "cd": 1.48, "p": 0.01, "backbones": 10,
+                "statistic": 20.0}
+    assert plot_critical_difference(friedman, tmp_path / "cd.png")
+    with Image.open(tmp_path / "cd.png") as image:
+        assert image.format == "PNG" and image.width >= 600
+    assert not plot_critical_difference(None, tmp_path / "none.png")
 
 
 def test_rebuild_is_byte_identical(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,13 +168,3 @@ def test_errors_name_the_fix(results: Path, tmp_path: Path, capsys: pytest.Captu
     assert main([str(tmp_path)]) == 2
     assert "--storage" in capsys.readouterr().err
     assert not (tmp_path / "study.db").exists()  # a reader never creates an empty study
-
-
-def test_winner_is_chosen_on_validation_with_ties_to_fewer_parameters() -> None:
-    summary = pd.DataFrame({
-        "backbone": ["a", "a", "a", "b"], "strategy": ["full", "probe", "last", "full"],
-        "best_val_accuracy": [0.9, 0.9, 0.8, 0.5], "test_accuracy": [0.85, 0.80, 0.95, 0.5],
-        "trainable_params": [1000, 10, 500, 1000],
-    })
-    won = winners(summary, "accuracy")
-    assert dict(zip(won.backbone, won.strategy)) == {"a": "probe", "b": "full"}

@@ -1,8 +1,11 @@
-"""What a sweep leaves for people: tables, plots and ``report.md``, all rebuilt from the study storage.
+"""``report.md``: the comparison people read first, with its intervals and tests, rebuilt from the study storage.
 
-The storage is the source of truth, so ``python -m tlkit.report results/<study>`` rebuilds every file, even while a
-sweep is still running or after it ran on other machines; running it twice gives byte-identical files (sorted rows,
-fixed number formats, no timestamps, PNGs without a software stamp).
+The storage is the source of truth, so ``python -m tlkit.report results/<study>`` rebuilds every table, plot and the
+report, even while a sweep is still running or after it ran on other machines; running it twice gives byte-identical
+files (sorted rows, fixed number formats, no timestamps, PNGs without a software stamp, seeded bootstraps).
+
+The report never declares a winner the data does not support: every strategy not significantly worse than a
+backbone's best (Holm-corrected, 5% level) is listed as tied with it.
 
 Example:
     python -m tlkit.report results/digits
@@ -11,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -21,310 +23,19 @@ from typing import Any, Sequence
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
 
-from tlkit import _optuna
+from tlkit import compare
 from tlkit.checkpoint import atomic_write, read_json
 from tlkit.errors import TlkitError
+from tlkit.metrics import Metric, get_metric
+from tlkit.plots import PLOTS, order, write_plots
 from tlkit.study import cell_studies
+from tlkit.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table, trials_table,
+                          write_csv)
 
-__all__ = ["trials_table", "history_table", "summary_table", "write_report", "write_csv",
-           "report_markdown", "main"]
+__all__ = ["write_report", "report_markdown", "winners", "metric_of", "main", "PLOTS"]
 
-PLOTS = {
-    "test_by_strategy": "test_by_strategy.png",
-    "accuracy_vs_params": "accuracy_vs_params.png",
-    "accuracy_vs_time": "accuracy_vs_time.png",
-    "learning_curves": "learning_curves.png",
-}
-
-
-# ----------------------------------------------------------------------------------------------------------- tables
-
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Atomically: a reader never sees half a table."""
-    atomic_write(Path(path), lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
-
-
-def _studies(storage: Any, study: str) -> list[optuna.Study]:
-    return [optuna.load_study(study_name=name, storage=storage) for name in sorted(cell_studies(storage, study))]
-
-
-def _best(s: optuna.Study) -> FrozenTrial | None:
-    """Optuna's own best trial, so the table names the same trial ``evaluate_best`` scored on the test split."""
-    try:
-        return s.best_trial
-    except ValueError:
-        return None
-
-
-def _ints(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Counts stay integers in the CSV (``12``, not ``12.0``) even when some rows have none."""
-    for c in columns:
-        if c in df.columns:
-            df[c] = df[c].astype("Int64")
-    return df
-
-
-def trials_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
-    """One row per trial of every cell."""
-    rows = []
-    for s in _studies(storage, study):
-        for t in s.get_trials(deepcopy=False):
-            u = t.user_attrs
-            rows.append({
-                "backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
-                "trial": t.number, "state": t.state.name, f"val_{metric}": t.value,
-                **{f"params_{k}": v for k, v in sorted(t.params.items())},
-                "epochs_run": u.get("epochs_run", 0), "best_epoch": u.get("best_epoch"),
-                "trainable_params": u.get("trainable_params"), "total_params": u.get("total_params"),
-                "wall_time_s": u.get("wall_time"), "resumed_from_trial": u.get("resumed_from_trial"),
-                "resumed_from_epoch": u.get("resumed_from_epoch"),
-                "note": u.get("pruned_reason") or u.get("failure_reason") or "",
-                "weights": u.get("weights"), "bn_policy": u.get("bn_policy"), "run": u.get("run", t.number),
-            })
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    fixed = [c for c in df.columns if not c.startswith("params_")]
-    params = sorted(c for c in df.columns if c.startswith("params_"))
-    order = fixed[:5] + params + fixed[5:]
-    df = df[order].sort_values(["backbone", "strategy", "trial"], kind="stable").reset_index(drop=True)
-    return _ints(df, ["epochs_run", "best_epoch", "trainable_params", "total_params", "resumed_from_trial",
-                      "resumed_from_epoch", "run"])
-
-
-def history_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
-    """One row per epoch of every trial: losses, metric, per-group learning rates, trainable params, images/s.
-
-    A trial that resumed another (after a crash) carries the epochs it inherited, so each trial's rows are its
-    whole learning curve.
-    """
-    rows = []
-    for s in _studies(storage, study):
-        for t in s.get_trials(deepcopy=False):
-            for epoch in t.user_attrs.get("history") or []:
-                row = {"backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
-                       "trial": t.number, "state": t.state.name, **epoch}
-                row[f"val_{metric}"] = row.pop("val_metric")
-                rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    lrs = sorted((c for c in df.columns if c.startswith("lr_group")), key=lambda c: int(c[len("lr_group"):]))
-    order = ["backbone", "strategy", "trial", "state", "epoch", "train_loss", "val_loss", f"val_{metric}", *lrs,
-             "trainable_params", "images_per_s", "seconds", "features_cached"]
-    df = df[[c for c in order if c in df.columns]]
-    df = df.sort_values(["backbone", "strategy", "trial", "epoch"], kind="stable").reset_index(drop=True)
-    return _ints(df, ["epoch", "trainable_params"])
-
-
-def summary_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
-    """One row per (backbone, strategy) cell: budget spent, the best trial, and its test score."""
-    rows = []
-    for s in _studies(storage, study):
-        trials = s.get_trials(deepcopy=False)
-        count = {state: sum(t.state == state for t in trials) for state in TrialState}
-        retried = {n for t in trials for n in _optuna.earlier_attempts(t)}
-        failed = sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
-        best = _best(s)
-        test = s.user_attrs.get("best_test") or {}
-        ok = best is not None and test.get("trial") == best.number
-        rows.append({
-            "backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
-            "trials_complete": count[TrialState.COMPLETE], "trials_pruned": count[TrialState.PRUNED],
-            "trials_failed": failed,
-            "best_trial": best.number if best else None, f"best_val_{metric}": best.value if best else None,
-            f"test_{metric}": test.get("test_metric") if ok else None,
-            "test_loss": test.get("test_loss") if ok else None,
-            "trainable_params": best.user_attrs.get("trainable_params") if best else None,
-            "total_params": best.user_attrs.get("total_params") if best else None,
-            "train_time_s": best.user_attrs.get("wall_time") if best else None,
-            "cell_time_s": round(sum(t.user_attrs.get("wall_time") or 0.0 for t in trials), 3),
-            "best_params": json.dumps(best.params, sort_keys=True) if best else "",
-            "weights": best.user_attrs.get("weights") if best else None,
-            "best_epoch": best.user_attrs.get("best_epoch") if best else None,
-        })
-    return _ints(pd.DataFrame(rows), ["best_trial", "trainable_params", "total_params", "best_epoch"])
-
-
-def _order(summary: pd.DataFrame, experiment: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Backbones and strategies in the experiment file's order (how its author thinks of them), then any others."""
-    def ordered(column: str, key: str) -> list[str]:
-        given = [x for x in experiment.get(key, []) if x in set(summary[column])] if not summary.empty else []
-        rest = sorted(set(summary[column]) - set(given)) if not summary.empty else []
-        return given + rest
-    return ordered("backbone", "backbones"), ordered("strategy", "strategies")
-
-
-def _colors(strategies: Sequence[str]) -> dict[str, Any]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if len(strategies) <= 10 else "tab20"]
-    return {s: cmap(i % cmap.N) for i, s in enumerate(strategies)}
-
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
-
-
-def _short(v: float) -> str:
-    """Tick labels people read: 300, 1k, 2.5M, 0.5."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= scale:
-            return f"{v / scale:g}{suffix}"
-    return f"{v:g}"
-
-
-def _save(fig: Any, path: Path) -> None:
-    """PNG without the matplotlib version stamp, so a rebuild is byte-identical."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-
-
-def plot_test_by_strategy(summary: pd.DataFrame, metric: str, backbones: list[str], strategies: list[str],
-                          path: Path) -> bool:
-    """One panel per backbone: test score of each strategy's best trial (bars), its validation score (ticks)."""
-    from matplotlib.figure import Figure
-
-    test, val = f"test_{metric}", f"best_val_{metric}"
-    if summary.empty or summary[test].isna().all():
-        return False
-    colors = _colors(strategies)
-    ncols = min(3, len(backbones))
-    nrows = math.ceil(len(backbones) / ncols)
-    fig = Figure(figsize=(5.2 * ncols, max(3.0, 0.42 * len(strategies) + 1.6) * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
-    for ax, backbone in zip(axes.flat, backbones):
-        cell = summary[summary["backbone"] == backbone].set_index("strategy").reindex(strategies)
-        y = list(range(len(strategies)))
-        scores, vals = cell[test].astype(float), cell[val].astype(float)
-        ax.barh(y, scores.fillna(0.0), color=[colors[s] for s in strategies], height=0.7)
-        ax.plot(vals, y, "k|", markersize=14, markeredgewidth=2)
-        for yi, score, v in zip(y, scores, vals):
-            right = max(0.0 if math.isnan(score) else score, 0.0 if math.isnan(v) else v)
-            ax.text(right + 0.02, yi, "n/a" if math.isnan(score) else f"{score:.3f}", va="center", fontsize=9)
-        ax.set_yticks(y, strategies)
-        ax.invert_yaxis()
-        top = max(1.0, float(pd.concat([scores, vals]).max(skipna=True) or 0.0))
-        ax.set_xlim(0, top * 1.15)
-        ax.set_title(backbone, fontsize=12)
-        ax.set_xlabel(f"test {metric}")
-        ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[len(backbones):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Test {metric} of each cell's best trial (| = its validation {metric})", fontsize=12)
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
-def plot_scatter(summary: pd.DataFrame, metric: str, backbones: list[str], strategies: list[str], x: str,
-                 what: str, unit: str, path: Path) -> bool:
-    """Test score against a cost (trainable parameters, training time): colour = strategy, marker = backbone."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
-
-    test = f"test_{metric}"
-    data = summary.dropna(subset=[test, x]) if not summary.empty else summary
-    if data.empty:
-        return False
-    colors = _colors(strategies)
-    markers = {b: MARKERS[i % len(MARKERS)] for i, b in enumerate(backbones)}
-    fig = Figure(figsize=(9, 5.5))
-    ax = fig.subplots()
-    for row in data.itertuples(index=False):
-        ax.scatter(float(getattr(row, x)), float(getattr(row, test)), s=90, color=colors[row.strategy],
-                   marker=markers[row.backbone], edgecolors="black", linewidths=0.6, zorder=3)
-    xs = data[x].astype(float)
-    log = bool(xs.min() > 0 and xs.max() / xs.min() >= 20)
-    if log:  # spans orders of magnitude: log scale, with plain tick labels (1k, 100k) rather than 10^3
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
-    ax.set_xlabel(", ".join([f"{what} ({unit}" if unit else what] + (["log scale"] if log else []))
-                  + (")" if unit else ""))
-    ax.set_ylabel(f"test {metric}")
-    ax.grid(alpha=0.3, which="both")
-    used = [s for s in strategies if s in set(data["strategy"])]
-    by_strategy = ax.legend(handles=[Line2D([], [], linestyle="", marker="o", markersize=9, color=colors[s], label=s)
-                                     for s in used], title="strategy", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                            fontsize=10, frameon=False)
-    ax.add_artist(by_strategy)
-    ax.legend(handles=[Line2D([], [], linestyle="", marker=markers[b], markersize=9, markerfacecolor="white",
-                              markeredgecolor="black", label=b) for b in backbones if b in set(data["backbone"])],
-              title="backbone", loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=10, frameon=False)
-    ax.set_title(f"Test {metric} against {what} (best trial of each cell)", fontsize=12)
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
-def plot_learning_curves(summary: pd.DataFrame, history: pd.DataFrame, metric: str, backbones: list[str],
-                         strategies: list[str], path: Path) -> bool:
-    """Per backbone: validation metric, validation loss and training loss per epoch of each cell's best trial."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
-    if summary.empty or history.empty or summary["best_trial"].isna().all():
-        return False
-    colors = _colors(strategies)
-    panels = [(f"val_{metric}", f"validation {metric}"), ("val_loss", "validation loss"),
-              ("train_loss", "training loss")]
-    fig = Figure(figsize=(15, 3.6 * len(backbones)))
-    axes = fig.subplots(len(backbones), 3, squeeze=False)
-    for r, backbone in enumerate(backbones):
-        for strategy in strategies:
-            best = summary[(summary["backbone"] == backbone) & (summary["strategy"] == strategy)]["best_trial"]
-            if best.empty or pd.isna(best.iloc[0]):
-                continue
-            h = history[(history["backbone"] == backbone) & (history["strategy"] == strategy)
-                        & (history["trial"] == best.iloc[0])]
-            for ax, (column, _) in zip(axes[r], panels):
-                ax.plot(h["epoch"].astype(int), h[column].astype(float), marker="o", markersize=3,
-                        color=colors[strategy], linewidth=1.6)
-        for ax, (_, label) in zip(axes[r], panels):
-            ax.set_title(f"{backbone}: {label}", fontsize=11)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colors[s], linewidth=2.5, label=s) for s in strategies]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(strategies), 8), fontsize=10, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.6 * len(backbones))))
-    _save(fig, path)
-    return True
-
-
-def write_plots(out: Path, summary: pd.DataFrame, history: pd.DataFrame, metric: str,
-                experiment: dict[str, Any]) -> dict[str, bool]:
-    """Every plot of the report; returns which ones had data to draw (a plot without data is removed).
-
-    Figures are drawn without pyplot and under matplotlib's default style, so neither the caller's backend nor
-    their style changes the files.
-    """
-    import matplotlib.style
-
-    out = Path(out)
-    backbones, strategies = _order(summary, experiment)
-    drawn = {k: False for k in PLOTS}
-    if backbones:
-        with matplotlib.style.context("default"):
-            drawn = {
-                "test_by_strategy": plot_test_by_strategy(summary, metric, backbones, strategies,
-                                                          out / PLOTS["test_by_strategy"]),
-                "accuracy_vs_params": plot_scatter(summary, metric, backbones, strategies, "trainable_params",
-                                                   "trainable parameters", "", out / PLOTS["accuracy_vs_params"]),
-                "accuracy_vs_time": plot_scatter(summary, metric, backbones, strategies, "train_time_s",
-                                                 "training time", "s", out / PLOTS["accuracy_vs_time"]),
-                "learning_curves": plot_learning_curves(summary, history, metric, backbones, strategies,
-                                                        out / PLOTS["learning_curves"]),
-            }
-    for key, ok in drawn.items():
-        if not ok:
-            (out / PLOTS[key]).unlink(missing_ok=True)
-    return drawn
+TABLES = ("trials.csv", "history.csv", "repeats.csv", "summary.csv", "comparisons.csv", "predictions.csv")
 
 
 # --------------------------------------------------------------------------------------------------------- markdown
@@ -348,19 +59,34 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, 
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def winners(summary: pd.DataFrame, metric: str, direction: str = "maximize") -> pd.DataFrame:
-    """The winning strategy of each backbone, chosen on validation like every other choice in tlkit.
+def metric_of(experiment: dict[str, Any]) -> Metric:
+    """The study's metric; one the report cannot import (registered in an experiment file) keeps its direction
+    from ``experiment.json`` and is tested over seeds only."""
+    name = experiment.get("metric", "accuracy")
+    try:
+        return get_metric(name)
+    except TlkitError:
+        return Metric(name, experiment.get("metric_direction", "maximize"), fn=lambda labels, logits: math.nan)
 
-    Ties go to fewer trainable parameters (the cheaper model), then to the strategy name. The test score is only
-    reported: choosing on it would make it an optimistic estimate.
-    """
-    val = f"best_val_{metric}"
-    done = summary.dropna(subset=[val])
-    if done.empty:
-        return done
-    ranked = done.assign(_p=done["trainable_params"].astype("Float64").fillna(math.inf)).sort_values(
-        ["backbone", val, "_p", "strategy"], ascending=[True, direction == "minimize", True, True], kind="stable")
-    return ranked.groupby("backbone", sort=False).head(1).drop(columns="_p")
+
+def winners(summary: pd.DataFrame, comparisons: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per backbone: the best strategy (chosen on validation), the strategies tied with it (not significantly
+    worse on test, Holm-corrected), and the best's test mean and interval."""
+    rows = []
+    for backbone, mine in comparisons.groupby("backbone", sort=False):
+        best = mine["best"].iloc[0]
+        tied = mine[mine["verdict"] != "worse"]["strategy"].tolist()
+        row = summary[(summary["backbone"] == backbone) & (summary["strategy"] == best)].iloc[0]
+        rows.append({"backbone": backbone, "best": best, "tied": tied,
+                     "worse": mine[mine["verdict"] == "worse"]["strategy"].tolist(), "row": row})
+    return pd.DataFrame(rows)
+
+
+def _interval(row: Any, metric: str) -> str:
+    mean, low, high = (row.get(f"test_{metric}_{k}") for k in ("mean", "ci_low", "ci_high"))
+    if mean is None or pd.isna(mean):
+        return "—"
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]" if pd.notna(low) else f"{mean:.4f}"
 
 
 def _trainable(row: Any) -> str:
@@ -396,58 +122,121 @@ def budget_text(summary: pd.DataFrame, experiment: dict[str, Any], backbones: li
                    f"scoring not included).")
 
 
-def report_markdown(study: str, metric: str, summary: pd.DataFrame, experiment: dict[str, Any],
-                    plots: dict[str, bool]) -> str:
-    """``report.md``: the comparison first (backbone x strategy test scores, winners), then the details."""
-    test, val = f"test_{metric}", f"best_val_{metric}"
-    lines = [f"# Study `{study}`: which strategy transfers best", ""]
-    if summary.empty:
-        return "\n".join(lines + ["No cell has started yet.", ""])
-    backbones, strategies = _order(summary, experiment)
-    won = winners(summary, metric, experiment.get("metric_direction", "maximize"))
-    winner = dict(zip(won["backbone"], won["strategy"]))
+def _main_table(summary: pd.DataFrame, won: pd.DataFrame, metric: str, backbones: list[str],
+                strategies: list[str]) -> list[str]:
     cell = summary.set_index(["backbone", "strategy"])
-    lines += [f"Test {metric} of each cell's best trial. Each cell's best trial is chosen on validation {metric}; "
-              f"the test split is scored once, for that trial only. **Bold**: the winner of the backbone (highest "
-              f"validation {metric}; ties go to fewer trainable parameters).", ""]
+    best = {r["backbone"]: r["best"] for _, r in won.iterrows()}
+    tied = {(r["backbone"], s) for _, r in won.iterrows() for s in r["tied"]}
     rows = []
     for b in backbones:
         row = [b]
         for s in strategies:
-            score = cell[test].get((b, s)) if (b, s) in cell.index else None
-            text = _num(score)
-            row.append(f"**{text}**" if winner.get(b) == s and text != "—" else text)
+            text = _interval(cell.loc[(b, s)], metric) if (b, s) in cell.index else "—"
+            row.append(f"**{text}**" if best.get(b) == s and text != "—" else f"{text} ≈" if (b, s) in tied else
+                       text)
         rows.append(row)
-    lines += _table(["backbone", *strategies], rows) + [""]
-    lines += ["## Budget", "", budget_text(summary, experiment, backbones, strategies), ""]
+    return _table(["backbone", *strategies], rows)
+
+
+def _method_text(summary: pd.DataFrame) -> str:
+    methods = sorted(set(summary["ci_method"].dropna()) - {""}) if "ci_method" in summary else []
+    return "; ".join(methods) if methods else "no interval (no kept predictions)"
+
+
+def _differences(comparisons: pd.DataFrame, metric: str, points: bool) -> list[str]:
+    lines = []
+    for backbone, mine in comparisons.groupby("backbone", sort=False):
+        lines += [f"**{backbone}** (best on validation: {mine['best'].iloc[0]})", ""]
+        lines += [f"- {compare.sentence(row, metric, points)}" for _, row in mine.iterrows()] + [""]
+    return lines
+
+
+def _across_backbones(friedman: dict[str, Any] | None, plots: dict[str, bool]) -> list[str]:
+    if not friedman:
+        return ["Needs 3 or more backbones and strategies (Friedman's test is not defined for fewer).", ""]
+    ranks = sorted(friedman["ranks"].items(), key=lambda kv: (kv[1], kv[0]))
+    verdict = ("the strategies do not all rank alike" if friedman["p"] < compare.ALPHA else
+               "the ranks could be chance: no strategy is shown to rank better than another")
+    lines = [f"Average rank of each strategy's mean test score over {friedman['backbones']} backbones (1 = best). "
+             f"Friedman's test: chi-square {friedman['statistic']:.2f}, p = {friedman['p']:.3g}: {verdict}. "
+             f"Nemenyi's critical difference at the 5% level is {friedman['cd']:.2f} ranks: strategies closer "
+             f"than that are not told apart.", ""]
+    lines += _table(["strategy", "average rank"], [[s, f"{r:.2f}"] for s, r in ranks]) + [""]
+    if plots.get("critical_difference"):
+        lines += [f"![Critical difference diagram]({PLOTS['critical_difference']})", ""]
+    return lines
+
+
+def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, comparisons: pd.DataFrame,
+                    friedman: dict[str, Any] | None, experiment: dict[str, Any], plots: dict[str, bool]) -> str:
+    """``report.md``: the comparison first (intervals, ties, which differences are real), then the details."""
+    m = metric.name
+    lines = [f"# Study `{study}`: which strategy transfers best", ""]
+    if summary.empty:
+        return "\n".join(lines + ["No cell has started yet.", ""])
+    backbones, strategies = order(summary, experiment)
+    won = winners(summary, comparisons, m)
+    expected = len(experiment.get("backbones", [])) * len(experiment.get("strategies", []))
+    if expected > len(summary):
+        lines += [f"**Partial results**: {len(summary)} of {expected} cells have started; run the sweep command "
+                  f"again to finish the study.", ""]
+    repeats = int(summary["repeats"].fillna(0).max()) if "repeats" in summary else 0
+    scored = (f"then trained again with {repeats} seed{'s' * (repeats != 1)} shared by every cell" if repeats else
+              "and scored once (no repeats: the intervals and tests are over test examples of that one model)")
+    lines += [f"Mean test {m} of each cell with its 95% interval ({_method_text(summary)}). Each cell's "
+              f"configuration is chosen on validation by its search, {scored}. **Bold**: the backbone's best "
+              f"strategy on validation; ≈: not significantly worse than it on test (Holm-corrected, 5% level), so "
+              f"tied with it.", ""]
+    lines += _main_table(summary, won, m, backbones, strategies) + [""]
     lines += ["## Winner per backbone", ""]
-    lines += _table(["backbone", "strategy", f"test {metric}", f"val {metric}", "trainable params", "train time (s)"],
-                    [[r["backbone"], r["strategy"], _num(r[test]), _num(r[val]), _trainable(r),
-                      _num(r["train_time_s"], ".1f")] for _, r in won.iterrows()], left=2) + [""]
-    figures = [("test_by_strategy", f"Test {metric} by strategy"),
-               ("accuracy_vs_params", f"Test {metric} against trainable parameters"),
-               ("accuracy_vs_time", f"Test {metric} against training time")]
+    lines += _table(["backbone", "best (validation)", f"test {m} [95% CI]", "tied with it", "significantly worse"],
+                    [[r["backbone"], r["best"], _interval(r["row"], m), ", ".join(r["tied"]) or "—",
+                      ", ".join(r["worse"]) or "—"] for _, r in won.iterrows()], left=2, right=3) + [""]
+    lines += ["## Which differences are real", ""]
+    lines += ["Within each backbone, every strategy against the best one: the difference of test "
+              f"{m} (positive: the best is better), its 95% interval and the p-value, Holm-corrected over the "
+              f"backbone's comparisons (all in `comparisons.csv`).", ""]
+    lines += _differences(comparisons, m, points=metric.name != "log_loss")
+    lines += ["## Across backbones", ""] + _across_backbones(friedman, plots)
+    figures = [("test_by_strategy", f"Test {m} by strategy"),
+               ("accuracy_vs_params", f"Test {m} against trainable parameters"),
+               ("accuracy_vs_time", f"Test {m} against training time")]
     lines += [f"![{alt}]({PLOTS[key]})\n" for key, alt in figures if plots.get(key)]
-    lines += ["## Best configuration of each cell", ""]
+    lines += ["## Budget", "", budget_text(summary, experiment, backbones, strategies), ""]
+    lines += [f"Is it enough? Each cell's best validation {m} so far against its finished trials (a curve still "
+              f"climbing at the end says more trials would have found better) and every trial's score (a wide "
+              f"spread, column `val_{m}_sd_trials` of `summary.csv`: the strategy is unforgiving of its "
+              f"hyperparameters).", ""]
+    if plots.get("search_progress"):
+        lines += [f"![Search progress]({PLOTS['search_progress']})", ""]
+    lines += _configurations(summary, m, backbones, strategies)
+    if plots.get("learning_curves"):
+        lines += ["## Learning curves of each cell's best trial", "", f"![Learning curves]({PLOTS['learning_curves']})",
+                  ""]
+    lines += ["## Files", "",
+              "`summary.csv` (one row per cell), `comparisons.csv` (one row per tested difference), `repeats.csv` "
+              "(one row per cell and seed), `predictions.csv` (one row per scored model and test example), "
+              "`trials.csv` (one row per search trial), `history.csv` (one row per trial and epoch); `tensorboard "
+              "--logdir tb` for every trial's curves and the HParams dashboard. Rebuild this report with "
+              "`python -m tlkit.report <this folder>`.", ""]
+    return "\n".join(lines)
+
+
+def _configurations(summary: pd.DataFrame, m: str, backbones: list[str], strategies: list[str]) -> list[str]:
+    cell = summary.set_index(["backbone", "strategy"])
     rows = []
     for b in backbones:
         for s in strategies:
             if (b, s) not in cell.index:
                 continue
             r = cell.loc[(b, s)]
-            rows.append([b, s, _num(r["best_trial"], "d"), _num(r[val]), _num(r[test]), _trainable(r),
-                         _num(r["train_time_s"], ".1f"), f"{r['trials_complete']}/{r['trials_pruned']}/"
-                         f"{r['trials_failed']}", _params(r["best_params"])])
-    lines += _table(["backbone", "strategy", "best trial", f"val {metric}", f"test {metric}", "trainable params",
-                     "train time (s)", "complete/pruned/failed", "parameters"], rows, left=2, right=8) + [""]
-    if plots.get("learning_curves"):
-        lines += ["## Learning curves of each cell's best trial", "", f"![Learning curves]({PLOTS['learning_curves']})",
-                  ""]
-    lines += ["## Files", "",
-              "`summary.csv` (one row per cell), `trials.csv` (one row per trial), `history.csv` (one row per trial "
-              "and epoch); `tensorboard --logdir tb` for every trial's curves and the HParams dashboard. "
-              "Rebuild this report with `python -m tlkit.report <this folder>`.", ""]
-    return "\n".join(lines)
+            rows.append([b, s, _num(r["best_trial"], "d"), _num(r[f"best_val_{m}"]), _num(r[f"test_{m}"]),
+                         _trainable(r), _num(r["train_time_s"], ".1f"),
+                         f"{r['trials_complete']}/{r['trials_pruned']}/{r['trials_failed']}",
+                         _params(r["best_params"])])
+    return ["## Best configuration of each cell", ""] + _table(
+        ["backbone", "strategy", "best trial", f"val {m}", f"test {m}", "trainable params", "train time (s)",
+         "complete/pruned/failed", "parameters"], rows, left=2, right=8) + [""]
 
 
 def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
@@ -459,13 +248,26 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     experiment_file = out / "experiment.json"
     experiment = json.loads(experiment_file.read_text(encoding="utf-8")) if experiment_file.is_file() else {}
-    summary = summary_table(storage, study, metric)
+    experiment.setdefault("metric", metric)
+    m = metric_of(experiment)
+    position = {(b, s): (i, j) for i, b in enumerate(experiment.get("backbones", []))
+                for j, s in enumerate(experiment.get("strategies", []))}
+    cells = sorted(load_cells(storage, study, m),  # the experiment file's order, then any others by name
+                   key=lambda c: (position.get((c.backbone, c.strategy), (math.inf, math.inf)), c.backbone,
+                                  c.strategy))
+    summary = summary_table(storage, study, m, cells)
+    comparisons = compare.comparisons(cells, m)
+    friedman = compare.friedman_test(compare.rank_table(cells, m), m)
     history = history_table(storage, study, metric)
-    write_csv(trials_table(storage, study, metric), out / "trials.csv")
+    trials = trials_table(storage, study, metric)
+    write_csv(trials, out / "trials.csv")
     write_csv(history, out / "history.csv")
+    write_csv(repeats_table(storage, study, metric), out / "repeats.csv")
     write_csv(summary, out / "summary.csv")
-    plots = write_plots(out, summary, history, metric, experiment)
-    text = report_markdown(study, metric, summary, experiment, plots)
+    write_csv(comparisons, out / "comparisons.csv")
+    write_csv(predictions_table(cells), out / "predictions.csv")
+    plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
+    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 

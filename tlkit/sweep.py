@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "command continues the study (finished trials are kept, an interrupted one resumes).")
     p.add_argument("experiment", help="path of an experiment file (Python defining `experiment = Experiment(...)`)")
     p.add_argument("--trials", type=int, help="finished trials per cell (overrides the experiment's `trials`)")
+    p.add_argument("--repeats", type=int, help="seeds each cell's best configuration is trained with again "
+                                               "(overrides the experiment's `repeats`)")
     p.add_argument("--out", type=Path, help="results folder (default: results/<study>)")
     p.add_argument("--study", help="study name (default: the experiment's name, i.e. its file name)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for many workers "
@@ -64,6 +66,8 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     overrides = list(args.overrides)
     if args.trials is not None:
         overrides.append(f"trials={args.trials}")
+    if args.repeats is not None:
+        overrides.append(f"repeats={args.repeats}")
     if args.device:
         overrides.append(f"train.device={args.device!r}")
     exp = apply_overrides(exp, overrides)
@@ -115,13 +119,14 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
 
 
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
-              callbacks: Callable[[Cell, int, dict[str, Any]], list[Callback]] | None = None,
+              callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] | None = None,
               progress: SweepProgress | None = None) -> Path:
     """Run (or continue) every cell of ``exp``; returns the results folder.
 
     Every trial logs to TensorBoard (``out/tb``); ``progress`` shows where the sweep stands (default: nothing).
     """
     from tlkit.export import evaluate_best
+    from tlkit.repeats import open_repeats_study, run_repeats
     from tlkit.report import write_report
     from tlkit.tensorboard import TrialBoards
     from tlkit.source import train_source
@@ -153,8 +158,10 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     progress.start(len(all_cells), exp.trials, exp.train.epochs, exp.metric)
     for i, cell in enumerate(all_cells):
         study = open_cell_study(storage, exp.name, exp, cell)
-        run_cell(run, study, cell, f"cell {i + 1}/{len(all_cells)}",
-                 before_trial=lambda: progress.update(i, cell, study))
+        label = f"cell {i + 1}/{len(all_cells)}"
+        run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study))
+        if exp.repeats:
+            run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
         result = evaluate_best(run, study, cell)
         if result:
             log.info("cell %s/%s: best val %s %.4f (trial %d), test %.4f", cell.backbone, cell.strategy,
@@ -183,14 +190,23 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
 
 
 def print_summary(out: Path, metric: str) -> None:
-    """The comparison at a glance: one line per cell (all columns are in summary.csv)."""
+    """The comparison at a glance, one line per cell: the test metric's mean and 95% interval, and whether the
+    cell is its backbone's best (on validation), tied with it, or significantly worse (all in summary.csv and
+    comparisons.csv)."""
     import pandas as pd
 
     summary = pd.read_csv(out / "summary.csv")
-    columns = {"backbone": "backbone", "strategy": "strategy", "trials_complete": "done",
-               "trials_pruned": "pruned", f"best_val_{metric}": f"val_{metric}", f"test_{metric}": f"test_{metric}",
-               "trainable_params": "trainable", "train_time_s": "seconds"}
-    table = summary[list(columns)].rename(columns=columns)
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    verdict = {(r.backbone, r.strategy): r.verdict for r in comparisons.itertuples()}
+    verdict.update({(r.backbone, r.best): "best" for r in comparisons.itertuples()})
+    low, high = summary[f"test_{metric}_ci_low"], summary[f"test_{metric}_ci_high"]
+    table = pd.DataFrame({
+        "backbone": summary["backbone"], "strategy": summary["strategy"],
+        "done": summary["trials_complete"], "pruned": summary["trials_pruned"], "seeds": summary["repeats"],
+        f"val_{metric}": summary[f"val_{metric}_mean"],
+        f"test_{metric}": summary[f"test_{metric}_mean"],
+        "95% CI": [f"[{a:.4f}, {b:.4f}]" if pd.notna(a) else "-" for a, b in zip(low, high)],
+        "vs best": [verdict.get((b, s), "-") for b, s in zip(summary["backbone"], summary["strategy"])]})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
