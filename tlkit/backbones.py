@@ -63,14 +63,15 @@ def create_backbone(name: str, num_classes: int, image_size: int | None = None) 
 
 
 def check_runs(name: str, num_classes: int, image_sizes: Iterable[int], batch: int, prefix: str = "train.") -> None:
-    """Fail before any trial when the architecture cannot train at an image size or on batches of ``batch`` images
+    """Fail before any trial when the architecture cannot train at an image size or on batches as small as ``batch``
     (a ViT whose patch size does not divide the image, BatchNorm over a single 1x1 value): one forward pass in train
-    mode on random images at each size, the way the first training step would run it."""
-    model = create_backbone(name, num_classes, max(image_sizes))
+    mode on random images at each size, the way the first training step would run it. Two images stand for any
+    larger batch: only a batch of one behaves differently."""
+    model = None
     for size in sorted(set(image_sizes)):
-        if model_kwargs(name, size):  # built for its input size
+        if model is None or model_kwargs(name, size):  # a ViT is built for its input size
             model = create_backbone(name, num_classes, size)
-        problem = _forward_problem(model, size, batch)
+        problem = _forward_problem(model, size, min(batch, 2))
         if problem is None:
             continue
         if batch < 2 and _forward_problem(model, size, 2) is None:
