@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 
 import torch
 
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    os.environ["TLKIT_CACHE"] = tempfile.mkdtemp(prefix="tlkit-bench-")  # cold: no features cached by a prior run
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     n = args.images

@@ -1,0 +1,86 @@
+"""Frozen features computed once per (weights, images, preprocessing): reused across trials, keyed by content,
+identical to computing them again, and set aside when damaged."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tlkit.train
+from tlkit.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data import make_splits
+from tlkit.datasets import load_dataset
+from tlkit.experiment import Train
+from tlkit.features import feature_dir, features_key
+from tlkit.metrics import get_metric
+from tlkit.strategies import create_strategy
+from tlkit.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def splits():
+    train, test = load_dataset("digits")
+    return make_splits(train, test, classes=[0, 1, 2], val_fraction=0.3, seed=0, image_size=16,
+                       train_per_class=30)
+
+
+def _probe(splits, seed=0, body_seed=0):
+    torch.manual_seed(body_seed)
+    model = create_backbone("test_resnet", splits.num_classes)
+    groups = layer_groups(model)
+    strategy = create_strategy("linear_probe", num_groups=len(groups), epochs=2)
+    recipe = Train(epochs=2, batch_size=16, image_size=16, augment=[])
+    return Trainer(model, groups, strategy, splits, recipe, get_metric("accuracy"), seed=seed,
+                   **preprocessing(model))
+
+
+def test_the_key_follows_the_body_the_images_and_the_feeding_not_the_head(splits):
+    model = create_backbone("test_resnet", 3)
+    kwargs = {"batch_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "image_size": 16, "device": "cpu"}
+    key = features_key(model, splits.train, kwargs)
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    assert features_key(model, splits.train, kwargs) == key  # a new head sees the same features
+    assert features_key(model, splits.val, kwargs) != key
+    assert features_key(model, splits.train, {**kwargs, "image_size": 32}) != key
+    with torch.no_grad():
+        model.layer1[0].conv1.weight.mul_(1.01)
+    assert features_key(model, splits.train, kwargs) != key
+
+
+def test_a_second_trial_reads_the_features_the_first_computed(splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
+    calls = []
+    real = tlkit.train.predict
+
+    def counting(forward, data, **kwargs):
+        if not isinstance(data, tuple):  # images through the body; a tuple is cached features through the head
+            calls.append(len(data))
+        return real(forward, data, **kwargs)
+
+    monkeypatch.setattr(tlkit.train, "predict", counting)
+    first = _probe(splits, seed=0)
+    first.fit()
+    assert len(calls) == 2 and len(list(feature_dir().glob("*.pt"))) == 2  # train and val, once
+    second = _probe(splits, seed=5)  # another trial: another head and batch order, the same frozen body
+    second.fit()
+    assert len(calls) == 2, "the second trial computed no features"
+    other_body = _probe(splits, seed=5, body_seed=1)
+    other_body.fit()
+    assert len(calls) == 4 and len(list(feature_dir().glob("*.pt"))) == 4
+    # Reading them back gives exactly what computing them again gives.
+    uncached = _probe(splits, seed=5)
+    uncached.features.on_disk = False
+    uncached.fit()
+    assert [r.val_metric for r in uncached.history] == [r.val_metric for r in second.history]
+    assert torch.equal(uncached.model.fc.weight, second.model.fc.weight)
+
+
+def test_a_damaged_feature_file_is_set_aside_and_computed_again(splits, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
+    _probe(splits).fit()
+    for path in feature_dir().glob("*.pt"):
+        path.write_bytes(path.read_bytes()[:50])
+    again = _probe(splits)
+    again.fit()
+    assert len(list(feature_dir().glob("*.pt.bad"))) == 2 and "set aside" in caplog.text
+    assert len(list(feature_dir().glob("*.pt"))) == 2
