@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n 2``) each worker computes with one thread, and so do the sweeps it starts: two
+    workers with two threads each on two cores is the oversubscription benchmarks/shared_machine.py measures."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ.setdefault("TLKIT_THREADS", "1")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoded datasets and source weights go to a per-session temp cache, never the user's ~/.cache."""
