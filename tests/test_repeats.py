@@ -85,7 +85,7 @@ def test_repeats_share_their_seeds_across_cells_and_live_in_the_storage(referenc
         params = json.loads((out / f"repeats/test_resnet/{row.strategy}/run_{row.config_trial:04d}/seed_"
                              f"{row.repeat}/trial.json").read_text())["recipe"]
         assert params["lr"] == pytest.approx(trials.loc[(row.strategy, row.config_trial), "params_lr"])
-    assert (out / "tb/test_resnet/last_n/run_0000_seed_1").is_dir()
+    assert (out / "tb_trials/last_n/test_resnet/t0-seed1").is_dir()
 
 
 @pytest.mark.slow

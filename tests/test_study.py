@@ -12,18 +12,9 @@ from optuna.trial import TrialState
 from tlkit import _optuna
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment
-from tlkit.study import (
-    Cell,
-    cells,
-    check_identity,
-    check_results_folder,
-    open_cell_study,
-    open_storage,
-    reseed_sampler,
-    run_of,
-    take_up_dead_local_trials,
-    worker_id,
-)
+from tlkit.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run, ensure_runs,
+                         finished_count, open_cell_study, open_storage, reseed_sampler, run_of,
+                         take_up_dead_local_trials, worker_id)
 
 # study.ask() on a storage with heartbeats: fine here, Optuna only recommends optimize().
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -84,34 +75,59 @@ def test_runs_are_numbered_over_first_attempts_and_a_retry_continues_its_run(sto
     assert run_of(study.ask()) == (2, None)  # trial 3 is the third configuration
 
 
-def test_the_sampler_seed_counts_configurations_not_retries(storage):
-    """A restarted sweep draws what an uninterrupted one would: a retry repeats its configuration and does not
-    shift the draws of the configurations after it."""
-    def draw(study):
-        reseed_sampler(study, seed=0, trials=4)
+def test_the_sampler_seed_follows_the_run(storage):
+    """Run r draws the same configuration in every cell and in every rerun, whatever ran before it; two workers
+    taking runs 0 and 1 at the same moment draw different ones."""
+    def draw(study, run):
         trial = study.ask()
+        reseed_sampler(study, seed=0, trials=4, run=run)
         return trial, trial.suggest_float("lr", 1e-4, 1e-2, log=True)
 
-    interrupted = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "last_n"))
-    t0, a0 = draw(interrupted)
-    interrupted.tell(t0, 0.5)
-    t1, a1 = draw(interrupted)
-    assert a1 != a0
-    _optuna.fail_trial(interrupted, _optuna.frozen_trial(t1), ("failure_reason", "killed"))
-    _optuna.requeue(interrupted, _optuna.reload(interrupted, _optuna.frozen_trial(t1)))
-    retry, again = draw(interrupted)
-    assert again == a1 and _optuna.is_retry(_optuna.frozen_trial(retry))
-    interrupted.tell(retry, 0.5)
-    _, a2 = draw(interrupted)
+    a = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "last_n"))
+    b = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "bitfit"))
+    (ta, a0), (tb, b1) = draw(a, 0), draw(b, 1)
+    a.tell(ta, 0.5)
+    b.tell(tb, 0.5)
+    _, b0 = draw(b, 0)
+    assert a0 == b0 and a0 != b1
 
-    uninterrupted = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "bitfit"))
-    draws = []
-    for value in (0.5, 0.5, None):
-        trial, lr = draw(uninterrupted)
-        draws.append(lr)
-        if value is not None:
-            uninterrupted.tell(trial, value)
-    assert draws == [a0, a1, a2]
+
+def test_a_budget_is_queued_once_per_run_and_grows_on_demand(storage):
+    study = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "last_n"))
+    ensure_runs(study, 3)
+    ensure_runs(study, 3)  # a second worker, or a rerun: nothing more to queue
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["run"] for t in waiting) == [0, 1, 2]
+    ensure_runs(study, 5)  # --trials 5 later: two more runs
+    assert sorted(t.user_attrs["run"] for t in study.get_trials(states=(TrialState.WAITING,))) == [0, 1, 2, 3, 4]
+    assert finished_count(study) == 0
+
+
+def test_a_run_queued_twice_is_trained_once(storage):
+    """Two workers queued the same budget at once: the second waiting trial of a run is a duplicate and stops."""
+    study = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "last_n"))
+    study.enqueue_trial({}, user_attrs={"run": 0})
+    study.enqueue_trial({}, user_attrs={"run": 0})  # the racing worker's copy
+    first = study.ask()
+    assert claim_run(first) == (0, None)
+    second = study.ask()
+    with pytest.raises(DuplicateRun, match="run 0 is trial 0's"):
+        claim_run(second)
+    assert second.user_attrs["duplicate_of"] == 0
+    study.tell(first, 0.5)
+    study.tell(second, state=TrialState.FAIL)
+    assert finished_count(study) == 1
+
+
+def test_a_run_whose_retry_was_lost_is_queued_again_with_its_parameters(storage):
+    study = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "last_n"))
+    ensure_runs(study, 1)
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    study.tell(trial, state=TrialState.FAIL)  # failed, and nobody queued its retry
+    ensure_runs(study, 1)
+    retry = study.ask()
+    assert claim_run(retry) == (0, 0) and retry.suggest_float("lr", 1e-4, 1e-2, log=True) == lr
 
 
 def test_a_dead_local_worker_s_trial_is_taken_up_at_once_and_only_once(storage):

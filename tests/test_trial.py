@@ -13,7 +13,7 @@ from tlkit.datasets import splits_for
 from tlkit.errors import TlkitError
 from tlkit.experiment import Data, Experiment, Train
 from tlkit.strategies import get_strategy
-from tlkit.study import Cell, open_cell_study, open_storage
+from tlkit.study import Cell, ensure_runs, open_cell_study, open_storage
 from tlkit.trial import SweepRun, make_objective, search_space, trial_folder
 
 
@@ -33,6 +33,7 @@ def _optimize(run: SweepRun, cell: Cell, pruner=None) -> optuna.Study:
     study = open_cell_study(_storage(run), "t", run.exp, cell)
     if pruner is not None:
         study.pruner = pruner
+    ensure_runs(study, 1)  # as run_cell does: the objective trains queued runs only
     study.optimize(make_objective(run, cell), n_trials=1, catch=())
     return study
 
@@ -77,6 +78,7 @@ def test_a_crash_is_requeued_with_the_same_parameters(tmp_path, monkeypatch):
 
     monkeypatch.setattr("tlkit.trial.run_trial", out_of_memory)
     study = open_cell_study(_storage(run), "t", run.exp, Cell("test_resnet", "last_n"))
+    ensure_runs(study, 1)
     with pytest.raises(RuntimeError, match="out of memory"):
         study.optimize(make_objective(run, Cell("test_resnet", "last_n")), n_trials=1, catch=())
     failed, retry = study.trials

@@ -21,8 +21,9 @@ from tlkit import _optuna
 from tlkit.experiment import Experiment, identity
 from tlkit.metrics import get_metric
 from tlkit.runner import run_trial
-from tlkit.study import Cell, take_up_dead_local_trials, worker_id
-from tlkit.trial import Reporter, SweepRun, record, requeue_on_failure, spec_for
+from tlkit.study import NONE_LEFT, Cell, DuplicateRun, take_up_lost_trials, worker_id
+from tlkit.tensorboard import TRIALS_DIR, log_test_score
+from tlkit.trial import Reporter, SweepRun, record, requeue_on_failure, short_name, spec_for
 
 __all__ = ["repeat_seed", "repeats_study_name", "open_repeats_study", "run_repeats", "current_repeats",
            "REPEAT_SEED_OFFSET"]
@@ -57,11 +58,16 @@ def open_repeats_study(storage: Any, study: str, exp: Experiment, cell: Cell) ->
 
 def current_repeats(repeats: optuna.Study, config_run: int, states: tuple[TrialState, ...] | None = None
                     ) -> dict[int, FrozenTrial]:
-    """The repeat trials of one configuration by seed index (a retry replaces the attempt it continues)."""
+    """The repeat trials of one configuration by seed index: for each seed its finished trial if there is one,
+    else the latest live one (a retry replaces the attempt it continues; a duplicate is never chosen)."""
+    rank = {TrialState.COMPLETE: 3, TrialState.PRUNED: 2, TrialState.RUNNING: 1, TrialState.WAITING: 1}
     out: dict[int, FrozenTrial] = {}
     for t in repeats.get_trials(deepcopy=False, states=states):
-        if t.user_attrs.get("config_run") == config_run and t.state != TrialState.FAIL:
-            out[t.user_attrs["repeat"]] = t
+        if t.user_attrs.get("config_run") != config_run or t.state not in rank or "duplicate_of" in t.user_attrs:
+            continue
+        index = t.user_attrs["repeat"]
+        if index not in out or (rank[t.state], t.number) > (rank[out[index].state], out[index].number):
+            out[index] = t
     return out
 
 
@@ -82,22 +88,35 @@ def run_repeats(run: SweepRun, search: optuna.Study, repeats: optuna.Study, cell
     config_run = best.user_attrs.get("run", best.number)
     _queue_missing(repeats, best, config_run, run.exp.repeats)
     objective = requeue_on_failure(lambda trial: _attempt(run, cell, trial))
+    take_up_lost_trials(repeats)
+    waiting = repeats.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if waiting:
+        log.info("%s %s/%s: repeats of trial %d's configuration with seeds %s", label, cell.backbone, cell.strategy,
+                 config_run, ", ".join(str(t.user_attrs.get("repeat")) for t in waiting))
     while True:
-        take_up_dead_local_trials(repeats)
-        waiting = [t for t in repeats.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-        if not waiting:
+        take_up_lost_trials(repeats)
+        if not repeats.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
-        log.info("%s %s/%s: repeat %d of %d (best configuration, trial %d)", label, cell.backbone, cell.strategy,
-                 waiting[0].user_attrs.get("repeat", 0) + 1, run.exp.repeats, best.number)
-        repeats.optimize(objective, n_trials=1, catch=())
+        run.check_time()
+        repeats.optimize(objective, n_trials=1, catch=(DuplicateRun,))
 
 
 def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
     from tlkit.export import score_test
 
-    index, config_run = trial.user_attrs["repeat"], trial.user_attrs["config_run"]
-    trial.set_user_attr("worker", worker_id())
     frozen = _optuna.frozen_trial(trial)
+    if "repeat" not in frozen.user_attrs:  # the queue ran dry: another worker took the last seed (see claim_run)
+        trial.set_user_attr("duplicate_of", NONE_LEFT)
+        raise DuplicateRun("no queued seed was left: another worker took the last one")
+    index, config_run = frozen.user_attrs["repeat"], frozen.user_attrs["config_run"]
+    if not _optuna.is_retry(frozen):  # two workers queued the same seed at once: the first trial holds it
+        owner = min(t.number for t in trial.study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("config_run") == config_run and t.user_attrs.get("repeat") == index
+                    and not _optuna.is_retry(t) and "duplicate_of" not in t.user_attrs)
+        if owner != trial.number:
+            trial.set_user_attr("duplicate_of", owner)
+            raise DuplicateRun(f"seed {index} is trial {owner}'s")
+    trial.set_user_attr("worker", worker_id())
     if _optuna.is_retry(frozen):
         trial.set_user_attr("resumed_from_trial", _optuna.previous_attempt(frozen))
     seed = repeat_seed(run.exp, index)
@@ -107,7 +126,8 @@ def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
     params = {**trial.user_attrs["params"], "repeat": index}
     result = run_trial(spec, run.splits, run.device,
                        callbacks=[Reporter(trial, _optuna.is_retry(frozen)),
-                                  *run.callbacks(cell, f"run_{config_run:04d}_seed_{index}", params)])
+                                  *run.callbacks(cell, short_name(config_run, index), params)],
+                       deadline=run.deadline)
     record(trial, result)
     if result.state != "COMPLETE":
         raise optuna.TrialPruned(result.reason)
@@ -116,4 +136,6 @@ def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
         trial.set_user_attr("test_metric", test.metric)
         trial.set_user_attr("test_loss", test.loss)
         trial.set_user_attr("predictions", predictions.to_json())
+        log_test_score(run.out / TRIALS_DIR, cell, short_name(config_run, index), run.exp.metric, test.metric,
+                       result.epochs_run - 1)
     return result.value

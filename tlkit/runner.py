@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,9 +29,10 @@ from tlkit.errors import describe_error
 from tlkit.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import get_strategy
+from tlkit.strategies.base import prepare
 from tlkit.train import BN_POLICY, Callback, EpochResult, PruneTrial, Trainer
 
-__all__ = ["TrialSpec", "TrialResult", "run_trial", "read_outcome", "OUTCOME"]
+__all__ = ["TrialSpec", "TrialResult", "TimeUp", "run_trial", "read_outcome", "OUTCOME"]
 
 OUTCOME = "outcome.json"
 log = logging.getLogger("tlkit")
@@ -52,6 +54,8 @@ class TrialSpec:
     weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     """The backbone's starting weights (None: random initialisation)."""
     weights_origin: str = "random init"
+    store: Any = field(default=None, repr=False, compare=False)
+    """A ``tlkit.store.Store`` the folder is mirrored to (None: local only)."""
 
 
 @dataclass
@@ -82,18 +86,43 @@ class _Checkpointer(Callback):
     """Best weights when the validation metric improves, then the epoch's resumable checkpoint (last, after every
     other callback has seen the epoch, so what they log is never behind the checkpoint a resume starts from)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, store: Any = None) -> None:
         self.folder = folder
+        self.store = store
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         if trainer.best_epoch == result.epoch:
-            save_weights(self.folder / "best.safetensors", trainer.model, metadata={"epoch": str(result.epoch)})
+            save_weights(self.folder / "best.safetensors", trainer.strategy.export_model(trainer.model),
+                         metadata={"epoch": str(result.epoch)})  # a plain timm model, adapters merged
         save_epoch(self.folder, result.epoch, trainer.model, trainer.state_dict())
+        if self.store is not None:
+            self.store.push(self.folder)
 
 
-def run_trial(spec: TrialSpec, splits: Splits, device: torch.device,
-              callbacks: Sequence[Callback] = ()) -> TrialResult:
-    """Run (or resume, or replay) the trial ``spec`` describes, and record its outcome in ``spec.folder``."""
+class TimeUp(Exception):
+    """The sweep's time budget (``--timeout``) is spent: stop after the epoch just checkpointed; the trial resumes
+    from there on the next run."""
+
+
+class _Deadline(Callback):
+    """After each epoch's checkpoint: stop the trial if the sweep's time is up."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        if time.monotonic() >= self.deadline and trainer.epoch < trainer.recipe.epochs:
+            raise TimeUp(f"time budget spent after epoch {result.epoch}")
+
+
+def run_trial(spec: TrialSpec, splits: Splits, device: torch.device, callbacks: Sequence[Callback] = (),
+              deadline: float | None = None) -> TrialResult:
+    """Run (or resume, or replay) the trial ``spec`` describes, and record its outcome in ``spec.folder``.
+
+    ``deadline`` (``time.monotonic()`` seconds) stops the trial with :class:`TimeUp` after the first epoch that
+    ends past it, once that epoch is checkpointed."""
+    if spec.store is not None:
+        spec.store.pull(spec.folder)  # another worker may have started (or finished) this trial
     done = read_outcome(spec.folder)
     if done is not None:
         return done
@@ -102,12 +131,15 @@ def run_trial(spec: TrialSpec, splits: Splits, device: torch.device,
                         spec.weights_origin)
     groups = layer_groups(model, coarse=spec.recipe.coarse_groups)
     strategy = strategy_cls(num_groups=len(groups), epochs=spec.recipe.epochs, **spec.params)
+    model, groups = prepare(strategy, model, coarse=spec.recipe.coarse_groups)  # before optimizer and resume
     write_json(spec.folder / "trial.json", {
         "backbone": spec.backbone, "strategy": strategy.describe(), "params": spec.params,
         "recipe": dataclasses.asdict(spec.recipe), "metric": spec.metric, "seed": spec.seed,
         "groups": [g.name for g in groups], "weights": spec.weights_origin, "bn_policy": BN_POLICY})
     trainer = Trainer(model, groups, strategy, splits, spec.recipe, get_metric(spec.metric), seed=spec.seed,
-                      device=device, callbacks=[*callbacks, _Checkpointer(spec.folder)], **preprocessing(model))
+                      device=device, callbacks=[*callbacks, _Checkpointer(spec.folder, spec.store),
+                                                *([_Deadline(deadline)] if deadline is not None else [])],
+                      **preprocessing(model))
     resumed_from = None
     latest = load_latest(spec.folder)
     if latest is not None:
@@ -141,6 +173,8 @@ def _finish(spec: TrialSpec, result: TrialResult) -> None:
     write_json(spec.folder / OUTCOME, result.to_json())
     if spec.recipe.keep_checkpoints == "best":
         prune_epochs(spec.folder, keep=0)
+    if spec.store is not None:
+        spec.store.push(spec.folder)
 
 
 def read_outcome(folder: Path) -> TrialResult | None:

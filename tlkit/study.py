@@ -27,9 +27,9 @@ from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment, identity
 from tlkit.metrics import get_metric
 
-__all__ = ["Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count",
-           "take_up_dead_local_trials", "worker_id", "run_of", "cell_studies", "check_results_folder",
-           "HEARTBEAT_S"]
+__all__ = ["NONE_LEFT", "Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count", "ensure_runs",
+           "claim_run", "DuplicateRun", "take_up_dead_local_trials", "take_up_lost_trials", "worker_id", "run_of",
+           "cell_studies", "check_results_folder", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 30
 GRACE_S = 90
@@ -74,6 +74,17 @@ class _Retry(_optuna.RetryCallback):
         super().__call__(study, trial)
 
 
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """PostgreSQL: check a pooled connection before use (a server restart must not fail the next trial). SQLite:
+    wait up to a minute for another local worker's write instead of failing at once ("database is locked")."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
     """Optuna's RDB storage with heartbeats on: SQLite for one machine, PostgreSQL for many workers.
 
@@ -87,7 +98,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                 return RDBStorage(url, heartbeat_interval=heartbeat_interval or HEARTBEAT_S,
                                   grace_period=grace_period or GRACE_S,
                                   **_optuna.heartbeat_retry(_Retry(inherit_intermediate_values=True)),
-                                  engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+                                  engine_kwargs=_engine_kwargs(url))
         except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
             if attempt < 2 and "already exists" in str(err):
                 time.sleep(1.0)  # two workers created the tables of a new database at once; the other one won
@@ -114,9 +125,9 @@ def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
     mine = identity(exp)
     for name, summary in cell_studies(storage, study).items():
         theirs = summary.user_attrs.get("identity")
-        if theirs is None or theirs == mine:
+        changed = _changes(theirs, mine) if theirs is not None else []
+        if not changed:  # a field added since (absent there, None here) changes nothing
             continue
-        changed = _changes(theirs, mine)
         shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:6])
         raise TlkitError(f"Study {study!r} was run with a different experiment ({shown}"
                          f"{' ...' if len(changed) > 6 else ''}). Mixing its trials with new ones would make the "
@@ -151,9 +162,19 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
     return out
 
 
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner by name: ``median`` (a trial below the median of earlier trials at the same epoch stops,
+    after 2 trials and from the second epoch), ``hyperband`` (successive halving brackets over 1..epochs epochs),
+    or ``none``. Which pruner stopped a trial, and at which epoch, is in trials.csv (``note``)."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs))
+    return optuna.pruners.NopPruner()
+
+
 def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell) -> optuna.Study:
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if exp.pruner == "median"
-              else optuna.pruners.NopPruner())
+    pruner = make_pruner(exp.pruner, exp.train.epochs)
     s = optuna.create_study(storage=storage, study_name=cell.study_name(study),
                             direction=get_metric(exp.metric).direction, load_if_exists=True, pruner=pruner)
     if "identity" not in s.user_attrs:
@@ -163,15 +184,69 @@ def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell
     return s
 
 
-def reseed_sampler(s: optuna.Study, seed: int, trials: int) -> None:
-    """A sampler seeded by (seed, trials so far): a restarted sweep draws what an uninterrupted one would, never
-    the same startup samples twice."""
-    n = sum(1 for t in s.get_trials(deepcopy=False) if not _optuna.is_retry(t))
-    s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + n, n_startup_trials=max(2, min(10, trials // 2)))
+def reseed_sampler(s: optuna.Study, seed: int, trials: int, run: int) -> None:
+    """A sampler seeded by (seed, run): a restarted sweep draws what an uninterrupted one would, and two workers
+    sampling at the same moment draw different configurations (their runs differ)."""
+    s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + run, n_startup_trials=max(2, min(10, trials // 2)))
+
+
+class DuplicateRun(Exception):
+    """A waiting trial for a run another trial already holds (two workers queued the same budget at once): it ends
+    FAIL at once, untrained and uncounted."""
+
+
+def _by_run(s: optuna.Study) -> dict[int, list[FrozenTrial]]:
+    runs: dict[int, list[FrozenTrial]] = {}
+    for t in s.get_trials(deepcopy=False):
+        if isinstance(t.user_attrs.get("run"), int) and "duplicate_of" not in t.user_attrs:
+            runs.setdefault(t.user_attrs["run"], []).append(t)
+    return runs
+
+
+def ensure_runs(s: optuna.Study, budget: int) -> None:
+    """Queue the cell's whole budget: a waiting trial for every run ``0..budget-1`` that has none.
+
+    Workers then claim runs one waiting trial at a time through Optuna's queue, which hands each trial to exactly one
+    worker; so however many workers share a study, every run is trained once and the cell ends with exactly its
+    budget. A run left with only failed attempts (its retry lost) is queued again as a retry, with its parameters.
+    """
+    runs = _by_run(s)
+    for run in range(budget):
+        attempts = runs.get(run, [])
+        if not attempts:
+            s.enqueue_trial({}, user_attrs={"run": run})
+        elif all(t.state == TrialState.FAIL for t in attempts):
+            _optuna.requeue(s, _optuna.reload(s, max(attempts, key=lambda t: t.number)))
+
+
+NONE_LEFT = -1
+"""``duplicate_of`` of a trial Optuna opened after the queue ran dry: a duplicate of no trial in particular."""
+
+
+def claim_run(trial: optuna.Trial) -> tuple[int, int | None]:
+    """``(run, retried)`` of a trial just taken from the queue: its run, and the dead attempt it continues (None
+    for a first attempt). A duplicate of a run another trial holds raises :class:`DuplicateRun`."""
+    frozen = _optuna.frozen_trial(trial)
+    run = frozen.user_attrs.get("run")
+    if not isinstance(run, int) and not _optuna.is_retry(frozen):
+        # Optuna opens a fresh trial when the queue is empty: another worker took the last waiting trial between
+        # this worker's look at the queue and its optimize() call. Training it would exceed the budget.
+        trial.set_user_attr("duplicate_of", NONE_LEFT)
+        raise DuplicateRun("no queued run was left: another worker took the last one")
+    if not isinstance(run, int):
+        return run_of(trial)  # a retry of a trial run by an older tlkit, which numbered runs on the fly
+    retried = _optuna.previous_attempt(frozen)
+    if retried is None:
+        owner = min(t.number for t in _by_run(trial.study)[run] if not _optuna.is_retry(t))
+        if owner != trial.number:
+            trial.set_user_attr("duplicate_of", owner)
+            raise DuplicateRun(f"run {run} is trial {owner}'s")
+    return run, retried
 
 
 def finished_count(s: optuna.Study) -> int:
-    return len(s.get_trials(deepcopy=False, states=FINISHED))
+    """Finished (complete or pruned) runs of a cell: each run counts once."""
+    return sum(1 for attempts in _by_run(s).values() if any(t.state in FINISHED for t in attempts))
 
 
 def _start_time(pid: int) -> str | None:
@@ -195,6 +270,16 @@ def _is_dead_local(worker: str | None) -> bool:
     if not Path("/proc").is_dir():
         return False
     return _start_time(int(pid)) != start or int(pid) == os.getpid()
+
+
+def take_up_lost_trials(s: optuna.Study) -> int:
+    """Re-queue the trials of dead workers: on this host at once (by process id), elsewhere once their heartbeat
+    is older than the grace period (Optuna's ``fail_stale_trials``, which a worker that only waits would never
+    call). Returns how many were taken up here."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9; the warning only adds noise
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(s)
+    return take_up_dead_local_trials(s)
 
 
 def take_up_dead_local_trials(s: optuna.Study) -> int:

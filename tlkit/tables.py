@@ -21,7 +21,7 @@ from tlkit import _optuna, compare
 from tlkit.checkpoint import atomic_write
 from tlkit.metrics import Predictions
 from tlkit.repeats import current_repeats, repeats_study_name
-from tlkit.study import Cell, cell_studies
+from tlkit.study import NONE_LEFT, Cell, cell_studies
 
 __all__ = ["write_csv", "trials_table", "history_table", "repeats_table", "predictions_table", "summary_table",
            "load_cells", "search_studies"]
@@ -53,10 +53,12 @@ def _ints(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def trials_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
-    """One row per trial of every cell."""
+    """One row per trial of every cell (a budget's queued, not yet started trials are not rows)."""
     rows = []
     for s in search_studies(storage, study):
         for t in s.get_trials(deepcopy=False):
+            if t.state == TrialState.WAITING:
+                continue
             u = t.user_attrs
             rows.append({
                 "backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
@@ -66,7 +68,11 @@ def trials_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
                 "trainable_params": u.get("trainable_params"), "total_params": u.get("total_params"),
                 "wall_time_s": u.get("wall_time"), "resumed_from_trial": u.get("resumed_from_trial"),
                 "resumed_from_epoch": u.get("resumed_from_epoch"),
-                "note": u.get("pruned_reason") or u.get("failure_reason") or "",
+                "note": u.get("pruned_reason") or u.get("failure_reason") or (
+                    ("opened after another worker took the last queued trial; not trained"
+                     if u.get("duplicate_of") == NONE_LEFT else
+                     f"duplicate of trial {u['duplicate_of']} (queued twice by two workers; not trained)")
+                    if "duplicate_of" in u else ""),
                 "weights": u.get("weights"), "run": u.get("run", t.number),
             })
     df = pd.DataFrame(rows)
@@ -201,7 +207,8 @@ def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.Cel
         trials = s.get_trials(deepcopy=False)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
         retried = {n for t in trials for n in _optuna.earlier_attempts(t)}
-        failed = sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
+        failed = sum(t.state == TrialState.FAIL and t.number not in retried and "duplicate_of" not in t.user_attrs
+                     for t in trials)
         best = _best(s)
         test = s.user_attrs.get("best_test") or {}
         ok = best is not None and test.get("trial") == best.number

@@ -9,6 +9,7 @@ the same parameters when the process is interrupted or crashes, so the next run 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,15 +22,16 @@ from tlkit import _optuna
 from tlkit.data import Splits
 from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment
-from tlkit.runner import TrialResult, TrialSpec, run_trial
+from tlkit.runner import TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
-from tlkit.study import Cell, run_of, worker_id
+from tlkit.study import Cell, DuplicateRun, claim_run, reseed_sampler, worker_id
 from tlkit.train import Callback, EpochResult, PruneTrial, Trainer
 from tlkit.weights import Pretrained
 
 INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
+TIMED_OUT = "stopped by --timeout after a checkpointed epoch; resumes with the same parameters on the next run"
 
-__all__ = ["SweepRun", "make_objective", "trial_folder", "suggest", "search_space", "spec_for",
+__all__ = ["SweepRun", "make_objective", "trial_folder", "short_name", "suggest", "search_space", "spec_for",
            "requeue_on_failure", "Reporter", "record"]
 
 
@@ -46,7 +48,16 @@ class SweepRun:
     """Layer groups of each backbone (strategies' search spaces depend on it)."""
     callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] = field(default=lambda cell, name, params: [])
     """Extra callbacks per trial (TensorBoard, progress): ``callbacks(cell, name, params)``, ``name`` the trial's
-    folder name (``trial_0003``, ``run_0003_seed_1`` for a repeat)."""
+    short name (``t3`` for the trial in ``trial_0003``, ``t3-seed1`` for seed 1 of its configuration's repeats)."""
+    deadline: float | None = None
+    """``time.monotonic()`` when ``--timeout`` runs out (None: no time budget)."""
+    store: Any = None
+    """A ``tlkit.store.Store`` every worker reaches (``--store``), or None."""
+
+    def check_time(self) -> None:
+        """Before a trial starts: stop the sweep if its time budget is spent."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeUp("time budget spent")
 
 
 def trial_folder(out: Path, cell: Cell, run: int) -> Path:
@@ -55,6 +66,11 @@ def trial_folder(out: Path, cell: Cell, run: int) -> Path:
 
 def trial_name(run: int) -> str:
     return f"trial_{run:04d}"
+
+
+def short_name(run: int, seed: int | None = None) -> str:
+    """``t3`` for the trial in ``trial_0003``; ``t3-seed1`` for repeat seed 1 of its configuration."""
+    return f"t{run}" if seed is None else f"t{run}-seed{seed}"
 
 
 def search_space(exp: Experiment, strategy: type[Strategy], num_groups: int) -> dict[str, BaseDistribution]:
@@ -126,7 +142,8 @@ def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folde
                      recipe=dataclasses.replace(exp.train, **{k: v for k, v in params.items() if k in exp.search}),
                      metric=exp.metric, seed=seed, folder=folder,
                      weights=pretrained.state_dict if pretrained else None,
-                     weights_origin=pretrained.origin if pretrained else "random init (from scratch)")
+                     weights_origin=pretrained.origin if pretrained else "random init (from scratch)",
+                     store=run.store)
 
 
 def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]:
@@ -136,8 +153,9 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
     space = search_space(exp, strategy, run.num_groups[cell.backbone])
 
     def attempt(trial: optuna.Trial) -> float:
-        run_number, retried = run_of(trial)
+        run_number, retried = claim_run(trial)
         trial.set_user_attr("worker", worker_id())
+        reseed_sampler(trial.study, exp.seed, exp.trials, run_number)
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}
         spec = spec_for(run, cell, params, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number))
         for key, value in {"backbone": cell.backbone, "strategy": cell.strategy, "run": run_number,
@@ -145,8 +163,9 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
             trial.set_user_attr(key, value)
         if retried is not None:
             trial.set_user_attr("resumed_from_trial", retried)
-        extra = run.callbacks(cell, trial_name(run_number), params)
-        result = run_trial(spec, run.splits, run.device, callbacks=[Reporter(trial, retried is not None), *extra])
+        extra = run.callbacks(cell, short_name(run_number), params)
+        result = run_trial(spec, run.splits, run.device, callbacks=[Reporter(trial, retried is not None), *extra],
+                           deadline=run.deadline)
         record(trial, result)
         if result.state == "PRUNED":
             raise optuna.TrialPruned(result.reason)
@@ -162,10 +181,14 @@ def requeue_on_failure(attempt: Callable[[optuna.Trial], float]) -> Callable[[op
     def objective(trial: optuna.Trial) -> float:
         try:
             return attempt(trial)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, DuplicateRun):
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("failure_reason", INTERRUPTED)
+            _optuna.requeue(trial.study, _optuna.frozen_trial(trial))
+            raise
+        except TimeUp:
+            trial.set_user_attr("failure_reason", TIMED_OUT)
             _optuna.requeue(trial.study, _optuna.frozen_trial(trial))
             raise
         except Exception as err:
