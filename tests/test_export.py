@@ -4,16 +4,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 
 import tlkit
-from tlkit.experiment import load_experiment
-from tlkit.sweep import main, prepare
+from tlkit.datasets import load_dataset
+from tlkit.predict import main as predict_main
+from tlkit.sweep import main
 from tlkit.testing import write_experiment
 
 STRATEGIES = ["linear_probe", "last_n"]
@@ -50,21 +52,50 @@ def test_load_best_returns_the_best_trials_model_in_eval_mode(study, strategy):
     assert json.loads((out / f"best/test_resnet/{strategy}/model.json").read_text()) == info
 
 
+def _test_images(folder: Path) -> list[tuple[Path, int]]:
+    """The study's test split as the files a user would have: digits 5-9 as 8x8 PNGs, with their labels."""
+    _, test = load_dataset("digits")
+    keep = [(i, int(y) - 5) for i, y in enumerate(test.labels) if y >= 5]
+    folder.mkdir()
+    files = []
+    for n, (i, label) in enumerate(keep):
+        path = folder / f"{n:04d}.png"
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(path)
+        files.append((path, label))
+    return files
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_the_exported_preprocessing_reproduces_the_reported_test_score(study, strategy):
-    """Only what model.json says (image size, mean, std) is needed to get the summary's test accuracy."""
+def test_the_exported_preprocessing_reproduces_the_reported_test_score(study, strategy, tmp_path):
+    """tlkit.predict on the test images as files, through model.tlkit_transform, gets exactly the summary's test
+    accuracy: the preprocessing a user gets is the one the model was trained and scored with."""
     exp, out = study
-    model = tlkit.load_best(out, backbone="test_resnet", strategy=strategy)
-    info = model.tlkit_info
-    test = prepare(load_experiment(exp))[0].test
-    x = test.images.float() / 255.0
-    if x.shape[-1] != info["image_size"]:
-        x = F.interpolate(x, size=(info["image_size"],) * 2, mode="bilinear", antialias=True)
-    x = (x - torch.tensor(info["mean"]).view(1, 3, 1, 1)) / torch.tensor(info["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        accuracy = (model(x).argmax(1) == test.labels).sum().item() / len(test.labels)
+    files = _test_images(tmp_path / "images")
+    csv = tmp_path / "predictions.csv"
+    assert predict_main([str(out), str(tmp_path / "images"), "--backbone", "test_resnet", "--strategy", strategy,
+                         "--out", str(csv)]) == 0
+    table = pd.read_csv(csv, dtype={"predicted": str})
+    classes = tlkit.load_best(out, backbone="test_resnet", strategy=strategy).tlkit_info["classes"]
+    assert table.path.tolist() == [str(p) for p, _ in files]
+    accuracy = sum(classes.index(p) == y for p, (_, y) in zip(table.predicted, files)) / len(files)
     reported = pd.read_csv(out / "summary.csv").set_index("strategy").test_accuracy[strategy]
     assert accuracy == pytest.approx(reported, abs=1e-9)
+    probabilities = table[[f"p_{c}" for c in classes]].to_numpy()
+    assert probabilities.sum(1) == pytest.approx([1.0] * len(files), abs=1e-5)
+    assert table.probability.to_numpy() == pytest.approx(probabilities.max(1))
+
+
+def test_predict_reads_files_folders_and_globs_and_names_what_is_missing(study, tmp_path, capsys):
+    _, out = study
+    files = _test_images(tmp_path / "images")
+    args = [str(out), str(files[0][0]), str(tmp_path / "images" / "000[1-2].png"), "--backbone", "test_resnet",
+            "--strategy", "last_n"]
+    assert predict_main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("path,predicted,probability,p_5") and len(printed) == 1 + 3
+    assert predict_main([str(out), str(tmp_path / "nothing*.png"), "--backbone", "test_resnet", "--strategy",
+                         "last_n"]) == 2
+    assert "No image at" in capsys.readouterr().err
 
 
 def test_keep_checkpoints_last_keeps_the_epoch_state_of_finished_trials(study):

@@ -168,3 +168,42 @@ def test_errors_name_the_fix(results: Path, tmp_path: Path, capsys: pytest.Captu
     assert main([str(tmp_path)]) == 2
     assert "--storage" in capsys.readouterr().err
     assert not (tmp_path / "study.db").exists()  # a reader never creates an empty study
+
+
+def test_optuna_dashboard_shows_every_cell(results: Path) -> None:
+    """Optuna's own dashboard on the study storage: the real server, read through its API as its web page is."""
+    import json as json_module
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    assert dashboard, "optuna-dashboard is a dev dependency (pip install -e '.[dev]')"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([dashboard, f"sqlite:///{results / 'study.db'}", "--host", "127.0.0.1", "--port",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    payload = json_module.loads(response.read())
+                studies = payload.get("study_summaries", payload.get("studies"))  # 0.21 / older dashboards
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "the dashboard did not answer within 60 s"
+        by_name = {s["study_name"]: s for s in studies}
+        for b in BACKBONES:
+            for s in STRATEGIES:
+                assert by_name[f"tiny/{b}/{s}"]["directions"] == ["maximize"]
+                assert f"tiny:repeats/{b}/{s}" in by_name  # the repeat runs too
+        study_id = by_name[f"tiny/{BACKBONES[0]}/{STRATEGIES[0]}"]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as response:
+            detail = json_module.loads(response.read())
+        assert len(detail["trials"]) == 2 and {t["state"] for t in detail["trials"]} == {"Complete"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,5 +1,6 @@
-"""TensorBoard as a user opens it: one run per trial, its scalars, and the HParams dashboard, read back with
-TensorBoard's own readers; and no duplicate or missing epoch when a trial resumes or is pruned."""
+"""TensorBoard as a user opens it, read back with TensorBoard's own readers: ``tb_trials/`` with one run per trial
+and its scalars, ``tb/`` with one run per cell, both HParams dashboards with Backbone and Strategy first; and no
+duplicate or missing epoch when a trial resumes or is pruned."""
 from __future__ import annotations
 
 from collections import Counter
@@ -12,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from tlkit.study import Cell
-from tlkit.tensorboard import TensorBoardLogger, run_dir
+from tlkit.tensorboard import CELLS_DIR, TRIALS_DIR, TensorBoardLogger, lr_tag, run_dir
 from tlkit.testing import run_tiny_sweep
 from tlkit.train import EpochResult
 
@@ -43,11 +44,14 @@ def _raw_counts(folder: Path) -> Counter:
 
 
 def test_one_run_per_trial_with_its_scalars(results: Path) -> None:
-    runs = sorted(str(p.parent.relative_to(results / "tb")) for p in (results / "tb").rglob("events.out.tfevents.*"))
-    assert runs == [f"test_resnet/{s}/trial_{n:04d}" for s in sorted(STRATEGIES) for n in (0, 1)]
+    root = results / TRIALS_DIR
+    runs = sorted({str(p.parent.relative_to(root)) for p in root.rglob("events.out.tfevents.*")})
+    # "." is the root's own run: the HParams columns every trial shares (write_hparams_config).
+    assert runs == [".", *(f"{s}/test_resnet/t{n}" for s in sorted(STRATEGIES) for n in (0, 1))]
     for strategy in STRATEGIES:
         for trial in _stored(results, strategy):
-            folder = results / "tb" / "test_resnet" / strategy / f"trial_{trial.number:04d}"
+            run = trial.user_attrs["run"]
+            folder = root / strategy / "test_resnet" / f"t{run}"
             acc = EventAccumulator(str(folder))
             acc.Reload()
             history = trial.user_attrs["history"]
@@ -63,50 +67,73 @@ def test_one_run_per_trial_with_its_scalars(results: Path) -> None:
             assert values("params/trainable") == [h["trainable_params"] for h in history]
             assert values("throughput/images_per_s") == pytest.approx([h["images_per_s"] for h in history], rel=1e-6)
             assert values("hparams/best_val_accuracy")[-1] == pytest.approx(trial.value, rel=1e-6)
-            lr_tags = sorted(t for t in acc.Tags()["scalars"] if t.startswith("lr/"))
-            assert len(lr_tags) == trial.user_attrs["num_groups"] and lr_tags[-1].endswith("_head")
-            for i, tag in enumerate(lr_tags):
-                assert values(tag) == pytest.approx([h[f"lr_group{i}"] for h in history], rel=1e-6)
+            n = trial.user_attrs["num_groups"]
+            lr_tags = {t for t in acc.Tags()["scalars"] if t.startswith("lr/")}
+            assert lr_tags == {lr_tag(i, n) for i in range(n)} and "lr/head" in lr_tags
+            for i in range(n):
+                assert values(lr_tag(i, n)) == pytest.approx([h[f"lr_group{i}"] for h in history], rel=1e-6)
             if strategy == "linear_probe":
-                assert values(lr_tags[0]) == [0.0] * EPOCHS  # frozen stem
-            assert all(n == 1 for n in _raw_counts(folder).values())
+                assert values(lr_tag(0, n)) == [0.0] * EPOCHS  # frozen stem
+            assert all(count == 1 for count in _raw_counts(folder).values())
 
 
-def test_hparams_dashboard_lists_every_trial(results: Path) -> None:
-    """Through TensorBoard's own HParams backend: what the dashboard's table would show."""
+def _hparams_tab(logdir: Path):
+    """What TensorBoard's HParams dashboard would show: its columns and its rows (session groups by name)."""
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
     from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
-    logdir = str(results / "tb")
     mux = plugin_event_multiplexer.EventMultiplexer()
-    mux.AddRunsFromDirectory(logdir)
+    mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
-    tb = base_plugin.TBContext(logdir=logdir, data_provider=data_provider.MultiplexerDataProvider(mux, logdir),
-                               multiplexer=mux)
+    tb = base_plugin.TBContext(logdir=str(logdir),
+                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)), multiplexer=mux)
     backend = backend_context.Context(tb)
     request_context = context.RequestContext()
     experiment = get_experiment.Handler(request_context, backend, "", api_pb2.GetExperimentRequest()).run()
-    assert {h.name for h in experiment.hparam_infos} >= {"backbone", "strategy", "lr", "weight_decay", "n_groups"}
-    assert "hparams/best_val_accuracy" in {m.name.tag for m in experiment.metric_infos}
-
     request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=[
         api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
     response = list_session_groups.Handler(request_context, backend, "", request).run()
-    groups = {g.name: g for g in response.session_groups}
+    return experiment, {g.name: g for g in response.session_groups}, api_pb2
+
+
+def test_hparams_dashboard_lists_every_trial(results: Path) -> None:
+    experiment, groups, api_pb2 = _hparams_tab(results / TRIALS_DIR)
+    names = [h.name for h in experiment.hparam_infos]
+    assert names[:2] == ["Backbone", "Strategy"]  # the columns TensorBoard shows first
+    assert set(names) >= {"lr", "weight_decay", "n_groups"}  # what every strategy searches, not the first trial's
+    assert "hparams/best_val_accuracy" in {m.name.tag for m in experiment.metric_infos}
     assert len(groups) == 4
     for strategy in STRATEGIES:
         for trial in _stored(results, strategy):
-            group = groups[f"test_resnet/{strategy}/trial_{trial.number:04d}"]
-            assert group.hparams["backbone"].string_value == "test_resnet"
-            assert group.hparams["strategy"].string_value == strategy
+            group = groups[f"{strategy}/test_resnet/t{trial.user_attrs['run']}"]
+            assert group.hparams["Backbone"].string_value == "test_resnet"
+            assert group.hparams["Strategy"].string_value == strategy
             for name, value in trial.params.items():
                 assert group.hparams[name].number_value == pytest.approx(value), name
             metrics = {m.name.tag: m.value for m in group.metric_values}
             assert metrics["hparams/best_val_accuracy"] == pytest.approx(trial.value, rel=1e-6)
             assert metrics["hparams/epochs_run"] == EPOCHS
             assert [s.status for s in group.sessions] == [api_pb2.STATUS_SUCCESS]
+
+
+def test_the_comparison_board_has_one_run_per_cell_with_its_test_interval(results: Path) -> None:
+    """``tb/``: what a newcomer opens first; each cell's row carries the summary table's numbers."""
+    import pandas as pd
+
+    summary = pd.read_csv(results / "summary.csv").set_index("strategy")
+    experiment, groups, _ = _hparams_tab(results / CELLS_DIR)
+    assert [h.name for h in experiment.hparam_infos][:2] == ["Backbone", "Strategy"]
+    assert sorted(groups) == [f"{s}/test_resnet" for s in sorted(STRATEGIES)]
+    for strategy in STRATEGIES:
+        metrics = {m.name.tag: m.value for m in groups[f"{strategy}/test_resnet"].metric_values}
+        row = summary.loc[strategy]
+        assert metrics["hparams/test_accuracy_mean"] == pytest.approx(row["test_accuracy_mean"], rel=1e-6)
+        assert metrics["hparams/test_accuracy_ci_low"] == pytest.approx(row["test_accuracy_ci_low"], rel=1e-6)
+        acc = EventAccumulator(str(results / CELLS_DIR / strategy / "test_resnet"))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("val/accuracy")] == list(range(EPOCHS))  # the best trial's epochs
 
 
 def _epoch(e: int) -> EpochResult:
@@ -142,7 +169,7 @@ def test_a_resumed_trial_shows_each_epoch_once_with_the_resumed_values(tmp_path:
     resumed.on_fit_end(trainer, "completed")
 
     folder = run_dir(tmp_path, cell, "trial_0007")
-    assert folder == tmp_path / "test_resnet" / "last_n" / "trial_0007"
+    assert folder == tmp_path / "last_n" / "test_resnet" / "trial_0007"
     acc = EventAccumulator(str(folder))
     acc.Reload()
     shown = [(e.step, e.value) for e in acc.Scalars("val/accuracy")]
@@ -167,7 +194,7 @@ def test_a_trial_restarted_from_scratch_is_shown_once(tmp_path: Path) -> None:
     acc = EventAccumulator(str(run_dir(tmp_path, cell, "trial_0000")))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("val/accuracy")] == [(0, 60.0), (1, 61.0)]
-    assert [e.value for e in acc.Scalars("lr/01_head")] == pytest.approx([0.01, 0.01])
+    assert [e.value for e in acc.Scalars("lr/head")] == pytest.approx([0.01, 0.01])
 
 
 @pytest.mark.parametrize("outcome, ends", [("completed", 1), ("pruned", 1), ("interrupted", 0), ("failed", 0)])

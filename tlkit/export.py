@@ -17,9 +17,11 @@ from tlkit.backbones import create_backbone, preprocessing
 from tlkit.checkpoint import atomic_write, read_json, write_json
 from tlkit.errors import TlkitError, describe_error
 from tlkit.metrics import Predictions, get_metric
+from tlkit.preprocess import Preprocess
 from tlkit.study import Cell
 from tlkit.train import Scores, evaluate
-from tlkit.trial import SweepRun, trial_folder
+from tlkit.tensorboard import TRIALS_DIR, log_test_score
+from tlkit.trial import SweepRun, short_name, trial_folder
 
 __all__ = ["evaluate_best", "score_test", "load_best"]
 
@@ -37,6 +39,8 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
     if done and done["trial"] == best.number and (export_dir / "model.safetensors").is_file():
         return done
     weights = trial_folder(run.out, cell, best.user_attrs.get("run", best.number)) / "best.safetensors"
+    if not weights.is_file() and run.store is not None:
+        run.store.pull(weights.parent)  # the best trial ran on another worker
     if not weights.is_file():
         log.warning("best trial %d of %s/%s has no weights here (%s); run the report on the machine that ran it",
                     best.number, cell.backbone, cell.strategy, weights)
@@ -51,9 +55,15 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
     atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
     write_json(export_dir / "model.json", {
         "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
-        "classes": run.splits.train.classes, "image_size": run.exp.train.image_size, **prep,
+        "classes": run.splits.train.classes, "image_size": run.exp.train.image_size,
+        "decode_size": run.exp.data.decode_size, **prep,
         "params": best.params, "metric": run.exp.metric, **result})
+    if run.store is not None:
+        run.store.push(export_dir)
     study.set_user_attr("best_test", {**result, "predictions": predictions.to_json()})
+    run_number = best.user_attrs.get("run", best.number)
+    log_test_score(run.out / TRIALS_DIR, cell, short_name(run_number), run.exp.metric, test.metric,
+                   best.user_attrs.get("epochs_run", 1) - 1)
     return result
 
 
@@ -73,11 +83,14 @@ def score_test(run: SweepRun, backbone: str, weights: Path) -> tuple[Scores, Pre
 def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Module:
     """The best model of a cell, ready for inference (eval mode).
 
-    The returned module has ``tlkit_info`` with what it needs: classes, image size, mean and std (inputs are
-    RGB in [0, 1], resized to ``image_size``, normalised with ``mean``/``std``).
+    The returned module has ``tlkit_info`` (classes, image size, mean and std, the best trial's parameters and
+    scores) and ``tlkit_transform``, the exact preprocessing it was trained with (:class:`tlkit.preprocess.Preprocess`:
+    an image path, PIL image or RGB array in, a normalised tensor out).
 
     Example:
         model = tlkit.load_best("results/digits", backbone="test_resnet", strategy="last_n")
+        probabilities = model(model.tlkit_transform.batch(["seven.png"])).softmax(1)
+        print(model.tlkit_info["classes"][int(probabilities.argmax())])
     """
     folder = Path(results) / "best" / Cell(backbone, strategy).folder
     meta_path = folder / "model.json"
@@ -99,4 +112,5 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
                          f"{folder} and run the sweep command again "
                          f"to export it anew from the trial's best.safetensors.") from None
     model.tlkit_info = info
+    model.tlkit_transform = Preprocess.from_info(info)
     return model.eval()

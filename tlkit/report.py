@@ -30,6 +30,7 @@ from tlkit.errors import TlkitError
 from tlkit.metrics import Metric, get_metric
 from tlkit.plots import PLOTS, order, write_plots
 from tlkit.study import cell_studies
+from tlkit.tensorboard import CELLS_DIR, write_cell_boards
 from tlkit.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table, trials_table,
                           write_csv)
 
@@ -176,6 +177,10 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
         return "\n".join(lines + ["No cell has started yet.", ""])
     backbones, strategies = order(summary, experiment)
     won = winners(summary, comparisons, m)
+    if experiment.get("stopped_by_timeout_s"):
+        lines += [f"**Cut short**: the sweep was stopped by `--timeout` after "
+                  f"{experiment['stopped_by_timeout_s'] / 60:.0f} min, before every cell had its budget; run the "
+                  f"same command again to finish the study.", ""]
     expected = len(experiment.get("backbones", [])) * len(experiment.get("strategies", []))
     if expected > len(summary):
         lines += [f"**Partial results**: {len(summary)} of {expected} cells have started; run the sweep command "
@@ -267,7 +272,10 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     write_csv(comparisons, out / "comparisons.csv")
     write_csv(predictions_table(cells), out / "predictions.csv")
     plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
+    write_cell_boards(out / CELLS_DIR, summary, history, metric)
     text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots)
+    from tlkit.rank import report_ranking  # the ranking before training, if the sweep made one (ranking.csv)
+    text += report_ranking(out, summary, m)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
@@ -285,16 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stored_metric(url: str, study: str) -> str:
+    """The metric a study's cells were run with, from their stored identity (for a folder without
+    experiment.json: the report of a study that ran on other machines)."""
+    from tlkit.study import open_storage
+
+    for summary in cell_studies(open_storage(url), study).values():
+        identity = summary.user_attrs.get("identity") or {}
+        if identity.get("metric"):
+            return identity["metric"]
+    raise TlkitError(f"No study {study!r} in {url}. HINT: check --study and --storage.")
+
+
 def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
     """Study name, metric and storage URL of a results folder, or a TlkitError saying what is missing."""
     from tlkit.study import default_storage
 
     folder: Path = args.results
     experiment_file = folder / "experiment.json"
+    if not experiment_file.is_file() and args.storage and args.study:
+        return args.study, _stored_metric(args.storage, args.study), args.storage  # a new machine: the storage says
     if not experiment_file.is_file():
         raise TlkitError(f"No experiment.json in {folder}: it does not look like a results folder of "
                          f"`python -m tlkit.sweep`. HINT: pass the folder the sweep wrote (its --out, by default "
-                         f"results/<study>).")
+                         f"results/<study>), or --storage URL --study NAME to build one from a shared storage.")
     experiment = read_json(experiment_file, "run the sweep command that made this folder again: it writes "
                                             "experiment.json anew and keeps every finished trial.")
     study = args.study or experiment.get("name")
