@@ -72,11 +72,11 @@ BAD_INPUT = {
 # Values no trial can train with: refused up front, never found by a crashed trial (which would re-queue itself and
 # leave a study that the corrected command then refuses as "a different experiment").
 BAD_VALUES = {
-    "negative learning rate": (None, ["--set", "train.lr=-0.001"],
+    "negative learning rate": (None, ["--set", "search.lr=None", "--set", "train.lr=-0.001"],
                                ["train.lr must be a finite number > 0 but got -0.001", "--set train.lr="]),
     "label smoothing of 1": (None, ["--set", "train.label_smoothing=1.0"], ["train.label_smoothing must be in [0, 1)"]),
     "negative momentum": (None, ["--set", "train.momentum=-0.9"], ["train.momentum must be in [0, 1)"]),
-    "negative weight decay": (None, ["--set", "train.weight_decay=-0.01"],
+    "negative weight decay": (None, ["--set", "search.weight_decay=None", "--set", "train.weight_decay=-0.01"],
                               ["train.weight_decay must be a finite number >= 0"]),
     "warm-up as long as training": (None, ["--set", "train.warmup_epochs=1"],
                                     ["train.warmup_epochs must be less than train.epochs"]),

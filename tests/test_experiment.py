@@ -64,13 +64,22 @@ def test_missing_file_and_missing_object(tmp_path):
 
 
 def test_overrides_are_literals_and_typed(exp):
-    new = apply_overrides(exp, ["train.lr=3e-4", 'backbones=["test_vit", "test_resnet"]', "train.optimizer=sgd",
-                                "train.epochs=7", "train.label_smoothing=0", "data.classes=None"])
-    assert new.train.lr == 3e-4 and new.backbones == ["test_vit", "test_resnet"]
+    new = apply_overrides(exp, ["search.lr=None", "train.lr=3e-4", 'backbones=["test_vit", "test_resnet"]',
+                                "train.optimizer=sgd", "train.epochs=7", "train.label_smoothing=0",
+                                "data.classes=None"])
+    assert new.train.lr == 3e-4 and new.backbones == ["test_vit", "test_resnet"] and "lr" not in new.search
     assert new.train.optimizer == "sgd" and new.train.epochs == 7
     assert new.train.label_smoothing == 0.0 and isinstance(new.train.label_smoothing, float)
     assert new.data.classes is None
     assert exp.train.lr == Train().lr  # the original is untouched
+
+
+def test_setting_a_searched_field_is_refused_with_the_way_to_do_it(exp):
+    """``--set train.lr=3e-4`` while ``lr`` is searched would change nothing: every trial samples its own lr."""
+    assert "lr" in exp.search
+    with pytest.raises(TlkitError, match=r"searches 'lr' \(search\.lr\), so every trial overrides train\.lr.*"
+                                         r"--set search\.lr=\[low,high\].*--set search\.lr=None --set train\.lr=3e-4"):
+        apply_overrides(exp, ["train.lr=3e-4"])
 
 
 def test_override_never_evaluates_code(exp, tmp_path):

@@ -1,6 +1,8 @@
 """Every registered strategy x four timm families: exactly the parameters a strategy says train are the ones that
-change, frozen BatchNorm statistics stay put, per-group learning rates follow the plan, and no autograd graph is
-built through a frozen prefix."""
+change (of the model the strategy prepared: LoRA's adapters and the head, never the weights they adapt), frozen
+BatchNorm statistics stay put, per-group learning rates follow the plan, and no autograd graph is built through a
+frozen prefix. Then what the hooks beyond the plan promise: L2-SP's penalty, LoRA's merged export, surgical's choice,
+and an exact resume of each."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +19,7 @@ from tlkit.errors import TlkitError
 from tlkit.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import STRATEGIES, Strategy, create_strategy, get_strategy, list_strategies, register_strategy
+from tlkit.strategies.base import prepare
 from tlkit.train import Callback, Trainer, apply_plan
 
 ARCHS = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"]
@@ -68,8 +71,8 @@ def _pretend_pretrained(model: torch.nn.Module) -> torch.nn.Module:
 def _trainer(arch, strategy_name, splits, **params):
     torch.manual_seed(0)
     model = _pretend_pretrained(create_backbone(arch, splits.num_classes))
-    groups = layer_groups(model)
-    strategy = create_strategy(strategy_name, num_groups=len(groups), epochs=EPOCHS, **params)
+    strategy = create_strategy(strategy_name, num_groups=len(layer_groups(model)), epochs=EPOCHS, **params)
+    model, groups = prepare(strategy, model)  # as the runner does: adapters in, starting weights remembered
     recipe = Train(epochs=EPOCHS, batch_size=16, lr=BASE_LR, weight_decay=0.0, scheduler="constant",
                    max_batches=2, image_size=32, cache_features=False)
     snaps = Snapshots(model)
@@ -81,14 +84,15 @@ def _trainer(arch, strategy_name, splits, **params):
 def _params_for(strategy_name: str, num_groups: int) -> dict:
     # Non-default values so every strategy shows its shape within 3 epochs.
     return {"last_n": {"n_groups": 2}, "gradual": {"unfreeze_every": 1, "lr_factor": 0.5},
-            "lp_ft": {"probe_fraction": 0.34, "ft_lr_scale": 0.1}}.get(strategy_name, {})
+            "lp_ft": {"probe_fraction": 0.34, "ft_lr_scale": 0.1}, "surgical": {"block": "middle"},
+            "lora": {"rank": 4}, "l2_sp": {"alpha": 0.1}}.get(strategy_name, {})
 
 
 def test_registry_lists_builtins():
-    builtins = {"bitfit", "from_scratch", "full_finetune", "gradual", "last_n", "layer_decay", "linear_probe",
-                "lp_ft"}
+    builtins = {"bitfit", "from_scratch", "full_finetune", "gradual", "l2_sp", "last_n", "layer_decay",
+                "linear_probe", "lora", "lp_ft", "surgical"}
     assert builtins <= set(REGISTERED)
-    assert list_strategies("l*") == ["last_n", "layer_decay", "linear_probe", "lp_ft"]
+    assert list_strategies("l*") == ["l2_sp", "last_n", "layer_decay", "linear_probe", "lora", "lp_ft"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -232,3 +236,124 @@ def test_experiment_file_can_register_its_own_strategy(tmp_path):
         assert get_strategy("top_two_test")(num_groups=5, epochs=1).lr_scales(0) == [0, 0, 1, 1, 1]
     finally:
         STRATEGIES._entries.pop("top_two_test", None)
+
+
+# --- the hooks beyond the plan: L2-SP's penalty, LoRA's adapters and merged export, surgical's choice -------------
+
+def test_l2_sp_adds_half_alpha_times_the_squared_distance_to_the_starting_body():
+    model = create_backbone("test_resnet", 3)
+    strategy = create_strategy("l2_sp", num_groups=len(layer_groups(model)), epochs=1, alpha=0.5)
+    model, _ = prepare(strategy, model)
+    assert strategy.loss_term(model).item() == 0.0
+    conv = model.layer1[0].conv1.weight
+    with torch.no_grad():
+        conv[0, 0, 0, :2] += torch.tensor([0.3, -0.4])  # squared distance 0.09 + 0.16 = 0.25
+        model.get_classifier().weight += 7.0  # the new head has no starting point: not penalised
+    penalty = strategy.loss_term(model)
+    assert penalty.item() == pytest.approx(0.5 / 2 * 0.25)
+    penalty.backward()  # its gradient: alpha * (w - w0)
+    assert conv.grad[0, 0, 0, :2].tolist() == pytest.approx([0.15, -0.2])
+    assert model.get_classifier().weight.grad is None
+
+
+def test_l2_sp_holds_the_body_nearer_its_starting_weights(splits):
+    def drift(alpha):
+        trainer, snaps = _trainer("test_resnet", "l2_sp", splits, alpha=alpha)
+        trainer.fit()
+        head = set(trainer.groups[-1].params)
+        return sum(float((snaps.params[-1][n] - w0).pow(2).sum()) for n, w0 in snaps.params[0].items()
+                   if n not in head)
+
+    assert drift(100.0) < 0.5 * drift(0.0)
+
+
+def test_lora_adapts_the_body_layers_peft_supports():
+    from tlkit.strategies.lora import adapter_targets
+
+    vit = adapter_targets(create_backbone("test_vit", 3))
+    assert set(vit) == {f"blocks.{i}.{layer}" for i in range(6)
+                        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}  # not the patch embedding
+    cnn = adapter_targets(create_backbone("test_efficientnet", 3))
+    assert "blocks.3.0.conv_pw" in cnn and "conv_head" in cnn
+    assert not {"conv_stem", "blocks.3.0.conv_dw", "classifier"} & set(cnn)  # stem, depthwise, head
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_trains_adapters_and_head_and_exports_the_merged_plain_timm_model(arch, splits):
+    trainer, _ = _trainer(arch, "lora", splits, rank=4)
+    history = trainer.fit()
+    model = trainer.model
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    adapters = [n for n in sizes if ".lora_" in n]
+    assert adapters and {r.trainable_params for r in history} == {
+        sum(sizes[n] for n in adapters) + sum(sizes[n] for n in trainer.groups[-1].params)}
+    exported = trainer.strategy.export_model(model)
+    plain = create_backbone(arch, splits.num_classes)
+    plain.load_state_dict(exported.state_dict())  # strictly: exactly a timm model's keys and shapes
+    assert type(exported) is type(plain) and any(".lora_" in n for n, _ in model.named_parameters())  # a copy
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), model.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block, trained", [("first", 0), ("middle", 2), ("last", 4)])
+def test_surgical_trains_the_chosen_group_and_the_head(block, trained):
+    strategy = create_strategy("surgical", num_groups=6, epochs=2, block=block)
+    assert strategy.lr_scales(1) == [1.0 if i in (trained, 5) else 0.0 for i in range(6)]
+    with pytest.raises(TlkitError, match="Did you mean 'first'"):
+        create_strategy("surgical", num_groups=6, epochs=2, block="frist")
+
+
+def test_prepare_refuses_a_model_change_the_plan_cannot_follow():
+    class Swap(Strategy):
+        name = "swap_prepare_test"
+        defaults = {"to": None}
+
+        def lr_scales(self, epoch):
+            return [1.0] * self.num_groups
+
+        def prepare_model(self, model):
+            return self.params["to"]
+
+    model = create_backbone("test_resnet", 3)
+    with pytest.raises(TlkitError, match="prepare_model must return the model to train"):
+        prepare(Swap(num_groups=6, epochs=1, to=None), model)
+    with pytest.raises(TlkitError, match="changed the model's layer groups from 6 to 8"):
+        prepare(Swap(num_groups=6, epochs=1, to=create_backbone("test_vit", 3)), model)
+
+
+class _KillAt(Callback):
+    """Stands in for a kill: KeyboardInterrupt in ``epoch``, after its first step (epoch ``epoch - 1`` is saved)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_batch_end(self, trainer, batch, num_batches):
+        if trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("strategy, arch, params", [("l2_sp", "test_resnet", {"alpha": 0.1}),
+                                                    ("lora", "test_vit", {"rank": 4}),
+                                                    ("surgical", "test_efficientnet", {"block": "first"})])
+def test_a_killed_trial_resumes_to_the_same_result_and_saves_a_plain_model(tmp_path, splits, strategy, arch, params):
+    from safetensors.torch import load_file
+
+    from tlkit.runner import TrialSpec, run_trial
+
+    def spec(folder):
+        return TrialSpec(backbone=arch, strategy=strategy, params=params, metric="accuracy", seed=1, folder=folder,
+                         recipe=Train(epochs=3, batch_size=16, image_size=32, max_batches=3))
+
+    cpu = torch.device("cpu")
+    whole = run_trial(spec(tmp_path / "whole"), splits, cpu)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(spec(tmp_path / "killed"), splits, cpu, callbacks=[_KillAt(epoch=1)])
+    resumed = run_trial(spec(tmp_path / "killed"), splits, cpu)
+    assert resumed.resumed_from_epoch == 1 and resumed.trainable_params == whole.trainable_params
+    for key in ("train_loss", "val_loss", "val_metric", "trainable_params"):
+        assert [h[key] for h in resumed.history] == [h[key] for h in whole.history], key
+    best_whole, best_resumed = (load_file(str(tmp_path / f / "best.safetensors")) for f in ("whole", "killed"))
+    assert best_whole.keys() == best_resumed.keys()
+    assert all(torch.equal(best_whole[k], best_resumed[k]) for k in best_whole)
+    create_backbone(arch, splits.num_classes, 32).load_state_dict(best_whole)  # LoRA's adapters merged away

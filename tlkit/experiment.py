@@ -38,6 +38,7 @@ __all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_ov
            "validate", "recipe_values"]
 
 AUGMENTATIONS = ("crop", "hflip")
+PRUNERS = ("median", "hyperband", "none")
 MAX_SEED = 400_000
 """Derived seeds must stay below 2**32 (NumPy's limit): the sampler of a cell is seeded with seed x 10007 + trials."""
 
@@ -119,8 +120,10 @@ class Train:
     coarse_groups: bool = False
     """Use timm's coarse layer grouping (fewer, larger groups) instead of the fine one."""
     cache_features: bool = True
-    """While only the head trains, compute backbone features once per trial instead of every epoch (from the
-    un-augmented images: a probe on fixed features). False recomputes them every epoch, with augmentation."""
+    """While only the head trains, use the backbone's features of the un-augmented images (a probe on fixed
+    features), computed once per (weights, images, preprocessing) and kept in ``$TLKIT_CACHE/features`` for every
+    trial, cell and later sweep that needs them (``tlkit.features``). False recomputes them every epoch, with
+    augmentation."""
     device: str = "auto"
     amp: bool = True
     """bfloat16 autocast on CUDA (ignored on CPU, where results must be bitwise repeatable)."""
@@ -228,12 +231,15 @@ class Experiment:
     0 skips them: the report then tests each cell's best search trial over test examples."""
     seed: int = 0
     pruner: str = "median"
-    """``median`` (Optuna's MedianPruner on the per-epoch validation metric) or ``none``."""
+    """Optuna's pruner on the per-epoch validation metric: ``median`` (MedianPruner), ``hyperband`` or ``none``."""
     pretrained: bool = True
     """Start from pretrained weights (timm hub, ``weights`` files, or ``source``)."""
     weights: dict[str, str] = field(default_factory=dict)
     """Backbone name -> local weights file (safetensors or a state dict), used instead of the hub."""
     source: Union[Source, None] = None
+    keep_top_backbones: Union[int, None] = None
+    """Search only the k backbones that LogME ranks best before training (``tlkit.rank``); the log and the report
+    name the dropped ones and why. None searches every backbone."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -247,12 +253,16 @@ class Experiment:
         if not self.strategies:
             raise TlkitError("The experiment lists no strategies. HINT: set strategies=['linear_probe', ...].")
         get_metric(self.metric)  # an unknown name says "did you mean"
-        if self.pruner not in ("median", "none"):
-            raise TlkitError(did_you_mean(self.pruner, ("median", "none"), "pruner"))
+        if self.pruner not in PRUNERS:
+            raise TlkitError(did_you_mean(self.pruner, PRUNERS, "pruner"))
         if self.trials < 1:
             raise TlkitError(f"trials must be >= 1 but got {self.trials}.")
         if self.repeats < 0:
             raise TlkitError(f"repeats must be >= 0 but got {self.repeats}.")
+        if self.keep_top_backbones is not None and (self.keep_top_backbones < 1 or not self.pretrained):
+            raise TlkitError(f"keep_top_backbones must be None or an int >= 1, with pretrained weights, but got "
+                             f"{self.keep_top_backbones} (pretrained={self.pretrained}). HINT: the ranking scores "
+                             f"pretrained features; set keep_top_backbones=None to search every backbone.")
         train_fields = {f.name: f for f in dataclasses.fields(Train)}
         for key, dist in self.search.items():
             if key not in train_fields:
@@ -448,7 +458,9 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
     """Apply ``KEY=VALUE`` overrides (``train.lr=3e-4``, ``backbones='["test_vit"]'``) and re-check every type.
 
     Values are Python literals parsed with ``ast.literal_eval`` (never ``eval``); a bare word is a string.
-    ``search.lr=[1e-5, 1e-3]`` sets a searched range (keeping its log scale); a list of choices sets a categorical.
+    ``search.lr=[1e-5, 1e-3]`` sets a searched range (keeping its log scale); a list of choices sets a categorical;
+    ``search.lr=None`` stops searching ``lr`` (``train.lr`` is then used). Setting a field the experiment searches
+    (``train.lr`` while ``search.lr`` exists) is refused: the search would override it.
     """
     exp = copy.deepcopy(exp)
     for item in overrides:
@@ -468,8 +480,16 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
         if isinstance(target, dict) and parents[-1:] == ["search"]:
             if leaf not in target:
                 raise TlkitError(f"Bad --set {item!r}: " + did_you_mean(key, _paths(exp), "key"))
-            target[leaf] = _distribution_like(target[leaf], value, key)
+            if value is None:
+                del target[leaf]
+            else:
+                target[leaf] = _distribution_like(target[leaf], value, key)
             continue
+        if parents == ["train"] and leaf in exp.search:
+            raise TlkitError(f"Bad --set {item!r}: the experiment searches {leaf!r} (search.{leaf}), so every trial "
+                             f"overrides train.{leaf} and this would change nothing. HINT: set the searched range, "
+                             f"--set search.{leaf}=[low,high], or stop searching it first: --set search.{leaf}=None "
+                             f"--set {item}.")
         if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
             raise TlkitError(f"Bad --set {item!r}: " + did_you_mean(key, _paths(exp), "key"))
         hints = typing.get_type_hints(type(target))
@@ -522,7 +542,8 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
 # Fields that do not change what a trial computes: a study may grow or move without being a different study.
 # Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
 _NOT_IDENTITY = {"trials", "repeats", "name", "backbones", "strategies", "data.root", "data.download",
-                 "source.data.root", "source.data.download", "train.device", "train.keep_checkpoints"}
+                 "source.data.root", "source.data.download", "train.device", "train.keep_checkpoints",
+                 "keep_top_backbones"}
 
 
 def identity(exp: Experiment) -> dict[str, Any]:

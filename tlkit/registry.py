@@ -46,12 +46,15 @@ class Registry(Generic[T]):
             (an entry point that names a function where a Strategy class is expected, say).
         hint: appended to the unknown-name message, e.g. how to register your own.
         identity: what makes two registrations the same one (default: the qualified name, see ``qualname``).
+        name_attribute: a class attribute that registration sets to the registered name (``Strategy.name``).
     """
 
     def __init__(self, kind: str, entry_point_group: str, check: Callable[[str, Any], None] | None = None,
-                 hint: str = "", identity: Callable[[Any], str] = qualname) -> None:
+                 hint: str = "", identity: Callable[[Any], str] = qualname, name_attribute: str | None = None
+                 ) -> None:
         self.kind = kind
         self._identity = identity
+        self._name_attribute = name_attribute
         self.entry_point_group = entry_point_group
         self._check = check
         self._hint = hint
@@ -76,6 +79,8 @@ class Registry(Generic[T]):
                                  f"{self._identity(existing)}; {self._identity(obj)} cannot take it. HINT: pick "
                                  f"another name.")
             self._entries[name] = obj
+            if self._name_attribute is not None:
+                setattr(obj, self._name_attribute, name)
             return obj
 
         return decorator

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from tlkit.backbones import check_backbone, check_runs, create_backbone, layer_groups
 from tlkit.checkpoint import write_json
@@ -24,9 +26,13 @@ from tlkit.errors import TlkitError, environment_fault
 from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values, validate
 from tlkit.metrics import get_metric
 from tlkit.progress import SweepProgress
+from tlkit.runner import TimeUp
+from tlkit.store import open_store
 from tlkit.strategies import get_strategy
-from tlkit.study import (Cell, cells, check_identity, check_results_folder, default_storage, finished_count,
-                         open_cell_study, open_storage, reseed_sampler, take_up_dead_local_trials)
+from tlkit import study as study_module
+from tlkit.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
+                         ensure_runs, finished_count, open_cell_study, open_storage, take_up_lost_trials)
+from tlkit.threads import configure_threads
 from tlkit.train import BN_POLICY, Callback
 from tlkit.trial import SweepRun, make_objective, search_space
 
@@ -49,14 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the experiment's name, i.e. its file name)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for many workers "
                                      "(default: a SQLite file study.db in the results folder)")
+    p.add_argument("--store", help="where trial checkpoints and best models are mirrored for every worker to resume "
+                                   "from: a shared folder or an fsspec URL such as s3://bucket/prefix")
     p.add_argument("--data-dir", help="where the dataset is (a folder or .zip; overrides data.root)")
     p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
                    help="pretrained weights file for a backbone (safetensors or a state dict); repeatable")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override an experiment field with a Python literal, e.g. --set train.lr=3e-4 "
                         "--set backbones='[\"test_resnet\"]'; repeatable")
+    p.add_argument("--threads", type=int, help="compute threads (default: the CPUs available to this process; "
+                                               "or set TLKIT_THREADS / OMP_NUM_THREADS)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the experiment's train.device)")
-    p.add_argument("--quiet", action="store_true", help="no progress display, only errors")
+    p.add_argument("--timeout", type=float, metavar="MINUTES",
+                   help="stop after this many minutes (the epoch in progress finishes and is checkpointed; the same "
+                        "command continues the study)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study "
+                                                           "(compute threads are split between them)")
+    p.add_argument("--devices", help="devices to spread the workers over, e.g. cuda:0,cuda:1 (worker i takes "
+                                     "device i modulo their number); default: --device for all")
+    p.add_argument("--check", action="store_true", help="check the experiment, the data, the weights and the study, "
+                                                         "print the plan, and stop: nothing is trained or written")
+    p.add_argument("--quiet", action="store_true", help="no progress display: only errors, the final table and "
+                                                         "where the results are")
     return p
 
 
@@ -118,19 +138,55 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
     return splits, num_groups
 
 
+def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, store_url: str | None = None) -> str:
+    """Everything ``run_sweep`` checks before its first trial, without training or writing anything; returns the
+    plan in a few lines. A failed check raises the same TlkitError the sweep would."""
+    from tlkit.weights import resolve_pretrained, source_weights_path
+
+    pick_device(exp.train.device)
+    splits, _ = prepare(exp)
+    check_results_folder(out, exp.name)
+    exists = storage_url is not None or (out / "study.db").exists()
+    if exists:
+        check_identity(open_storage(storage_url or default_storage(out)), exp.name, exp)
+    open_store(store_url, exp.name, out, create=False)
+    weights = []
+    for backbone in exp.backbones:
+        if exp.pretrained and exp.source is not None:
+            cached = source_weights_path(exp, backbone).is_file()
+            weights.append(f"{backbone}: source task ({'cached' if cached else 'trained first'})")
+        else:
+            weights.append(f"{backbone}: {resolve_pretrained(exp, backbone, splits.num_classes).origin}")
+    if exp.pretrained and exp.source is not None:
+        splits_for(exp.source.data, exp.source.train.image_size, exp.seed, "source.data.")
+    cells_count = len(exp.backbones) * len(exp.strategies)
+    return "\n".join([
+        f"Experiment {exp.name!r} checked: nothing was trained or written.",
+        f"  {len(exp.backbones)} backbones x {len(exp.strategies)} strategies = {cells_count} cells; per cell "
+        f"{exp.trials} search trials of up to {exp.train.epochs} epochs, then {exp.repeats} repeats",
+        f"  data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images of "
+        f"{splits.num_classes} classes at {exp.train.image_size} px",
+        "  weights: " + "; ".join(weights),
+        f"  results: {out} ({'continues the existing study' if exists else 'a new study'})"])
+
+
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
               callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] | None = None,
-              progress: SweepProgress | None = None) -> Path:
+              progress: SweepProgress | None = None, timeout: float | None = None, store_url: str | None = None
+              ) -> Path:
     """Run (or continue) every cell of ``exp``; returns the results folder.
 
-    Every trial logs to TensorBoard (``out/tb``); ``progress`` shows where the sweep stands (default: nothing).
+    Every trial logs to TensorBoard (``out/tb_trials``); ``progress`` shows where the sweep stands (default:
+    nothing). With ``timeout`` (seconds from now) the sweep stops after the first epoch that ends past it, once that
+    epoch is checkpointed: it writes the report, says so in it, and raises :class:`tlkit.runner.TimeUp`; the same
+    command continues the study.
     """
-    from tlkit.export import evaluate_best
-    from tlkit.repeats import open_repeats_study, run_repeats
+    deadline = time.monotonic() + timeout if timeout is not None else None
     from tlkit.report import write_report
-    from tlkit.tensorboard import TrialBoards
+    from tlkit.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
     from tlkit.source import train_source
     from tlkit.weights import resolve_pretrained
+    from tlkit.rank import rank_in_sweep
 
     device = pick_device(exp.train.device)
     splits, num_groups = prepare(exp)
@@ -142,51 +198,90 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     storage = open_storage(url) if storage_url or sqlite_file.exists() else None
     if storage is not None:
         check_identity(storage, exp.name, exp)
+    store = open_store(store_url, exp.name, out)  # unreachable: say so before hours of source pretraining
     pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
                                         lambda e, bb, p: train_source(e, bb, p, device=device))
                   for b in exp.backbones}
     out.mkdir(parents=True, exist_ok=True)
+    exp = rank_in_sweep(exp, splits, pretrained, device, out)  # ranking.csv; keep_top_backbones drops the rest
     storage = storage or open_storage(url)
-    write_json(out / "experiment.json", {**experiment_to_dict(exp), "bn_policy": BN_POLICY,
-                                         "metric_direction": get_metric(exp.metric).direction})
-    run = SweepRun(exp, out, splits, pretrained, device, num_groups)
+    facts = {**experiment_to_dict(exp), "bn_policy": BN_POLICY, "metric_direction": get_metric(exp.metric).direction}
+    write_json(out / "experiment.json", facts)
+    run = SweepRun(exp, out, splits, pretrained, device, num_groups, deadline=deadline, store=store)
     extra = callbacks if callbacks is not None else run.callbacks
-    boards = TrialBoards(out / "tb", exp.metric)
+    boards = TrialBoards(out / TRIALS_DIR, exp.metric)
+    searched = {name for b in exp.backbones for s in exp.strategies
+                for name in search_space(exp, get_strategy(s), num_groups[b])}
+    write_hparams_config(out / TRIALS_DIR, searched, exp.metric,
+                         {"Backbone": sorted(exp.backbones), "Strategy": sorted(exp.strategies)})
     progress = progress or SweepProgress("off")
-    run.callbacks = lambda cell, n, params: [boards(cell, n, params), *progress.callbacks(), *extra(cell, n, params)]
+    run.callbacks = lambda cell, n, params: [boards(cell, n, params), *progress.callbacks(cell, n, params),
+                                             *extra(cell, n, params)]
     all_cells = cells(exp)
-    progress.start(len(all_cells), exp.trials, exp.train.epochs, exp.metric)
-    for i, cell in enumerate(all_cells):
-        study = open_cell_study(storage, exp.name, exp, cell)
-        label = f"cell {i + 1}/{len(all_cells)}"
-        run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study))
-        if exp.repeats:
-            run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
-        result = evaluate_best(run, study, cell)
-        if result:
-            log.info("cell %s/%s: best val %s %.4f (trial %d), test %.4f", cell.backbone, cell.strategy,
-                     exp.metric, result["val_metric"], result["trial"], result["test_metric"])
+    progress.start(all_cells, exp.trials, exp.train.epochs, exp.metric, exp.repeats)
+    try:
+        waiting = list(enumerate(all_cells))
+        while waiting:  # cells whose last trials other workers hold are visited again once this pass is over
+            held = []
+            for i, cell in waiting:
+                study = open_cell_study(storage, exp.name, exp, cell)
+                label = f"cell {i + 1}/{len(all_cells)}"
+                if run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study)):
+                    finish_cell(run, storage, study, cell, label)
+                else:
+                    held.append((i, cell))
+            if held:
+                pause = study_module.HEARTBEAT_S  # a dead worker's trials go stale on this clock
+                log.info("%d cell%s wait%s for trials other workers hold; checking again in %d s", len(held),
+                         "s" * (len(held) != 1), "" if len(held) != 1 else "s", pause)
+                run.check_time()
+                time.sleep(pause)
+            waiting = held
+    except TimeUp:
+        write_json(out / "experiment.json", {**facts, "stopped_by_timeout_s": timeout})
+        write_report(out, storage, exp.name, exp.metric)
+        raise
     write_report(out, storage, exp.name, exp.metric)
     return out
 
 
-def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_trial: Callable[[], None]) -> None:
-    """Run trials of one cell until it has ``exp.trials`` finished ones (another worker's count too).
+def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, label: str) -> None:
+    """After a cell's search: its repeats, then its best model scored on test and exported."""
+    from tlkit.export import evaluate_best
+    from tlkit.repeats import open_repeats_study, run_repeats
 
-    One ``optimize(n_trials=1)`` at a time, so the budget is re-read from the shared storage before every trial
-    and trials that a dead or interrupted worker left behind are re-queued first.
+    exp = run.exp
+    if exp.repeats:
+        run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
+    result = evaluate_best(run, study, cell)
+    if result:
+        log.info("%s %s/%s done: best trial %d (val %s %.4f, test %.4f)", label, cell.backbone, cell.strategy,
+                 study.best_trial.user_attrs.get("run", result["trial"]), exp.metric, result["val_metric"],
+                 result["test_metric"])
+
+
+def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_trial: Callable[[], None]) -> bool:
+    """Run the waiting trials of one cell until none is left; True when the cell's search is finished.
+
+    The cell's budget is queued first (``ensure_runs``); each ``optimize(n_trials=1)`` takes one waiting trial from
+    the shared storage, so with several workers every run is trained once. When the other runs are held by other
+    workers this one moves on (and its report shows the cell as running).
     """
     exp = run.exp
     objective = make_objective(run, cell)
+    ensure_runs(study, exp.trials)
+    told = False
     while True:
-        take_up_dead_local_trials(study)
-        done = finished_count(study)
+        take_up_lost_trials(study)
         before_trial()
-        if done >= exp.trials:
-            return
-        log.info("%s %s/%s: trial %d of %d", label, cell.backbone, cell.strategy, done + 1, exp.trials)
-        reseed_sampler(study, exp.seed, exp.trials)
-        study.optimize(objective, n_trials=1, catch=())
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return finished_count(study) >= exp.trials
+        if not told:
+            log.info("%s %s/%s: %d of %d trials finished", label, cell.backbone, cell.strategy,
+                     finished_count(study), exp.trials)
+            told = True
+        run.check_time()
+        study.optimize(objective, n_trials=1, catch=(DuplicateRun,))
 
 
 def print_summary(out: Path, metric: str) -> None:
@@ -219,6 +314,34 @@ def _log_to(handler: logging.Handler, level: int) -> None:
     log.setLevel(level)
 
 
+def run_workers(argv: list[str], args: argparse.Namespace, exp: Experiment) -> int:
+    """``--workers N``: N copies of this command on one study, each a worker process taking trials from the shared
+    queue, with the compute threads split between them and, with ``--devices``, one device each in turn. Returns
+    the first non-zero exit status (a worker that failed), else 0; the last worker to finish writes the full report.
+    """
+    from tlkit.threads import choose_threads
+
+    threads, _ = choose_threads(args.threads, args.workers)
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else [None]
+    base = [a for i, a in enumerate(argv) if not _is_workers_flag(argv, i)]
+    procs = []
+    for i in range(args.workers):
+        command = [sys.executable, "-m", "tlkit.sweep", *base, "--threads", str(threads), "--quiet"]
+        if devices[i % len(devices)] is not None:
+            command += ["--device", devices[i % len(devices)]]
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+    log.info("started %d workers (%d compute thread%s each%s)", args.workers, threads, "s" * (threads != 1),
+             f", devices {', '.join(devices)}" if args.devices else "")
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c != 0), 0)
+
+
+def _is_workers_flag(argv: list[str], i: int) -> bool:
+    """``--workers N``, ``--devices D``, ``--threads N`` (and their values), which each worker gets anew."""
+    flags = ("--workers", "--devices", "--threads")
+    return argv[i] in flags or argv[i].startswith(tuple(f + "=" for f in flags)) or (i > 0 and argv[i - 1] in flags)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = SweepProgress.for_stderr(quiet=args.quiet)
@@ -227,10 +350,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         exp = resolve_experiment(args)
         out = args.out or Path("results") / exp.name
-        run_sweep(exp, out, args.storage, progress=progress)
+        if args.workers < 1:
+            raise TlkitError(f"--workers must be >= 1 but got {args.workers}.")
+        configure_threads(args.threads, workers=args.workers)
+        if args.check:
+            print(check_sweep(exp, out, args.storage, args.store))
+            return 0
+        if args.timeout is not None and not args.timeout > 0:
+            raise TlkitError(f"--timeout must be a number of minutes > 0 but got {args.timeout}.")
+        if args.workers > 1:
+            check_sweep(exp, out, args.storage, args.store)  # bad input is reported once, not by every worker
+            code = run_workers(list(argv if argv is not None else sys.argv[1:]), args, exp)
+            if code != 0:
+                return code
+        else:
+            run_sweep(exp, out, args.storage, progress=progress,
+                      timeout=args.timeout * 60 if args.timeout is not None else None, store_url=args.store)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)
         return 2
+    except TimeUp:
+        progress.close()
+        print_summary(out, exp.metric)
+        print(f"\ntlkit: stopped by --timeout after {time.perf_counter() - started:.0f} s; the report says what is "
+              f"done. Run the same command again to continue.")
+        return 0
     except Exception as err:  # a full disk, a locked database: say so; anything else is a bug, with its traceback
         fault = environment_fault(err)
         if fault is None:
@@ -243,10 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         progress.close()
-    if not args.quiet:
-        print_summary(out, exp.metric)
-        print(f"\nResults in {out}/ ({time.perf_counter() - started:.0f} s): summary.csv, trials.csv, history.csv, "
-              f"report.md. TensorBoard: tensorboard --logdir {out}/tb")
+    print_summary(out, exp.metric)  # --quiet silences the progress, not the answer
+    print(f"\nResults in {out}/ ({time.perf_counter() - started:.0f} s): report.md, summary.csv, comparisons.csv. "
+          f"TensorBoard: tensorboard --logdir {out}/tb (one run per cell), --logdir {out}/tb_trials (every trial).")
     return 0
 
 

@@ -19,11 +19,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tlkit.backbones import LayerGroup
 from tlkit.data import ImageSet, Splits, iterate_batches
 from tlkit.experiment import Train
+from tlkit.features import FeatureCache
 from tlkit.metrics import Metric
 from tlkit.strategies.base import Strategy, check_plan
 
 __all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "Scores", "evaluate", "predict",
-           "FeatureCache", "apply_plan", "set_train_mode", "lr_factor", "param_groups", "set_learning_rates",
+           "apply_plan", "set_train_mode", "lr_factor", "param_groups", "set_learning_rates",
            "BN_POLICY", "OUTCOMES"]
 
 BN_POLICY = "BatchNorm layers run in eval mode (running statistics kept) when their weights or layer group are frozen"
@@ -187,33 +188,6 @@ def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.
     return Scores(loss, metric(labels.numpy(), logits.numpy()), logits, labels)
 
 
-class FeatureCache:
-    """What the head sees (the frozen backbone's pre-logit features) of the un-augmented train and val splits,
-    computed once while only the head trains; ``clear()`` once the body trains and they go stale."""
-
-    def __init__(self, model: torch.nn.Module, splits: Splits, **predict_kwargs: Any) -> None:
-        self.model = model
-        self.splits = splits
-        self.predict_kwargs = predict_kwargs
-        self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-
-    def get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self._features:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                self._features[split] = predict(self._forward, getattr(self.splits, split), **self.predict_kwargs)
-            finally:
-                self.model.train(was_training)
-        return self._features[split]
-
-    def clear(self) -> None:
-        self._features.clear()
-
-
 # --- the loop -------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -245,6 +219,7 @@ class Trainer:
         self.epoch = 0  # the next epoch to run
         self.step = 0  # optimizer steps taken: the schedule's position
         self.elapsed = 0.0  # seconds spent in fit(), over every process that ran this trial
+        self.stop_reason = ""  # why a pruned trial stopped
         self.history: list[EpochResult] = []
         self.best_metric = self.metric.worst
         self.best_epoch = -1
@@ -255,9 +230,10 @@ class Trainer:
         self.steps_per_epoch = min(batches, self.recipe.max_batches or batches)
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
         self.warmup_steps = self.steps_per_epoch * self.recipe.warmup_epochs
-        self.features = FeatureCache(self.model, self.splits, batch_size=self.recipe.batch_size * 2, mean=self.mean,
-                                     std=self.std, device=self.device, amp=self.amp,
-                                     image_size=self.recipe.image_size, channels_last=self.channels_last)
+        self.features = FeatureCache(self.model, self.splits, on_disk=self.recipe.cache_features,
+                                     batch_size=self.recipe.batch_size * 2, mean=self.mean, std=self.std,
+                                     device=self.device, amp=self.amp, image_size=self.recipe.image_size,
+                                     channels_last=self.channels_last)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Every parameter goes in once (see ``param_groups``); frozen ones simply have no grad."""
@@ -301,8 +277,8 @@ class Trainer:
                 started = time.perf_counter()
                 self._epoch_end(result)
             outcome = "completed"
-        except PruneTrial:
-            outcome = "pruned"
+        except PruneTrial as err:
+            outcome, self.stop_reason = "pruned", str(err) or type(err).__name__
             raise
         except KeyboardInterrupt:
             outcome = "interrupted"
@@ -342,6 +318,8 @@ class Trainer:
             set_learning_rates(self.optimizer, self.lr_now(), self.scales)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = F.cross_entropy(forward(x).float(), y, label_smoothing=self.recipe.label_smoothing)
+            extra = self.strategy.loss_term(self.model)  # e.g. L2-SP's penalty; None for most strategies
+            loss = loss if extra is None else loss + extra
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

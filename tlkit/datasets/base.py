@@ -83,19 +83,13 @@ def _check_dataset(name: str, obj: object) -> None:
 
 
 DATASETS: Registry[type[Dataset]] = Registry("dataset", "tlkit.datasets", check=_check_dataset,
+                                             name_attribute="name",
                                              hint="HINT: register your own with @register_dataset('name').")
 
 
 def register_dataset(name: str) -> Callable[[T], T]:
     """Class decorator: make a Dataset subclass available as ``Data(name)``."""
-    register = DATASETS.register(name)
-
-    def decorator(cls: T) -> T:
-        register(cls)
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
-
-    return decorator
+    return DATASETS.register(name)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:

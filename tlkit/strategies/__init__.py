@@ -1,4 +1,4 @@
-"""Freezing strategies as plugins: ``@register_strategy`` on a small class, one file each.
+"""Fine-tuning strategies as plugins: ``@register_strategy`` on a small class, one file each.
 
 Third-party packages add strategies through the ``tlkit.strategies`` entry-point group; an experiment file can
 register its own with the same decorator.
@@ -8,8 +8,8 @@ from tlkit.strategies._registry import (STRATEGIES, create_strategy, get_strateg
                                         register_strategy)
 
 # Built-ins, imported explicitly so `ls tlkit/strategies` is the list.
-from tlkit.strategies import (bitfit, from_scratch, full_finetune, gradual, last_n, layer_decay,  # noqa: F401
-                              linear_probe, lp_ft)
+from tlkit.strategies import (bitfit, from_scratch, full_finetune, gradual, l2_sp, last_n,  # noqa: F401
+                              layer_decay, linear_probe, lora, lp_ft, surgical)
 
 __all__ = ["Strategy", "STRATEGIES", "register_strategy", "list_strategies", "get_strategy", "create_strategy",
            "check_plan"]

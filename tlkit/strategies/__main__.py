@@ -15,7 +15,7 @@ import torch
 from tlkit.backbones import LayerGroup, create_backbone, layer_groups
 from tlkit.errors import TlkitError
 from tlkit.strategies import create_strategy, get_strategy, list_strategies
-from tlkit.strategies.base import Strategy
+from tlkit.strategies.base import Strategy, prepare
 
 
 def plan_table(strategy: Strategy, model: torch.nn.Module, groups: list[LayerGroup]) -> str:
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         groups = layer_groups(model, coarse=args.coarse)
         strategy = create_strategy(args.strategy, num_groups=len(groups), epochs=args.epochs,
                                    **_parse_params(args.param))
+        model, groups = prepare(strategy, model, coarse=args.coarse)  # LoRA's adapters count in the plan
         space = strategy.search_space(len(groups), args.epochs)
         print(f"{strategy.describe()} on {args.backbone}: {len(groups)} layer groups "
               f"({'coarse' if args.coarse else 'fine'}), {args.epochs} epochs")

@@ -18,20 +18,13 @@ def _check_strategy(name: str, obj: object) -> None:
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry(
-    "strategy", "tlkit.strategies", check=_check_strategy,
+    "strategy", "tlkit.strategies", check=_check_strategy, name_attribute="name",
     hint="HINT: register your own with @register_strategy('name').")
 
 
 def register_strategy(name: str) -> Callable[[T], T]:
     """Class decorator: make a Strategy subclass available under ``name`` (and set its ``name``)."""
-    register = STRATEGIES.register(name)
-
-    def decorator(cls: T) -> T:
-        register(cls)
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
-
-    return decorator
+    return STRATEGIES.register(name)
 
 
 def list_strategies(pattern: str = "*") -> list[str]:

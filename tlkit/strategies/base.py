@@ -1,15 +1,23 @@
-"""The Strategy contract: which layer groups train at each epoch, and at what learning-rate multiplier."""
+"""The Strategy contract: which layer groups train at each epoch, and at what learning-rate multiplier.
+
+Most strategies are nothing more. Three optional hooks reach further, each with a do-nothing default so a strategy
+that does not need them is unchanged: ``prepare_model`` changes the model before training (inserts adapters,
+remembers the starting weights), ``loss_term`` adds a penalty to every step's loss, and ``export_model`` turns the
+trained model back into the plain timm model that is saved, scored and returned by ``tlkit.load_best``.
+"""
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Sequence
 
+import torch
 from optuna.distributions import BaseDistribution
 
+from tlkit.backbones import LayerGroup, layer_groups
 from tlkit.errors import TlkitError
 
-__all__ = ["Strategy", "check_plan"]
+__all__ = ["Strategy", "check_plan", "prepare"]
 
 
 class Strategy(ABC):
@@ -60,6 +68,28 @@ class Strategy(ABC):
         """Whether a parameter of a group with a non-zero multiplier trains. Hook for parameter-level rules."""
         return True
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Change the model before training and return the model to train (the same object or a new one).
+
+        Called once per trial, after the starting weights are loaded and before the optimizer is built or a
+        checkpoint is loaded on resume, so a checkpoint holds the prepared model's parameters and loads back into
+        it. The layer groups are computed again afterwards; their number must not change. Default: unchanged.
+        """
+        return model
+
+    def loss_term(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """A term added to the training loss at every step (e.g. a penalty towards the starting weights), or None.
+
+        The training loss reported per epoch includes it; validation and test scores never do."""
+        return None
+
+    def export_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The plain timm model the trained ``model`` stands for, without changing ``model`` (training goes on).
+
+        This is what a trial saves as its best weights, so test scoring, ``tlkit.load_best`` and prediction need
+        nothing of the strategy. Default: ``model`` itself; an adapter strategy returns a merged copy."""
+        return model
+
     def describe(self) -> str:
         """One line for plans and logs."""
         args = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items())
@@ -89,3 +119,24 @@ def check_plan(strategy: Strategy, epoch: int) -> list[float]:
     if bad:
         raise TlkitError(f"{where}: lr_scales must be finite and >= 0 (0 freezes a group) but got {values}.")
     return values
+
+
+def prepare(strategy: Strategy, model: torch.nn.Module, coarse: bool = False
+            ) -> tuple[torch.nn.Module, list[LayerGroup]]:
+    """``strategy.prepare_model(model)`` and the prepared model's layer groups, checked to be as many as before.
+
+    Why the check: the strategy's plan was made for that many groups; a model change that added or removed one
+    would silently shift every multiplier onto the wrong layers.
+    """
+    before = len(layer_groups(model, coarse=coarse))
+    prepared = strategy.prepare_model(model)
+    if not isinstance(prepared, torch.nn.Module):
+        raise TlkitError(f"Strategy {strategy.name!r}: prepare_model must return the model to train (a torch "
+                         f"module) but returned {type(prepared).__name__}. HINT: end prepare_model with "
+                         f"`return model`.")
+    groups = layer_groups(prepared, coarse=coarse)
+    if len(groups) != before:
+        raise TlkitError(f"Strategy {strategy.name!r}: prepare_model changed the model's layer groups from {before} "
+                         f"to {len(groups)}, so its plan no longer fits. HINT: keep new modules inside existing "
+                         f"layers (adapters beside a layer's weights keep its group).")
+    return prepared, groups
