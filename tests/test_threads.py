@@ -77,3 +77,17 @@ def test_the_sweep_sets_and_logs_its_thread_count(monkeypatch, caplog):
         assert "using 1 compute thread (2 CPUs available, 2 workers;" in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("env, expected", [({}, "10000"), ({"GOMP_SPINCOUNT": "7"}, "7"),
+                                           ({"OMP_WAIT_POLICY": "ACTIVE"}, None)])
+def test_importing_tlkit_sets_a_short_openmp_spin_unless_the_user_chose(env, expected):
+    """docs/benchmarks.md: OpenMP's default spin made a sweep 10.8x slower beside another busy process."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    printed = subprocess.run([sys.executable, "-c", "import os, tlkit; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                             env={**clean, **env}, capture_output=True, text=True, check=True).stdout.strip()
+    assert printed == str(expected)

@@ -9,7 +9,15 @@ Public API:
     TrialSpec, run_trial                  run one trial outside a sweep (what every sweep trial goes through)
     load_best                             the best model of a cell, ready for inference
 """
-from tlkit.errors import TlkitError
+import os as _os
+
+# Before anything imports torch and with it OpenMP: idle compute threads spin ~10 us, then sleep, instead of
+# OpenMP's ~300,000 spins. Beside another busy process the default made a sweep 10.8x slower, this 2.3x, at the
+# same idle speed (docs/benchmarks.md, benchmarks/shared_machine.py). A user's own OpenMP setting wins.
+if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
+
+from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting
 from tlkit.experiment import Data, Experiment, Source, Train, load_experiment
 from tlkit.export import load_best
 from tlkit.datasets import Dataset, list_datasets, register_dataset
