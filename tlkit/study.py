@@ -32,6 +32,10 @@ __all__ = ["NONE_LEFT", "Cell", "cells", "open_storage", "check_identity", "open
            "cell_studies", "check_results_folder", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 30
+POLL_S = 5
+"""How often a worker looks again at cells whose last trials other workers hold (a database query, no more)."""
+CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+"""What SQLite and PostgreSQL say when two workers create Optuna's tables (or its alembic_version row) at once."""
 GRACE_S = 90
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ATTEMPT_ATTRS = ("worker", "failure_reason", "pruned_reason", "resumed_from_trial", "resumed_from_epoch")
@@ -100,7 +104,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                                   **_optuna.heartbeat_retry(_Retry(inherit_intermediate_values=True)),
                                   engine_kwargs=_engine_kwargs(url))
         except Exception as err:  # noqa: BLE001 - driver errors vary; the remedy does not
-            if attempt < 2 and "already exists" in str(err):
+            if attempt < 2 and any(m in str(err) for m in CREATION_RACE):
                 time.sleep(1.0)  # two workers created the tables of a new database at once; the other one won
                 continue
             if url.startswith("sqlite") and ("not a database" in str(err) or "malformed" in str(err)):

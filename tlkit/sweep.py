@@ -231,7 +231,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
                 else:
                     held.append((i, cell))
             if held:
-                pause = study_module.HEARTBEAT_S  # a dead worker's trials go stale on this clock
+                pause = study_module.POLL_S  # a live worker finishes them; a dead one's go stale by heartbeat
                 log.info("%d cell%s wait%s for trials other workers hold; checking again in %d s", len(held),
                          "s" * (len(held) != 1), "" if len(held) != 1 else "s", pause)
                 run.check_time()
