@@ -126,7 +126,14 @@ class Train:
     augmentation."""
     device: str = "auto"
     amp: bool = True
-    """bfloat16 autocast on CUDA (ignored on CPU, where results must be bitwise repeatable)."""
+    """bfloat16 autocast on CUDA (on CPU only with ``cpu_amp``)."""
+    cpu_amp: Union[bool, None] = None
+    """bfloat16 autocast on CPU as well (with ``amp``): faster on CPUs with native bf16 (AVX512-BF16, AMX) for models
+    big enough; it changes the numbers a little (measured in docs/benchmarks.md) and, as on CUDA, is not bit for bit
+repeatable. None or False: float32."""
+    channels_last: Union[bool, None] = None
+    """channels_last memory for the model and its inputs. None: decided per architecture and device from
+    measurements (``tlkit.compute``: every CNN on CUDA; on CPU the architectures it speeds up)."""
     max_batches: Union[int, None] = None
     """Stop each epoch after this many batches: a fast real run for smoke tests."""
     keep_checkpoints: str = "best"
