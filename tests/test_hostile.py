@@ -37,7 +37,7 @@ from tlkit.sweep import main
 from tlkit.testing import write_experiment
 from tlkit.train import Trainer
 
-FAULTY = {"name": "faulty", "trials": 2, "train": {"epochs": 2, "batch_size": 16}, "data": {"train_per_class": 16},
+FAULTY = {"name": "faulty", "trials": 2, "train": {"epochs": 3, "batch_size": 16}, "data": {"train_per_class": 16},
           "pruner": "none"}
 RERUN = "run the same command again: finished trials are kept and the interrupted trial resumes"
 

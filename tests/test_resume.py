@@ -212,9 +212,10 @@ KILL_CHAIN = [
     ("batch:1:1:2", [0, 1], -signal.SIGKILL, 1, None),  # mid-epoch, two optimizer steps in
     ("unfreeze:1:2", [1], -signal.SIGKILL, 1,  # entering epoch 2, where gradual unfreezes a new group ...
      (_truncate, "epoch_0001.safetensors")),  # ... then the newest weights are torn: back to epoch 0's checkpoint
-    (f"saved:1:{EPOCHS - 1}", [1, 2, 3], -signal.SIGKILL, 3,  # right after the last checkpoint ...
-     (_booby_trap, f"epoch_{EPOCHS - 1:04d}.pt")),  # ... then its state is replaced by a pickle that runs code
-    (f"finished:1:{EPOCHS - 1}", [3], -signal.SIGKILL, EPOCHS, None),  # outcome recorded, Optuna not yet told
+    (f"saved:1:{EPOCHS - 2}", [1, 2], -signal.SIGKILL, EPOCHS - 2,  # right after the last checkpoint (the last
+     (_booby_trap, f"epoch_{EPOCHS - 2:04d}.pt")),  # epoch writes none) ... then its state is replaced by a pickle
+    # that runs code: it is set aside and the trial resumes from the checkpoint before it
+    (f"finished:1:{EPOCHS - 1}", [2, 3], -signal.SIGKILL, EPOCHS, None),  # outcome recorded, Optuna not yet told
 ]
 
 
@@ -243,8 +244,8 @@ def test_killed_sweep_resumes_with_nothing_lost_and_nothing_repeated(reference, 
     assert finished.stat().st_mtime_ns == finished_mtime, "the finished trial was never run again"
     assert not (tmp_path / "code_ran").exists(), "a checkpoint that would run code on load is never unpickled"
     assert sorted(p.name for p in (out / TRIAL_1).glob("*.bad")) == [  # set aside for a post-mortem, not deleted
-        "epoch_0001.pt.bad", "epoch_0001.safetensors.bad", f"epoch_{EPOCHS - 1:04d}.pt.bad",
-        f"epoch_{EPOCHS - 1:04d}.safetensors.bad"]
+        "epoch_0001.pt.bad", "epoch_0001.safetensors.bad", f"epoch_{EPOCHS - 2:04d}.pt.bad",
+        f"epoch_{EPOCHS - 2:04d}.safetensors.bad"]
 
     _assert_same_results(out, reference)
     trials = pd.read_csv(out / "trials.csv").set_index("trial")

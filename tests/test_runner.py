@@ -105,3 +105,32 @@ def test_the_runner_imports_nothing_of_optuna():
         imported = {n.name for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert not {m for m in imported if m.split(".")[0] == "optuna"}, module
+
+
+def test_a_kill_between_the_last_epoch_and_its_outcome_reruns_only_that_epoch(tmp_path, splits, monkeypatch):
+    """The last epoch writes no checkpoint (its outcome, written next, ends the trial; retention would delete it at
+    once): a kill in between re-runs that epoch from the one before, to the same result."""
+    whole = run_trial(_spec(tmp_path / "whole"), splits, CPU)
+
+    def killed(spec, result):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tlkit.runner, "_finish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_trial(_spec(tmp_path / "killed"), splits, CPU)
+    assert sorted(p.name for p in (tmp_path / "killed").glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt"]
+    resumed = run_trial(_spec(tmp_path / "killed"), splits, CPU)
+    assert resumed.resumed_from_epoch == 2
+    assert resumed.history == [{**h, "images_per_s": r["images_per_s"], "seconds": r["seconds"]}
+                               for h, r in zip(whole.history, resumed.history)]
+    a, b = load_file(str(tmp_path / "whole/best.safetensors")), load_file(str(tmp_path / "killed/best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_best_weights_are_a_second_name_for_their_epoch_checkpoint_not_a_second_write(tmp_path, splits):
+    result = run_trial(_spec(tmp_path / "t", strategy="full_finetune", epochs=2, keep_checkpoints="last"), splits, CPU)
+    best = tmp_path / "t" / "best.safetensors"
+    assert best.samefile(tmp_path / "t" / f"epoch_{result.best_epoch:04d}.safetensors")
+    with open(best, "rb") as fh:  # and it says which epoch it is, as before
+        assert f'"epoch":"{result.best_epoch}"' in fh.read(4096).decode("latin-1")

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,30 @@ def _epoch_paths(folder: Path, epoch: int) -> tuple[Path, Path]:
     return folder / f"epoch_{epoch:04d}.safetensors", folder / f"epoch_{epoch:04d}.pt"
 
 
-def save_epoch(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Save the checkpoint after finished ``epoch``; the ``.pt`` state (written last) commits it."""
+def save_epoch(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any],
+               also_best: Path | None = None) -> None:
+    """Save the checkpoint after finished ``epoch``; the ``.pt`` state (written last) commits it. ``also_best``:
+    the same weights are the trial's best so far, so that file becomes a second name for the epoch's weights (a
+    hard link: one write instead of two; where the file system has none, a second write)."""
     weights, state_path = _epoch_paths(folder, epoch)
-    save_weights(weights, model)
+    save_weights(weights, model, metadata={"epoch": str(epoch)})
+    if also_best is not None:
+        link_or_copy(weights, also_best)
     payload = {**state, "weights_sha256": sha256(weights), "rng": rng_state()}
     atomic_write(state_path, lambda tmp: torch_save(payload, tmp))
     prune_epochs(folder, keep=KEEP_EPOCHS)
+
+
+def link_or_copy(source: Path, path: Path) -> None:
+    """Make ``path`` name the same content as ``source``, atomically (readers see the old file or the new one)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:  # no hard links here (some network and FAT file systems): write a copy
+        tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda t: shutil.copyfile(source, t))
 
 
 def torch_save(payload: Any, path: Path) -> None:

@@ -91,10 +91,20 @@ class _Checkpointer(Callback):
         self.store = store
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
-        if trainer.best_epoch == result.epoch:
-            save_weights(self.folder / "best.safetensors", trainer.strategy.export_model(trainer.model),
-                         metadata={"epoch": str(result.epoch)})  # a plain timm model, adapters merged
-        save_epoch(self.folder, result.epoch, trainer.model, trainer.state_dict())
+        best = self.folder / "best.safetensors"
+        improved = trainer.best_epoch == result.epoch
+        exported = trainer.strategy.export_model(trainer.model) if improved else None  # plain timm, adapters merged
+        if trainer.epoch >= trainer.recipe.epochs and trainer.recipe.keep_checkpoints == "best":
+            # The trial's last epoch: its outcome, written next, ends the trial, and retention would delete this
+            # epoch's checkpoint at once, so it is not written. A kill in between re-runs this epoch from the
+            # previous checkpoint, to the same numbers.
+            if improved:
+                save_weights(best, exported, metadata={"epoch": str(result.epoch)})
+        else:
+            same = improved and exported is trainer.model
+            if improved and not same:
+                save_weights(best, exported, metadata={"epoch": str(result.epoch)})
+            save_epoch(self.folder, result.epoch, trainer.model, trainer.state_dict(), also_best=best if same else None)
         if self.store is not None:
             self.store.push(self.folder)
 
