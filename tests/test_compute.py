@@ -14,7 +14,7 @@ from tlkit.data import make_splits
 from tlkit.datasets import load_dataset
 from tlkit.experiment import Train
 from tlkit.runner import TrialSpec, read_outcome, run_trial
-from tlkit.train import Callback
+from tlkit.testing import KillAt
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -40,15 +40,6 @@ def test_bf16_autocast_is_on_for_cuda_and_only_when_asked_for_on_cpu():
     assert not use_amp(Train(), CPU) and not use_amp(Train(cpu_amp=False), CPU)
     assert use_amp(Train(cpu_amp=True), CPU) and not use_amp(Train(cpu_amp=True, amp=False), CPU)
     assert isinstance(cpu_has_native_bf16(), bool)
-
-
-class KillAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_batch_end(self, trainer, batch, num_batches):
-        if trainer.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def _spec(folder: Path, backbone: str, **recipe) -> TrialSpec:

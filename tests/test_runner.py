@@ -15,6 +15,7 @@ from tlkit.datasets import load_dataset
 from tlkit.experiment import Train
 from tlkit.runner import TrialSpec, read_outcome, run_trial
 from tlkit.train import Callback, PruneTrial
+from tlkit.testing import KillAt
 
 CPU = torch.device("cpu")
 
@@ -29,17 +30,6 @@ def splits():
 def _spec(folder: Path, strategy: str = "gradual", epochs: int = 3, **recipe) -> TrialSpec:
     return TrialSpec(backbone="test_resnet", strategy=strategy, params={}, metric="accuracy", seed=3,
                      recipe=Train(epochs=epochs, batch_size=16, image_size=16, **recipe), folder=folder)
-
-
-class KillAt(Callback):
-    """Stands in for a kill: raises KeyboardInterrupt in the given epoch, after its first optimizer step."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_batch_end(self, trainer, batch, num_batches):
-        if trainer.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_a_trial_runs_records_its_outcome_and_keeps_only_its_best_weights(tmp_path, splits):

@@ -21,6 +21,7 @@ from tlkit.metrics import get_metric
 from tlkit.strategies import STRATEGIES, Strategy, create_strategy, get_strategy, list_strategies, register_strategy
 from tlkit.strategies.base import prepare
 from tlkit.train import Callback, Trainer, apply_plan
+from tlkit.testing import KillAt
 
 ARCHS = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"]
 REGISTERED = list_strategies()  # every built-in and installed plugin goes through the contract matrix
@@ -322,17 +323,6 @@ def test_prepare_refuses_a_model_change_the_plan_cannot_follow():
         prepare(Swap(num_groups=6, epochs=1, to=create_backbone("test_vit", 3)), model)
 
 
-class _KillAt(Callback):
-    """Stands in for a kill: KeyboardInterrupt in ``epoch``, after its first step (epoch ``epoch - 1`` is saved)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_batch_end(self, trainer, batch, num_batches):
-        if trainer.epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("strategy, arch, params", [("l2_sp", "test_resnet", {"alpha": 0.1}),
                                                     ("lora", "test_vit", {"rank": 4}),
                                                     ("surgical", "test_efficientnet", {"block": "first"})])
@@ -348,7 +338,7 @@ def test_a_killed_trial_resumes_to_the_same_result_and_saves_a_plain_model(tmp_p
     cpu = torch.device("cpu")
     whole = run_trial(spec(tmp_path / "whole"), splits, cpu)
     with pytest.raises(KeyboardInterrupt):
-        run_trial(spec(tmp_path / "killed"), splits, cpu, callbacks=[_KillAt(epoch=1)])
+        run_trial(spec(tmp_path / "killed"), splits, cpu, callbacks=[KillAt(epoch=1)])
     resumed = run_trial(spec(tmp_path / "killed"), splits, cpu)
     assert resumed.resumed_from_epoch == 1 and resumed.trainable_params == whole.trainable_params
     for key in ("train_loss", "val_loss", "val_metric", "trainable_params"):

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_DEFAULTS", "experiment_source", "write_experiment", "run_tiny_sweep"]
+from tlkit.train import Callback
+
+__all__ = ["TINY_DEFAULTS", "experiment_source", "write_experiment", "run_tiny_sweep", "KillAt"]
 
 TINY_DEFAULTS: dict[str, Any] = {
     "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_per_class": 40, "val_fraction": 0.25},
@@ -71,3 +73,15 @@ def write_experiment(folder: str | Path, name: str = "tiny", **fields: Any) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(experiment_source(**fields))
     return path
+
+
+class KillAt(Callback):
+    """Stands in for a kill: raises KeyboardInterrupt in ``epoch``, after its first optimizer step (so epoch
+    ``epoch - 1`` is the newest checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_batch_end(self, trainer: Any, batch: int, num_batches: int) -> None:
+        if trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
