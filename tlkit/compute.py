@@ -11,8 +11,8 @@ stays NCHW on CPU until ``benchmarks/cpu_layout.py`` shows a gain for it: NCHW i
 slower. ``Train(channels_last=True/False)`` overrides the choice.
 
 bf16 autocast on CPU is opt-in (``Train(cpu_amp=True)``): it is faster only on CPUs with native bf16 arithmetic
-(AVX512-BF16 or AMX) and on models big enough for arithmetic to dominate, and it changes the numbers (see
-``docs/benchmarks.md`` for the measured speed and accuracy effect). channels_last is deterministic on CPU, so a
+(AVX512-BF16 or AMX) and on models big enough for arithmetic to dominate, and it changes the numbers (its speed on
+resnet18 is in ``docs/benchmarks.md``; its accuracy effect is not measured yet). channels_last is deterministic on CPU, so a
 resumed trial computes exactly what an uninterrupted one would; bf16 is not (oneDNN's bf16 convolution gradients
 differ in the last bits between identical runs), so with it a resumed trial continues, as on CUDA, but not bit for
 bit.
@@ -25,12 +25,12 @@ import torch
 
 from tlkit.experiment import Train
 
-__all__ = ["CPU_CHANNELS_LAST", "use_channels_last", "use_amp", "cpu_has_native_bf16"]
+__all__ = ["CPU_CHANNELS_LAST", "use_channels_last", "set_memory_format", "use_amp", "cpu_has_native_bf16"]
 
 log = logging.getLogger("tlkit")
 
 CPU_CHANNELS_LAST = frozenset({"ResNet", "EfficientNet"})
-"""timm model classes that train faster with channels_last on CPU (benchmarks/cpu_layout.py, docs/benchmarks.md)."""
+"""timm model classes with a measured gain from channels_last on CPU (docs/benchmarks.md)."""
 
 
 def _has_convolutions(model: torch.nn.Module) -> bool:
@@ -45,6 +45,15 @@ def use_channels_last(model: torch.nn.Module, device: torch.device, recipe: Trai
     if device.type == "cuda":
         return _has_convolutions(model)
     return device.type == "cpu" and type(model).__name__ in CPU_CHANNELS_LAST
+
+
+def set_memory_format(model: torch.nn.Module, device: torch.device, recipe: Train | None = None) -> bool:
+    """Convert ``model`` to channels_last when :func:`use_channels_last` chooses it; returns that choice, which the
+    inputs must follow."""
+    channels_last = use_channels_last(model, device, recipe)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return channels_last
 
 
 def cpu_has_native_bf16() -> bool:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from tlkit.backbones import create_backbone, preprocessing
 from tlkit.checkpoint import atomic_write, read_json, write_json
-from tlkit.compute import use_amp, use_channels_last
+from tlkit.compute import set_memory_format, use_amp
 from tlkit.errors import TlkitError, describe_error
 from tlkit.metrics import Predictions, get_metric
 from tlkit.preprocess import Preprocess
@@ -74,9 +74,7 @@ def score_test(run: SweepRun, backbone: str, weights: Path) -> tuple[Scores, Pre
     model = create_backbone(backbone, run.splits.num_classes, run.exp.train.image_size)
     model.load_state_dict(load_file(str(weights)))
     model.to(run.device)
-    channels_last = use_channels_last(model, run.device, run.exp.train)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    channels_last = set_memory_format(model, run.device, run.exp.train)
     prep = preprocessing(model)
     test = evaluate(model, run.splits.test, metric=get_metric(run.exp.metric), batch_size=run.exp.train.batch_size,
                     device=run.device, image_size=run.exp.train.image_size, amp=use_amp(run.exp.train, run.device),

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from tlkit.backbones import build_model, preprocessing
-from tlkit.compute import use_amp, use_channels_last
+from tlkit.compute import set_memory_format, use_amp
 from tlkit.data import Splits
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment, Train
@@ -205,9 +205,7 @@ def frozen_features(model: torch.nn.Module, splits: Splits, recipe: Train, devic
     ``FeatureCache`` (eval mode, un-augmented images, the recipe's image size and batch size), so the ranking
     scores exactly what a linear probe of these weights would see."""
     model.to(device)
-    channels_last = use_channels_last(model, device, recipe)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    channels_last = set_memory_format(model, device, recipe)
     cache = FeatureCache(model, splits, on_disk=recipe.cache_features, batch_size=recipe.batch_size * 2,
                          device=device, amp=use_amp(recipe, device), image_size=recipe.image_size,
                          channels_last=channels_last, **preprocessing(model))

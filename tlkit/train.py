@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlkit.backbones import LayerGroup
-from tlkit.compute import use_amp, use_channels_last
+from tlkit.compute import set_memory_format, use_amp
 from tlkit.data import ImageSet, Splits, iterate_batches
 from tlkit.experiment import Train
 from tlkit.features import FeatureCache
@@ -213,9 +213,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
-        self.channels_last = use_channels_last(self.model, self.device, self.recipe)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = set_memory_format(self.model, self.device, self.recipe)
         self.amp = use_amp(self.recipe, self.device)
         self.epoch = 0  # the next epoch to run
         self.step = 0  # optimizer steps taken: the schedule's position
