@@ -9,6 +9,12 @@ ImageFolder and a DataLoader with 2 workers (what a hand-written script does); t
 which is made once before the timing starts, as the peers' JPEGs are extracted once before it starts. "cold" means
 no cached features; "warm" means the features of an earlier run are on disk.
 
+A linear probe only makes sense on pretrained weights, and none can be downloaded here, so the probe and sweep works
+start every variant from the same weights file (``body.safetensors``: a resnet18 randomly initialised once with
+seed 0, standing in for pretrained weights; tlkit reads it as ``weights={"resnet18": ...}``, the hand loops load it
+the same way). The body is then the same in every trial, as it is with real pretrained weights; only the head's
+initialisation and the learning rate differ.
+
     pip install lightning   # only for this benchmark
     python benchmarks/peers.py --data-dir ../shared/datasets                        # every work, 3 rounds
     python benchmarks/peers.py --data-dir ../shared/datasets --works sweep --repeats 2
@@ -46,6 +52,7 @@ TRAIN_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = 2000, 500, 1000
 if os.environ.get("PEERS_SMALL"):  # --small: a quick check that every variant runs, not a measurement
     TRAIN_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = 200, 50, 100
 BATCH, LR, MOMENTUM, IMAGE_SIZE = 128, 0.01, 0.9, 32
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's ImageNet defaults, as tlkit uses for these models
 
 WORKS: dict[str, list[str]] = {
@@ -57,6 +64,11 @@ WORKS: dict[str, list[str]] = {
 }
 SETUP = {"finetune": ("resnet18", 2, False), "probe": ("resnet18", 2, True), "sweep": ("resnet18", 2, True),
          "effnet": ("efficientnet_b0", 1, False), "tax": ("resnet18", 1, False)}
+
+
+def body_file() -> Path:
+    """The probes' stand-in for pretrained weights (made once by ``prepare_data``)."""
+    return Path(os.environ["PEERS_BENCH"]) / "body.safetensors"
 
 
 # --- the peers: what a user writes by hand --------------------------------------------------------------------------
@@ -80,7 +92,12 @@ def _model(arch: str, probe: bool, channels_last: bool = False) -> Any:
     import torch
 
     model = timm.create_model(arch, pretrained=False, num_classes=len(CLASSES))
-    if probe:
+    if probe:  # the shared "pretrained" body; the head keeps its own random initialisation
+        from safetensors.torch import load_file
+
+        head = {f"{model.default_cfg['classifier']}.{k}" for k in model.get_classifier().state_dict()}
+        body = {k: v for k, v in load_file(str(body_file())).items() if k not in head}
+        model.load_state_dict(body, strict=False)
         for p in model.parameters():
             p.requires_grad_(False)
         for p in model.get_classifier().parameters():
@@ -287,7 +304,8 @@ def experiment_file(bench: Path, work: str, data_dir: Path) -> Path:
             backbones=["{arch}"], strategies=["{'linear_probe' if probe else 'full_finetune'}"],
             train=Train(epochs={epochs}, batch_size={BATCH}, optimizer="sgd", lr={LR}, momentum={MOMENTUM},
                         weight_decay=0.0, scheduler="constant", image_size={IMAGE_SIZE}),
-            search={search}, trials={trials}, repeats=0, pretrained=False, seed=0,
+            search={search}, trials={trials}, repeats=0, seed=0,
+            {f'weights={{"resnet18": {str(body_file())!r}}}' if probe else 'pretrained=False'},
         )
         """))
     return path
@@ -348,11 +366,20 @@ def measure(variant: str, work: str, bench: Path, data_dir: Path) -> dict[str, f
 
 
 def _env(bench: Path) -> dict[str, str]:
-    return {**os.environ, "TLKIT_CACHE": str(bench / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    return {**os.environ, "TLKIT_CACHE": str(bench / "cache"), "PYTHONPATH": str(Path(__file__).parents[1]),
+            "PEERS_BENCH": str(bench)}
 
 
 def prepare_data(bench: Path, data_dir: Path) -> None:
     """Once, outside the timing: the peers' JPEG folders and tlkit's decoded cache of the same zip."""
+    if not body_file().is_file():
+        import timm
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        model = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES))
+        save_file(model.state_dict(), str(body_file()))
     jpegs = bench / "jpegs"
     if not jpegs.is_dir():
         names = {n: i for i, n in enumerate(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -396,6 +423,7 @@ def main() -> None:
         return
     bench = (args.bench or Path(tempfile.mkdtemp(prefix="tlkit-peers-"))).resolve()
     bench.mkdir(parents=True, exist_ok=True)
+    os.environ["PEERS_BENCH"] = str(bench)  # where body_file() is, here and in every child
     prepare_data(bench, data_dir)
     import torch
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.repeats} rounds, working folder {bench}")

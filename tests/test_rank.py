@@ -193,3 +193,15 @@ def test_a_sweep_ranks_keeps_the_top_backbones_and_reports_how_well_the_ranking_
     assert type(model) is type(timm.create_model(kept, num_classes=5))
     with torch.no_grad():
         assert math.isfinite(float(model(torch.zeros(2, 3, 32, 32)).sum()))
+
+
+def test_a_sweep_of_one_backbone_ranks_nothing(tmp_path):
+    """One backbone has no order to predict: the sweep goes straight to training (no features, no ranking.csv),
+    while two backbones are ranked (the test above)."""
+    from tlkit.experiment import load_experiment
+    from tlkit.rank import rank_in_sweep
+
+    exp = load_experiment(write_experiment(tmp_path, backbones=["test_resnet"], pretrained=True))
+    unused = object()  # neither the splits nor the weights may be touched
+    assert rank_in_sweep(exp, unused, unused, torch.device("cpu"), tmp_path / "out") is exp
+    assert not (tmp_path / "out" / "ranking.csv").exists()

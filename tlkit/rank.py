@@ -253,10 +253,11 @@ def rank_in_sweep(exp: Experiment, splits: Splits, pretrained: dict[str, Any], d
                   out: Path) -> Experiment:
     """The sweep's step before its first trial: rank the backbones, write ``ranking.csv`` to ``out``, and return the
     experiment with only the backbones to search (all of them unless ``keep_top_backbones`` is set). Nothing is
-    ranked with ``pretrained=False``: random initialisations have nothing to tell apart."""
+    ranked with ``pretrained=False`` (random initialisations have nothing to tell apart) or with one backbone (there
+    is no order to predict, and its estimators cost a probe sweep about a tenth of its time: benchmarks/peers.py)."""
     from tlkit.tables import write_csv
 
-    if not exp.pretrained:
+    if not exp.pretrained or len(exp.backbones) < 2:
         return exp
     ranking = rank_backbones(exp, splits, pretrained, device)
     kept, dropped = keep_top(exp, ranking)
