@@ -5,9 +5,11 @@ On a GPU, channels_last and bf16 autocast are what cuDNN and tensor cores are bu
 on the architecture: oneDNN's convolutions run faster on channels_last (NHWC) tensors, so convolutional networks
 gain (EfficientNet's depthwise convolutions the most), while a ViT, whose work is matrix products on token
 sequences, has nothing to gain and pays for the layout conversion of its one patch-embedding convolution.
-``CPU_CHANNELS_LAST`` lists only the timm model classes with a measured gain on this project's development CPU
-(``docs/benchmarks.md``: EfficientNet-B0 trains 2.4x faster, resnet18's forward pass 1.11x); every other class
-stays NCHW on CPU until ``benchmarks/cpu_layout.py`` shows a gain for it: NCHW is always correct, only sometimes
+``CPU_CHANNELS_LAST`` lists only the timm model classes with a measured gain on this project's development CPUs
+(``docs/benchmarks.md``, two machines: AVX512 and AVX2): ResNet (training 0.99x-1.28x, forward passes 1.11x-2.05x),
+EfficientNet (training 1.06x-2.4x, forward 3.37x), MobileNetV3 (1.18x, 2.45x) and ConvNeXt (training 0.98x-1.08x,
+forward 1.38x-1.63x: evaluation and cached features gain, training is even). RegNet (1.04x, 1.03x: noise) and the
+ViTs (test_vit 1.04x, 0.95x) stay NCHW, as does every class not measured yet: NCHW is always correct, only sometimes
 slower. ``Train(channels_last=True/False)`` overrides the choice.
 
 bf16 autocast on CPU is opt-in (``Train(cpu_amp=True)``): it is faster only on CPUs with native bf16 arithmetic
@@ -29,7 +31,7 @@ __all__ = ["CPU_CHANNELS_LAST", "use_channels_last", "set_memory_format", "use_a
 
 log = logging.getLogger("tlkit")
 
-CPU_CHANNELS_LAST = frozenset({"ResNet", "EfficientNet"})
+CPU_CHANNELS_LAST = frozenset({"ResNet", "EfficientNet", "MobileNetV3", "ConvNeXt"})
 """timm model classes with a measured gain from channels_last on CPU (docs/benchmarks.md)."""
 
 
