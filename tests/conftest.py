@@ -23,6 +23,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _checkpoint_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny test epochs take milliseconds, far below the 10 s between a real trial's checkpoints; the tests that
+    kill and resume aim at particular epochs, so every epoch is checkpointed (experiment files from
+    ``tlkit.testing`` say the same with ``checkpoint_every_s=0``). tests/test_runner.py tests the real default."""
+    import tlkit.runner
+
+    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 0.0)
+
+
 @pytest.fixture
 def cifar_zip() -> Path:
     """The CIFAR-10 JPEG zip from the shared data folder, passed in by TLKIT_TEST_DATA (CI sets it)."""

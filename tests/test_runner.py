@@ -124,3 +124,95 @@ def test_the_best_weights_are_a_second_name_for_their_epoch_checkpoint_not_a_sec
     assert best.samefile(tmp_path / "t" / f"epoch_{result.best_epoch:04d}.safetensors")
     with open(best, "rb") as fh:  # and it says which epoch it is, as before
         assert f'"epoch":"{result.best_epoch}"' in fh.read(4096).decode("latin-1")
+
+
+# --- how often a trial checkpoints: every CHECKPOINT_EVERY_S seconds of training, not every epoch ------------------
+
+class _Slow(Callback):
+    """Makes every epoch count as ``seconds`` of training (the checkpointer reads the trainer's elapsed time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_epoch_end(self, trainer, result):
+        trainer.elapsed += self.seconds
+
+
+def _writes(monkeypatch) -> list[str]:
+    """The names of the weights files the runner writes, in order."""
+    import tlkit.checkpoint
+
+    written: list[str] = []
+    real = tlkit.checkpoint.save_tensors
+
+    def spy(path, tensors, metadata=None):
+        written.append(Path(path).name)
+        real(path, tensors, metadata)
+
+    monkeypatch.setattr(tlkit.checkpoint, "save_tensors", spy)
+    monkeypatch.setattr(tlkit.runner, "save_tensors", spy)
+    return written
+
+
+def test_short_epochs_are_not_checkpointed_and_the_best_weights_are_written_once(tmp_path, splits, monkeypatch):
+    """With the real default (10 s) a trial of short epochs writes one file of weights, its best, at the end; the
+    result and the weights are those of a trial checkpointed every epoch."""
+    every = run_trial(_spec(tmp_path / "every", strategy="linear_probe", epochs=4), splits, CPU)
+    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    written = _writes(monkeypatch)
+    lazy = run_trial(_spec(tmp_path / "lazy", strategy="linear_probe", epochs=4), splits, CPU)
+    assert written == ["best.safetensors"]
+    assert lazy.value == every.value and lazy.best_epoch == every.best_epoch
+    a, b = load_file(str(tmp_path / "every/best.safetensors")), load_file(str(tmp_path / "lazy/best.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_is_due_after_its_seconds_of_training_and_a_kill_resumes_from_it(tmp_path, splits,
+                                                                                      monkeypatch):
+    """Epochs of 6 s with checkpoints every 10 s: epoch 1 is checkpointed (12 s), epochs 0 and 2 are not; a kill in
+    epoch 3 resumes from epoch 1's checkpoint and re-runs epoch 2, to the uninterrupted result."""
+    whole = run_trial(_spec(tmp_path / "whole", epochs=4), splits, CPU)
+    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(_spec(tmp_path / "killed", epochs=4), splits, CPU, callbacks=[_Slow(6.0), KillAt(epoch=3)])
+    assert sorted(p.name for p in (tmp_path / "killed").glob("epoch_*.pt")) == ["epoch_0001.pt"]
+    resumed = run_trial(_spec(tmp_path / "killed", epochs=4), splits, CPU)
+    assert resumed.resumed_from_epoch == 2
+    assert [h["val_metric"] for h in resumed.history] == [h["val_metric"] for h in whole.history]
+    a, b = load_file(str(tmp_path / "whole/best.safetensors")), load_file(str(tmp_path / "killed/best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_kill_before_any_checkpoint_starts_the_trial_again_to_the_same_result(tmp_path, splits, monkeypatch):
+    whole = run_trial(_spec(tmp_path / "whole"), splits, CPU)
+    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(_spec(tmp_path / "killed"), splits, CPU, callbacks=[KillAt(epoch=2)])
+    assert not list((tmp_path / "killed").glob("*.safetensors"))  # neither a checkpoint nor a best yet
+    resumed = run_trial(_spec(tmp_path / "killed"), splits, CPU)
+    assert resumed.resumed_from_epoch is None and resumed.history[-1]["val_metric"] == whole.history[-1]["val_metric"]
+    a, b = load_file(str(tmp_path / "whole/best.safetensors")), load_file(str(tmp_path / "killed/best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_spent_time_budget_checkpoints_the_epoch_before_it_stops(tmp_path, splits, monkeypatch):
+    from tlkit.runner import TimeUp
+
+    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    with pytest.raises(TimeUp):
+        run_trial(_spec(tmp_path / "t"), splits, CPU, deadline=0.0)  # spent before the first epoch ends
+    assert sorted(p.name for p in (tmp_path / "t").glob("epoch_*.pt")) == ["epoch_0000.pt"]
+    assert run_trial(_spec(tmp_path / "t"), splits, CPU).resumed_from_epoch == 1
+
+
+def test_a_pruned_trial_keeps_the_best_weights_it_held_in_memory(tmp_path, splits, monkeypatch):
+    class PruneAtTwo(Callback):
+        def on_epoch_end(self, trainer, result):
+            if result.epoch == 2:
+                raise PruneTrial("pruned at epoch 2")
+
+    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    pruned = run_trial(_spec(tmp_path / "p", epochs=4), splits, CPU, callbacks=[PruneAtTwo()])
+    assert pruned.state == "PRUNED" and not list((tmp_path / "p").glob("epoch_*"))
+    with open(tmp_path / "p" / "best.safetensors", "rb") as fh:
+        assert f'"epoch":"{pruned.best_epoch}"' in fh.read(4096).decode("latin-1")

@@ -1,9 +1,9 @@
 """Atomic checkpoints: safetensors weights plus a plain-data state, written so a kill never leaves a torn file.
 
-A trial folder holds ``epoch_NNNN.safetensors`` + ``epoch_NNNN.pt`` for the last two finished epochs and
-``best.safetensors`` for its best epoch. The ``.pt`` file records the SHA-256 of its weights file, so a truncated or
-corrupted pair is detected and the previous pair is used instead. States are read with ``weights_only=True``: a
-pickle that would run code on load is refused.
+A trial folder holds ``epoch_NNNN.safetensors`` + ``epoch_NNNN.pt`` for the last two checkpointed epochs (how often
+is ``tlkit.runner``'s choice) and ``best.safetensors`` for its best epoch. The ``.pt`` file records the SHA-256 of its
+weights file, so a truncated or corrupted pair is detected and the previous pair is used instead. States are read
+with ``weights_only=True``: a pickle that would run code on load is refused.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from tlkit.errors import TlkitError, describe_error
 
-__all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "load_weights", "save_epoch",
-           "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
+__all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "save_tensors", "load_weights",
+           "save_epoch", "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
 
 KEEP_EPOCHS = 2
 
@@ -106,8 +106,13 @@ def sha256(path: Path) -> str:
 
 
 def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A state dict as safetensors, atomically (copies: safetensors refuses tensors that share memory)."""
+    copies = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(copies, str(tmp), metadata=metadata))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -138,6 +138,10 @@ class Train:
     """Stop each epoch after this many batches: a fast real run for smoke tests."""
     keep_checkpoints: str = "best"
     """``best``: once a trial ends keep only its best weights; ``last``: also keep its last two epoch checkpoints."""
+    checkpoint_every_s: Union[float, None] = None
+    """Seconds of training between a trial's epoch checkpoints (None: ``tlkit.runner.CHECKPOINT_EVERY_S``, 10 s;
+    0: every epoch). A kill re-runs at most this much training, to the same numbers; short epochs (a probe on
+    cached features takes a fraction of a second) are cheaper to re-run than to save."""
 
     def __post_init__(self) -> None:
         self.validate("train.")
@@ -170,6 +174,7 @@ RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "crop_padding": (lambda v: v >= 0, ">= 0"),
     "max_batches": (lambda v: v is None or v >= 1, "None or an int >= 1"),
+    "checkpoint_every_s": (lambda v: v is None or 0 <= v < math.inf, "None or a finite number of seconds >= 0"),
 }
 
 
@@ -550,6 +555,7 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
 # Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
 _NOT_IDENTITY = {"trials", "repeats", "name", "backbones", "strategies", "data.root", "data.download",
                  "source.data.root", "source.data.download", "train.device", "train.keep_checkpoints",
+                 "train.checkpoint_every_s", "source.train.checkpoint_every_s",
                  "keep_top_backbones"}
 
 

@@ -16,7 +16,8 @@ TINY_DEFAULTS: dict[str, Any] = {
     "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_per_class": 40, "val_fraction": 0.25},
     "backbones": ["test_resnet"],
     "strategies": ["last_n"],
-    "train": {"epochs": 2, "batch_size": 32, "image_size": 16, "augment": ["crop"]},
+    "train": {"epochs": 2, "batch_size": 32, "image_size": 16, "augment": ["crop"],
+              "checkpoint_every_s": 0},  # a checkpoint every epoch: the kill-and-resume tests aim at epochs
     "trials": 1,
     "repeats": 0,
     "pretrained": False,
