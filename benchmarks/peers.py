@@ -29,7 +29,8 @@ Works and their variants (``--works``):
 - ``effnet``:   full fine-tuning of efficientnet_b0, 1 epoch; training images/s (hand NCHW, hand channels_last,
                 tlkit, tlkit with bf16 autocast).
 - ``tax``:      a one-epoch full fine-tuning trial of resnet18 on tlkit's own data tensors, whole process: a minimal
-                hand loop vs tlkit's trial runner vs the whole ``python -m tlkit.sweep`` around one trial.
+                hand loop (in the memory layout tlkit picks) vs tlkit's trial runner vs the whole
+                ``python -m tlkit.sweep`` around one trial.
 """
 from __future__ import annotations
 
@@ -224,11 +225,13 @@ def lightning_trial(folder: Path, epochs: int) -> dict[str, float]:
 
 
 def hand_on_tlkit_tensors(experiment: Path) -> dict[str, float]:
-    """The least a trial can be: tlkit's decoded tensors and batching, timm's model, a bare SGD loop."""
+    """The least a trial can be: tlkit's decoded tensors and batching, timm's model in the memory layout tlkit
+    picks for it (so the two compute the same and the difference is what tlkit adds), a bare SGD loop."""
     import timm
     import torch
     import torch.nn.functional as F
 
+    from tlkit.compute import set_memory_format
     from tlkit.data import iterate_batches
     from tlkit.experiment import load_experiment
     from tlkit.sweep import prepare
@@ -237,12 +240,13 @@ def hand_on_tlkit_tensors(experiment: Path) -> dict[str, float]:
     splits, _ = prepare(exp)
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES))
+    layout = torch.channels_last if set_memory_format(model, torch.device("cpu")) else torch.contiguous_format
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     model.train()
     start, images = time.perf_counter(), 0
     for x, y in iterate_batches(splits.train, BATCH, shuffle_seed=0, augment=["crop", "hflip"], padding=4,
                                 mean=MEAN, std=STD, drop_last=True, image_size=IMAGE_SIZE):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.contiguous(memory_format=layout)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -254,7 +258,7 @@ def hand_on_tlkit_tensors(experiment: Path) -> dict[str, float]:
         for name in ("val", "test"):
             right = seen = 0
             for x, y in iterate_batches(getattr(splits, name), 2 * BATCH, mean=MEAN, std=STD, image_size=IMAGE_SIZE):
-                right += (model(x).argmax(1) == y).sum().item()
+                right += (model(x.contiguous(memory_format=layout)).argmax(1) == y).sum().item()
                 seen += len(y)
             scores[name] = right / seen
     return {"images_per_s": images / seconds, **scores}
@@ -426,11 +430,18 @@ def main() -> None:
     os.environ["PEERS_BENCH"] = str(bench)  # where body_file() is, here and in every child
     prepare_data(bench, data_dir)
     import torch
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.repeats} rounds, working folder {bench}")
+    print(f"{os.cpu_count()} CPUs (capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+          f"{args.repeats} rounds, working folder {bench}")
+    from tlkit.compute import cpu_has_native_bf16
+
+    native_bf16 = cpu_has_native_bf16()
+    if not native_bf16:  # emulated bf16 is many times slower than float32: nothing to learn, hours to spend
+        print("this CPU has no native bfloat16 (AVX512-BF16 or AMX): the bf16 variants are skipped")
     for work in args.works:
-        runs: dict[str, list[dict[str, float]]] = {v: [] for v in WORKS[work]}
+        variants = [v for v in WORKS[work] if native_bf16 or not v.endswith("bf16")]
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         for _ in range(args.repeats):
-            for variant in WORKS[work]:
+            for variant in variants:
                 runs[variant].append(measure(variant, work, bench, data_dir))
         report(work, runs)
 
