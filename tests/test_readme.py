@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 from PIL import Image
+from safetensors.torch import save_file
 
 from tlkit.testing import run_tiny_sweep
 
@@ -79,6 +81,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # of a smaller experiment, which a sweep of experiments/digits.py would rightly refuse to continue.
     shutil.copytree(ROOT / "experiments", root.parent / "fresh" / "experiments")
     (root.parent / "fresh" / "r18.safetensors").symlink_to(root / "r18.safetensors")  # made by a README command
+    # ... which, under pytest-xdist, may run in the other worker: the same file here, so no command depends on the
+    # order the workers take them in (the README command itself still runs as its own test and overwrites it).
+    save_file(timm.create_model("resnet18").state_dict(), str(root / "r18.safetensors"))
     images = root / "my_images"
     images.mkdir()
     for i in range(3):
