@@ -13,9 +13,10 @@ ViTs (test_vit 1.04x, 0.95x) stay NCHW, as does every class not measured yet: NC
 slower. ``Train(channels_last=True/False)`` overrides the choice.
 
 bf16 autocast on CPU is opt-in (``Train(cpu_amp=True)``): it is faster only on CPUs with native bf16 arithmetic
-(AVX512-BF16 or AMX) and on models big enough for arithmetic to dominate, and it changes the numbers (its speed on
-resnet18 is in ``docs/benchmarks.md``; its accuracy effect is not measured yet). channels_last is deterministic on CPU, so a
-resumed trial computes exactly what an uninterrupted one would; bf16 is not (oneDNN's bf16 convolution gradients
+(AVX512-BF16 or AMX) and on models big enough for arithmetic to dominate (emulated, it was 5.7x-7.2x slower), and it
+changes the numbers: in evaluation about one test prediction in 300, with no detectable accuracy difference; its
+effect on training is not measured (``docs/benchmarks.md``). channels_last is deterministic on CPU, so a resumed
+trial computes exactly what an uninterrupted one would; bf16 is not (oneDNN's bf16 convolution gradients
 differ in the last bits between identical runs), so with it a resumed trial continues, as on CUDA, but not bit for
 bit.
 """

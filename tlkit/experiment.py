@@ -129,8 +129,9 @@ class Train:
     """bfloat16 autocast on CUDA (on CPU only with ``cpu_amp``)."""
     cpu_amp: Union[bool, None] = None
     """bfloat16 autocast on CPU as well (with ``amp``): faster on CPUs with native bf16 (AVX512-BF16, AMX) for models
-    big enough (speed in docs/benchmarks.md; its accuracy effect is not measured yet); it changes the numbers and,
-    as on CUDA, is not bit-for-bit repeatable. None or False: float32."""
+    big enough (speed in docs/benchmarks.md: evaluation changes ~1 prediction in 300, no detectable accuracy
+    difference; its effect on training is not measured); as on CUDA, not bit-for-bit repeatable. None or False:
+    float32."""
     channels_last: Union[bool, None] = None
     """channels_last memory for the model and its inputs. None: decided per architecture and device from
     measurements (``tlkit.compute``: every CNN on CUDA; on CPU the architectures it speeds up)."""
