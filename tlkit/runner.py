@@ -24,8 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from tlkit.backbones import build_model, layer_groups, preprocessing
-from tlkit.checkpoint import (load_latest, prune_epochs, save_epoch, save_tensors, save_weights, set_rng_state,
-                              write_json)
+from tlkit.checkpoint import load_latest, prune_epochs, save_epoch, save_tensors, set_rng_state, write_json
 from tlkit.data import Splits
 from tlkit.errors import describe_error
 from tlkit.experiment import Train
@@ -124,14 +123,12 @@ class _Checkpointer(Callback):
             if improved:
                 self.pending = (result.epoch, _cpu_copy(exported))
             return
-        best = self.folder / "best.safetensors"
-        same = improved and exported is trainer.model
-        if improved and not same:
-            save_weights(best, exported, metadata={"epoch": str(result.epoch)})
-        elif not improved:
-            self._save_pending()
-        self.pending = None
-        save_epoch(self.folder, result.epoch, trainer.model, trainer.state_dict(), also_best=best if same else None)
+        same = improved and exported is trainer.model  # then the best is a hard link to this checkpoint's weights
+        if improved:
+            self.pending = None if same else (result.epoch, exported.state_dict())
+        self._save_pending()  # a best not on disk yet goes with this checkpoint
+        save_epoch(self.folder, result.epoch, trainer.model, trainer.state_dict(),
+                   also_best=self.folder / "best.safetensors" if same else None)
         self.saved_at = trainer.elapsed
         if self.store is not None:
             self.store.push(self.folder)
@@ -147,6 +144,7 @@ class _Checkpointer(Callback):
                 self.store.push(self.folder)
 
     def _save_pending(self) -> None:
+        """Write the best weights held back since their epoch (save_tensors copies them, so they may be live)."""
         if self.pending is not None:
             epoch, weights = self.pending
             save_tensors(self.folder / "best.safetensors", weights, metadata={"epoch": str(epoch)})

@@ -77,8 +77,8 @@ def write_experiment(folder: str | Path, name: str = "tiny", **fields: Any) -> P
 
 
 class KillAt(Callback):
-    """Stands in for a kill: raises KeyboardInterrupt in ``epoch``, after its first optimizer step (so epoch
-    ``epoch - 1`` is the newest checkpoint)."""
+    """Stands in for a kill: raises KeyboardInterrupt in ``epoch``, after its first optimizer step (with a
+    checkpoint every epoch, ``checkpoint_every_s=0``, epoch ``epoch - 1`` is the newest checkpoint)."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
