@@ -81,7 +81,7 @@ def _save_epoch(folder, epoch, *args, _real=tlkit.runner.save_epoch, **kw):
     _kill_if("saved", epoch)
 
 
-def _save_weights(path, *args, _real=tlkit.runner.save_weights, **kw):
+def _save_tensors(path, *args, _real=tlkit.runner.save_tensors, **kw):
     _real(path, *args, **kw)
     _kill_if("best", int(kw.get("metadata", {}).get("epoch", -1)))
 
@@ -91,7 +91,7 @@ def _finish(*args, _real=tlkit.runner._finish):
     _kill_if("finished", _now["epoch"])
 
 
-tlkit.runner.load_latest, tlkit.runner.save_epoch, tlkit.runner.save_weights = _load_latest, _save_epoch, _save_weights
+tlkit.runner.load_latest, tlkit.runner.save_epoch, tlkit.runner.save_tensors = _load_latest, _save_epoch, _save_tensors
 tlkit.runner._finish = _finish
 tlkit.train.iterate_batches = _iterate_batches
 '''
