@@ -122,7 +122,8 @@ class Train:
     cache_features: bool = True
     """While only the head trains, use the backbone's features of the un-augmented images (a probe on fixed
     features), computed once per (weights, images, preprocessing) and kept in ``$TLKIT_CACHE/features`` for every
-    trial, cell and later sweep that needs them (``tlkit.features``). False recomputes them every epoch, with
+    trial, cell and later sweep that needs them (``tlkit.features``); likewise, when ``augment`` is empty, the output
+    of the frozen layer groups below the trainable ones (``tlkit.prefix``). False recomputes them every epoch, with
     augmentation."""
     device: str = "auto"
     amp: bool = True

@@ -6,21 +6,24 @@ precision). A linear probe's every trial, a repeat, the probe phase of LP-FT and
 unfreezing of the same backbone all need the same features, so they are computed once and kept under
 ``$TLKIT_CACHE/features/<key>.pt``, the key a SHA-256 of those three things (any change gives a new key; the folder
 is safe to delete). The features are the same bits as computing them again, so cached and uncached trials agree.
+The same cache holds the output of a frozen prefix (``tlkit.prefix``): the frozen groups below the trainable ones,
+when the images are not augmented.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from tlkit.data import Splits, cache_dir
 from tlkit.errors import describe_error
 
-__all__ = ["FeatureCache", "features_key", "feature_dir"]
+__all__ = ["FeatureCache", "features_key", "feature_dir", "eval_mode"]
 
 log = logging.getLogger("tlkit")
 
@@ -36,10 +39,13 @@ def _tensor_digest(digest: Any, tensor: torch.Tensor) -> None:
 
 
 def features_key(model: torch.nn.Module, split: Any, predict_kwargs: dict[str, Any]) -> str:
-    """The identity of one split's features: the body's weights and buffers (the head is not part of them), the
-    images and labels, and how they are fed to the model."""
-    head = {id(p) for p in model.get_classifier().parameters()}
+    """The identity of one split's features: what computes them (a model's body, without its head; or a frozen
+    prefix cut out of a model, ``tlkit.prefix``, whose code says where the cut is): its layers as printed, weights
+    and buffers; the images and labels; and how they are fed to the model."""
+    cut = isinstance(model, torch.fx.GraphModule)
+    head = set() if cut else {id(p) for p in model.get_classifier().parameters()}
     digest = hashlib.sha256(type(model).__qualname__.encode())
+    digest.update((model.code if cut else repr(model)).encode())
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in head:
             digest.update(name.encode())
@@ -52,19 +58,36 @@ def features_key(model: torch.nn.Module, split: Any, predict_kwargs: dict[str, A
     return digest.hexdigest()[:24]
 
 
-class FeatureCache:
-    """What the head sees (the frozen backbone's pre-logit features) of the un-augmented train and val splits,
-    computed once while only the head trains (in memory, and on disk when ``on_disk``); ``clear()`` once the body
-    trains and they go stale."""
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Every module in eval mode, then each back in its own mode (``train(True)`` would also switch the frozen
+    BatchNorm layers inside a training module back to training)."""
+    training = [m for m in model.modules() if m.training]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
 
-    def __init__(self, model: torch.nn.Module, splits: Splits, on_disk: bool = True, **predict_kwargs: Any) -> None:
+
+class FeatureCache:
+    """What the trainable part of the model sees of the un-augmented train and val splits, computed once (in memory,
+    and on disk when ``on_disk``): the frozen backbone's pre-logit features while only the head trains, or the
+    output of a frozen ``prefix`` (``tlkit.prefix``). ``clear()`` once they go stale."""
+
+    def __init__(self, model: torch.nn.Module, splits: Splits, on_disk: bool = True,
+                 prefix: torch.fx.GraphModule | None = None, **predict_kwargs: Any) -> None:
         self.model = model
+        self.prefix = prefix
         self.splits = splits
         self.on_disk = on_disk
         self.predict_kwargs = predict_kwargs
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prefix is not None:
+            return self.prefix(x)
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
     def get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +101,8 @@ class FeatureCache:
     def _load_or_compute(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from tlkit.train import predict
 
-        path = feature_dir() / f"{features_key(self.model, data, self.predict_kwargs)}.pt" if self.on_disk else None
+        key = features_key(self.model if self.prefix is None else self.prefix, data, self.predict_kwargs)
+        path = feature_dir() / f"{key}.pt" if self.on_disk else None
         device = torch.device(self.predict_kwargs.get("device", "cpu"))
         if path is not None and path.is_file():
             try:
@@ -89,12 +113,8 @@ class FeatureCache:
                 os.replace(path, aside)
                 log.warning("cached features %s cannot be read (%s); set aside as %s and computed again", path,
                             describe_error(err), aside.name)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             features, labels = predict(self._forward, data, **self.predict_kwargs)
-        finally:
-            self.model.train(was_training)
         if path is not None:
             _save(path, features, labels)
         return features, labels

@@ -20,8 +20,9 @@ from tlkit.backbones import LayerGroup
 from tlkit.compute import set_memory_format, use_amp
 from tlkit.data import ImageSet, Splits, iterate_batches
 from tlkit.experiment import Train
-from tlkit.features import FeatureCache
+from tlkit.features import FeatureCache, eval_mode
 from tlkit.metrics import Metric
+from tlkit.prefix import cut_frozen_prefix, memory_budget
 from tlkit.strategies.base import Strategy, check_plan
 
 __all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "Scores", "evaluate", "predict",
@@ -173,17 +174,13 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], data: ImageSet | tu
 
 def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, metric: Metric,
              batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
-             head_only: bool = False, amp: bool = False, image_size: int | None = None,
-             channels_last: bool = False) -> Scores:
-    """Mean loss, ``metric`` and logits of ``model`` on ``data`` (images, or cached features when ``head_only``)."""
-    was_training = model.training
-    model.eval()
-    try:
-        forward = model.get_classifier() if head_only else model
-        logits, labels = predict(forward, data, batch_size=batch_size * 2, mean=mean, std=std, device=device,
-                                 amp=amp, image_size=image_size, channels_last=channels_last)
-    finally:
-        model.train(was_training)
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None, amp: bool = False,
+             image_size: int | None = None, channels_last: bool = False) -> Scores:
+    """Mean loss, ``metric`` and logits of ``model`` on ``data``: images, or cached features (what a frozen part of
+    the model computes from them) with ``forward`` the part of the model that runs on them."""
+    with eval_mode(model):
+        logits, labels = predict(forward or model, data, batch_size=batch_size * 2, mean=mean, std=std,
+                                 device=device, amp=amp, image_size=image_size, channels_last=channels_last)
     loss = F.cross_entropy(logits, labels, reduction="mean").item()
     logits, labels = logits.cpu(), labels.cpu()
     return Scores(loss, metric(labels.numpy(), logits.numpy()), logits, labels)
@@ -229,10 +226,13 @@ class Trainer:
         self.steps_per_epoch = min(batches, self.recipe.max_batches or batches)
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
         self.warmup_steps = self.steps_per_epoch * self.recipe.warmup_epochs
-        self.features = FeatureCache(self.model, self.splits, on_disk=self.recipe.cache_features,
-                                     batch_size=self.recipe.batch_size * 2, mean=self.mean, std=self.std,
-                                     device=self.device, amp=self.amp, image_size=self.recipe.image_size,
-                                     channels_last=self.channels_last)
+        self.features = self._feature_cache()
+        self._prefix: tuple[Any, Callable | None, FeatureCache | None] = (None, None, None)  # (plan, suffix, cache)
+
+    def _feature_cache(self, prefix: torch.fx.GraphModule | None = None) -> FeatureCache:
+        return FeatureCache(self.model, self.splits, on_disk=self.recipe.cache_features, prefix=prefix,
+                            batch_size=self.recipe.batch_size * 2, mean=self.mean, std=self.std, device=self.device,
+                            amp=self.amp, image_size=self.recipe.image_size, channels_last=self.channels_last)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Every parameter goes in once (see ``param_groups``); frozen ones simply have no grad."""
@@ -258,6 +258,23 @@ class Trainer:
     def head_only(self) -> bool:
         """Only the head trains, so the backbone's output is a fixed function of the image."""
         return all(s == 0 for s in self.scales[:-1])
+
+    def _frozen_prefix(self) -> tuple[Callable | None, FeatureCache | None]:
+        """``(suffix, cache)`` when the plan keeps a frozen prefix whose output can be cached (``tlkit.prefix``):
+        only with un-augmented images, since augmentation would change that output every epoch. The cut is made
+        again only when the plan changes (gradual unfreezing moves it)."""
+        if not self.recipe.cache_features or self.recipe.augment or self.head_only:
+            return None, None
+        plan = (tuple(self.scales), tuple(p.requires_grad for p in self.model.parameters()))
+        if self._prefix[0] != plan:
+            size = self.recipe.image_size
+            example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+            if self.channels_last:
+                example = example.contiguous(memory_format=torch.channels_last)
+            cut = cut_frozen_prefix(self.model, self.groups, example, len(self.splits.train) + len(self.splits.val),
+                                    memory_budget(self.device))
+            self._prefix = (plan, None, None) if cut is None else (plan, cut.suffix, self._feature_cache(cut.prefix))
+        return self._prefix[1], self._prefix[2]
 
     def fit(self) -> list[EpochResult]:
         """Run the remaining epochs. Every callback's ``on_fit_end`` runs, with the outcome, however it ends."""
@@ -303,9 +320,11 @@ class Trainer:
         trainable = self._enter_epoch(epoch)
         lrs = [self.lr_now() * s for s in self.scales]
         set_train_mode(self.model, self.groups, self.scales)
-        cached = self.head_only and self.recipe.cache_features
-        forward = self.model.get_classifier() if cached else self.model
-        data = self.features.get("train") if cached else self.splits.train
+        forward, cache = (self.model.get_classifier(), self.features) if self.head_only and \
+            self.recipe.cache_features else self._frozen_prefix()
+        cached = cache is not None
+        forward = forward if cached else self.model
+        data = cache.get("train") if cached else self.splits.train
         start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=self.device)
         batches = iterate_batches(data, self.recipe.batch_size, shuffle_seed=self.seed * 100_003 + epoch,
                                   augment=self.recipe.augment, padding=self.recipe.crop_padding, mean=self.mean,
@@ -331,9 +350,9 @@ class Trainer:
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise NonFiniteError(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = evaluate(self.model, self.features.get("val") if cached else self.splits.val, metric=self.metric,
+        val = evaluate(self.model, cache.get("val") if cached else self.splits.val, metric=self.metric,
                        batch_size=self.recipe.batch_size, mean=self.mean, std=self.std, device=self.device,
-                       head_only=cached, amp=self.amp, image_size=self.recipe.image_size,
+                       forward=forward, amp=self.amp, image_size=self.recipe.image_size,
                        channels_last=self.channels_last)
         if not (math.isfinite(val.loss) and math.isfinite(val.metric)):
             raise NonFiniteError(f"non-finite validation loss or metric at epoch {epoch}")
