@@ -21,7 +21,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tlkit.study import open_storage, take_up_dead_local_trials
+from tlkit.study import MOVED, open_storage, take_up_dead_local_trials
 from tlkit.testing import write_experiment
 
 KILL_PRELUDE = '''
@@ -280,10 +280,13 @@ def test_a_trial_left_running_by_a_lost_worker_is_taken_up_once_after_the_heartb
                           capture_output=True, text=True, env=_env(tmp_path, ""), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(out).get_trials()
-    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]  # the lost one, then 2 runs
+    # the lost one; run 1's first queued trial, taken off the queue untrained so that the retry runs first; 2 runs
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    (moved,) = [t for t in trials if t.user_attrs.get("duplicate_of") == MOVED]
+    assert moved.user_attrs["run"] == 1 and moved.state == TrialState.FAIL and not moved.intermediate_values
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
     assert retry.params == lost.params and retry.user_attrs["run"] == lost.user_attrs["run"]
     assert (retry.user_attrs["resumed_from_trial"], retry.user_attrs["resumed_from_epoch"]) == (lost.number, 2)
-    # run 0 goes on from its checkpoint of epoch 1; run 1 (queued before it was retried) trains whole
-    assert sorted(_epochs_trained(tmp_path, since=seen)) == [(0, 2), (0, 3)] + [(1, e) for e in range(EPOCHS)]
+    # run 0 goes on from its checkpoint of epoch 1, then run 1 trains whole: the uninterrupted order
+    assert _epochs_trained(tmp_path, since=seen) == [(0, 2), (0, 3)] + [(1, e) for e in range(EPOCHS)]
     _assert_same_results(out, reference)  # including run 1, sampled and seeded after the retry

@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 from tlkit import _optuna
 from tlkit.errors import TlkitError
 from tlkit.experiment import Experiment
-from tlkit.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run, ensure_runs,
-                         finished_count, open_cell_study, open_storage, reseed_sampler, run_of,
-                         take_up_dead_local_trials, worker_id)
+from tlkit.study import (MOVED, Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run,
+                         ensure_runs, finished_count, open_cell_study, open_storage, reseed_sampler, retries_first,
+                         run_of, take_up_dead_local_trials, worker_id)
 
 # study.ask() on a storage with heartbeats: fine here, Optuna only recommends optimize().
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -145,3 +145,30 @@ def test_a_dead_local_worker_s_trial_is_taken_up_at_once_and_only_once(storage):
     assert states[:3] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING]  # another host: the heartbeat
     assert [t.state for t in study.get_trials()[3:]] == [TrialState.WAITING, TrialState.WAITING]
     assert take_up_dead_local_trials(study) == 0
+
+
+def test_a_retry_runs_before_the_later_runs_queued_ahead_of_it(storage):
+    """Run 1 of 3 dies: its retry is queued behind run 2's waiting trial. Taken in trial order, run 2 would be
+    sampled without run 1's result; so run 2's waiting trial is taken off the queue and queued again behind it."""
+    study = open_cell_study(storage, "s", _exp(), Cell("test_resnet", "last_n"))
+    ensure_runs(study, 3)
+    first = study.ask()
+    assert claim_run(first) == (0, None)
+    study.tell(first, 0.5)
+    dying = study.ask()
+    assert claim_run(dying) == (1, None)
+    lr = dying.suggest_float("lr", 1e-4, 1e-2, log=True)
+    study.tell(dying, state=TrialState.FAIL)
+    _optuna.requeue(study, _optuna.reload(study, _optuna.frozen_trial(dying)))
+    assert retries_first(study) == 1
+    ensure_runs(study, 3)
+    assert retries_first(study) == 0, "once in order, nothing more moves"
+    retry = study.ask()
+    assert claim_run(retry) == (1, 1) and retry.suggest_float("lr", 1e-4, 1e-2, log=True) == lr
+    study.tell(retry, 0.6)
+    last = study.ask()
+    assert claim_run(last) == (2, None)
+    study.tell(last, 0.7)
+    assert finished_count(study) == 3 and not study.get_trials(states=(TrialState.WAITING,))
+    moved = [t for t in study.get_trials() if t.user_attrs.get("duplicate_of") == MOVED]
+    assert len(moved) == 1 and moved[0].state == TrialState.FAIL and "run 1" in moved[0].user_attrs["failure_reason"]

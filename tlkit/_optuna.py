@@ -7,12 +7,14 @@ every attempt before it). ``tests/test_optuna_internals.py`` checks each functio
 """
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["RetryCallback", "heartbeat_retry", "storage_of", "frozen_trial", "reload", "first_attempt",
-           "earlier_attempts", "previous_attempt", "is_retry", "requeue", "fail_trial"]
+           "earlier_attempts", "previous_attempt", "is_retry", "requeue", "fail_trial", "take_off_queue"]
 
 # Optuna 5 renamed the heartbeat's retry callback and the storage argument and getter that go with it.
 _OPTUNA_5 = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
@@ -71,6 +73,22 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     if any(previous_attempt(t) == trial.number for t in study.get_trials(deepcopy=False)):
         return  # already re-queued (say by the process that ran it, whose storage then failed): one retry, not two
     callback(study, trial)
+
+
+def take_off_queue(study: optuna.Study, trial: FrozenTrial, notes: dict[str, Any]) -> bool:
+    """End a WAITING ``trial`` untrained: claimed the way Optuna's own ``ask`` claims one (the WAITING -> RUNNING
+    change is the lock, so no other worker gets it), given the user attributes ``notes`` and failed. False when
+    another worker took it first."""
+    storage = storage_of(study)
+    try:
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    for key, value in notes.items():
+        storage.set_trial_user_attr(trial._trial_id, key, value)
+    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    return True
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, note: tuple[str, str]) -> bool:

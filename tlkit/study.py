@@ -27,7 +27,7 @@ from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment, identity
 from tlkit.metrics import get_metric
 
-__all__ = ["NONE_LEFT", "Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count", "ensure_runs",
+__all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count", "ensure_runs",
            "claim_run", "DuplicateRun", "take_up_dead_local_trials", "take_up_lost_trials", "worker_id", "run_of",
            "cell_studies", "check_results_folder", "HEARTBEAT_S"]
 
@@ -225,6 +225,31 @@ def ensure_runs(s: optuna.Study, budget: int) -> None:
 
 NONE_LEFT = -1
 """``duplicate_of`` of a trial Optuna opened after the queue ran dry: a duplicate of no trial in particular."""
+MOVED = -2
+"""``duplicate_of`` of a waiting first attempt taken off the queue so that a retry queued after it runs first."""
+
+
+def retries_first(s: optuna.Study) -> int:
+    """Put a cell's waiting retries before the later runs' waiting first attempts; returns how many were moved.
+
+    Optuna takes waiting trials in trial order, and a retry is queued when its attempt dies, behind the runs queued
+    up front (``ensure_runs``). Run in that order, a resumed sweep would start run r+1 before the retry of run r
+    finished: the sampler would propose run r+1 from a history without run r, and the pruner would judge run r
+    against run r+1, so the cell could end with other configurations than an uninterrupted sweep. So each waiting
+    first attempt of a later run is taken off the queue untrained (``duplicate_of`` MOVED: not counted, not a run's
+    attempt), and ``ensure_runs`` queues its run again, behind the retry.
+    """
+    waiting = [t for t in s.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+               if isinstance(t.user_attrs.get("run"), int)]
+    retries = [t for t in waiting if _optuna.is_retry(t)]
+    moved = 0
+    for t in waiting:
+        behind = [r for r in retries if r.number > t.number and r.user_attrs["run"] < t.user_attrs["run"]]
+        if behind and not _optuna.is_retry(t):
+            run = min(r.user_attrs["run"] for r in behind)
+            moved += _optuna.take_off_queue(s, t, {"duplicate_of": MOVED, "failure_reason": (
+                f"queued again behind the retry of run {run}, which runs first (not trained)")})
+    return moved
 
 
 def claim_run(trial: optuna.Trial) -> tuple[int, int | None]:

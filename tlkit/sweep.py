@@ -31,7 +31,8 @@ from tlkit.store import open_store
 from tlkit.strategies import get_strategy
 from tlkit import study as study_module
 from tlkit.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
-                         ensure_runs, finished_count, open_cell_study, open_storage, take_up_lost_trials)
+                         ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
+                         take_up_lost_trials)
 from tlkit.threads import configure_threads
 from tlkit.train import BN_POLICY, Callback
 from tlkit.trial import SweepRun, make_objective, search_space
@@ -273,6 +274,8 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
     told = False
     while True:
         take_up_lost_trials(study)
+        if retries_first(study):
+            ensure_runs(study, exp.trials)
         before_trial()
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return finished_count(study) >= exp.trials
