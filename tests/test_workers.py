@@ -1,5 +1,7 @@
 """Beyond one process: three workers on one study, on SQLite and on the real PostgreSQL server, share the trials
-through Optuna's queue, and every cell ends with exactly its budget (two races on each).
+through Optuna's queue, and every cell ends with exactly its budget (one race on each per run of the suite: a lost
+race is a matter of timing, so every CI run is another try; a second race on each took about 50 s more of a suite that must
+stay under ten).
 
 PostgreSQL is the server this machine runs (``TLKIT_TEST_postgres``, default ``postgresql://postgres@127.0.0.1:5432``);
 the tests fail, not skip, when it is missing.
@@ -71,15 +73,13 @@ def _assert_exact_budgets(storage: str, outs: list[Path]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("race", [1, 2])  # several races, not one: a lost race is a matter of timing
-def test_three_workers_on_postgres_end_with_exact_budgets(tmp_path, fresh_database, race):
+def test_three_workers_on_postgres_end_with_exact_budgets(tmp_path, fresh_database):
     outs = _race(tmp_path, fresh_database)
     _assert_exact_budgets(fresh_database, outs)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("race", [1, 2])
-def test_three_workers_on_one_sqlite_file_end_with_exact_budgets(tmp_path, race):
+def test_three_workers_on_one_sqlite_file_end_with_exact_budgets(tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     outs = _race(tmp_path, storage)
     _assert_exact_budgets(storage, outs)
