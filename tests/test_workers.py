@@ -1,7 +1,7 @@
 """Beyond one process: three workers on one study, on SQLite and on the real PostgreSQL server, share the trials
-through Optuna's queue, and every cell ends with exactly its budget (one race on each per run of the suite: a lost
-race is a matter of timing, so every CI run is another try; a second race on each took about 50 s more of a suite that must
-stay under ten).
+through Optuna's queue, and every cell ends with exactly its budget. One race on each per run of the suite: a lost
+race is a matter of timing, so every CI run is another try (a second race on each took about 50 s more of a suite
+that must stay under ten minutes).
 
 PostgreSQL is the server this machine runs (``TLKIT_TEST_postgres``, default ``postgresql://postgres@127.0.0.1:5432``);
 the tests fail, not skip, when it is missing.
