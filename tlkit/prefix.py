@@ -142,6 +142,8 @@ def cut_frozen_prefix(model: torch.nn.Module, groups: Sequence[LayerGroup], exam
     """The cut after the model's frozen prefix, as the model's modes and ``requires_grad`` flags stand now, or None
     where there is none worth taking (see the module docstring). ``example`` is a batch of at least two inputs
     for the exactness check; ``num_images`` the images whose prefix output would be cached."""
+    if all(p.requires_grad for p in model.parameters()):
+        return None  # nothing is frozen (full fine-tuning): no cut, and no trace to pay for
     try:
         graph = _trace(model, groups)
         with eval_mode(model):  # the glue must not depend on the mode: the suffix is evaluated with this graph

@@ -27,9 +27,10 @@ from tlkit.errors import TlkitError, describe_error
 from tlkit.experiment import Experiment, identity
 from tlkit.metrics import get_metric
 
-__all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "open_storage", "check_identity", "open_cell_study", "finished_count", "ensure_runs",
-           "claim_run", "DuplicateRun", "take_up_dead_local_trials", "take_up_lost_trials", "worker_id", "run_of",
-           "cell_studies", "check_results_folder", "HEARTBEAT_S"]
+__all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "open_storage", "check_identity",
+           "open_cell_study", "finished_count", "ensure_runs", "claim_run", "DuplicateRun",
+           "take_up_dead_local_trials", "take_up_lost_trials", "worker_id", "run_of", "cell_studies",
+           "check_results_folder", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 30
 POLL_S = 5
