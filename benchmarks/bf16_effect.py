@@ -30,11 +30,11 @@ def main() -> None:
     from scipy.stats import binomtest
 
     import tlkit
-    from tlkit.compute import cpu_has_native_bf16, set_memory_format
-    from tlkit.experiment import load_experiment
+    from tlkit.engine.compute import cpu_has_native_bf16, set_memory_format
+    from tlkit.config.experiment import load_experiment
     from tlkit.metrics import get_metric
     from tlkit.sweep import prepare
-    from tlkit.train import evaluate
+    from tlkit.engine.loop import evaluate
 
     exp = load_experiment(args.experiment)
     splits, _ = prepare(exp)

@@ -3,7 +3,7 @@
 Each (architecture, variant) runs in its own process (fresh allocator and kernel caches), variants interleave round
 by round, and the script prints median images/s for a training step (forward, backward, SGD step; batch 128, 32 px,
 random init) and for a forward pass without gradients (what feature extraction and evaluation cost), each as a ratio
-to NCHW fp32 of the same architecture. ``tlkit.compute`` decides the layout per architecture from these numbers.
+to NCHW fp32 of the same architecture. ``tlkit.engine.compute`` decides the layout per architecture from these numbers.
 
     python benchmarks/cpu_layout.py [--archs resnet18 efficientnet_b0 ...] [--repeats 3] [--steps 12]
 """
@@ -25,7 +25,7 @@ def run_one(arch: str, variant: str, steps: int, batch: int, size: int) -> dict[
     import torch
     import torch.nn.functional as F
 
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone(arch, 10, size)

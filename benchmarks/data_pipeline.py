@@ -17,12 +17,12 @@ import torch
 import torchvision.transforms as T
 from torchvision.datasets import ImageFolder
 
-from tlkit.data import iterate_batches
-from tlkit.datasets import load_dataset
+from tlkit.data.tensors import iterate_batches
+from tlkit.data.datasets import load_dataset
 
 
 def tlkit_epoch(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
-    from tlkit.data import ImageSet
+    from tlkit.data.tensors import ImageSet
 
     data = ImageSet(images, labels, [])
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 - ``full_finetune``: forward + backward through everything (the reference);
 - ``last_n`` (top group + head) uncached: no autograd graph below the trainable groups, so backward stops early;
 - ``last_n`` cached (tlkit's default on un-augmented images): the frozen groups below run once per trial
-  (``tlkit.prefix``), later epochs train the top group and head on their stored output;
+  (``tlkit.engine.prefix``), later epochs train the top group and head on their stored output;
 - ``linear_probe`` uncached: forward through the frozen backbone every epoch, backward through the head only;
 - ``linear_probe`` cached (tlkit's default): backbone features computed once per trial, later epochs train the
   head on stored features.
@@ -22,12 +22,12 @@ import tempfile
 
 import torch
 
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import ImageSet, Splits, to_device
-from tlkit.experiment import Train
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import ImageSet, Splits, to_device
+from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import create_strategy
-from tlkit.train import Trainer
+from tlkit.engine.loop import Trainer
 
 
 def epoch_seconds(backbone: str, strategy: str, splits: Splits, recipe: Train, device: torch.device,

@@ -11,12 +11,12 @@ import argparse
 
 import torch
 
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import ImageSet, Splits, to_device
-from tlkit.experiment import Train
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import ImageSet, Splits, to_device
+from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import create_strategy
-from tlkit.train import Trainer
+from tlkit.engine.loop import Trainer
 
 
 def images_per_second(backbone: str, splits: Splits, image_size: int, amp: bool, epochs: int) -> float:

@@ -231,9 +231,9 @@ def hand_on_tlkit_tensors(experiment: Path) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from tlkit.compute import set_memory_format
-    from tlkit.data import iterate_batches
-    from tlkit.experiment import load_experiment
+    from tlkit.engine.compute import set_memory_format
+    from tlkit.data.tensors import iterate_batches
+    from tlkit.config.experiment import load_experiment
     from tlkit.sweep import prepare
 
     exp = load_experiment(experiment)
@@ -269,13 +269,13 @@ def tlkit_runner_trial(experiment: Path, folder: Path) -> dict[str, float]:
     its best weights scored on test."""
     import torch
 
-    from tlkit.backbones import create_backbone, preprocessing
-    from tlkit.experiment import load_experiment
+    from tlkit.models.backbones import create_backbone, preprocessing
+    from tlkit.config.experiment import load_experiment
     from tlkit.metrics import get_metric
-    from tlkit.runner import TrialSpec, run_trial
+    from tlkit.engine.runner import TrialSpec, run_trial
     from tlkit.sweep import prepare
-    from tlkit.train import evaluate
-    from tlkit.weights import read_weights_file
+    from tlkit.engine.loop import evaluate
+    from tlkit.models.weights import read_weights_file
 
     exp = load_experiment(experiment)
     splits, _ = prepare(exp)
@@ -432,7 +432,7 @@ def main() -> None:
     import torch
     print(f"{os.cpu_count()} CPUs (capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
           f"{args.repeats} rounds, working folder {bench}")
-    from tlkit.compute import cpu_has_native_bf16
+    from tlkit.engine.compute import cpu_has_native_bf16
 
     native_bf16 = cpu_has_native_bf16()
     if not native_bf16:  # emulated bf16 is many times slower than float32: nothing to learn, hours to spend

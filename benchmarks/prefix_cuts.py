@@ -13,11 +13,11 @@ import argparse
 
 import torch
 
-from tlkit.backbones import create_backbone, layer_groups
-from tlkit.features import eval_mode
-from tlkit.prefix import cut_frozen_prefix
+from tlkit.models.backbones import create_backbone, layer_groups
+from tlkit.engine.features import eval_mode
+from tlkit.engine.prefix import cut_frozen_prefix
 from tlkit.strategies import create_strategy
-from tlkit.train import apply_plan, set_train_mode
+from tlkit.engine.loop import apply_plan, set_train_mode
 
 BACKBONES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit", "resnet18", "efficientnet_b0",
              "mobilenetv3_small_050", "regnetx_002", "convnext_atto", "vit_tiny_patch16_224",

@@ -28,9 +28,9 @@ def _checkpoint_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny test epochs take milliseconds, far below the 10 s between a real trial's checkpoints; the tests that
     kill and resume aim at particular epochs, so every epoch is checkpointed (experiment files from
     ``tlkit.testing`` say the same with ``checkpoint_every_s=0``). tests/test_runner.py tests the real default."""
-    import tlkit.runner
+    import tlkit.engine.runner
 
-    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 0.0)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from tlkit.backbones import adapt_weights, build_model, check_backbone, create_backbone, layer_groups, load_into
+from tlkit.models.backbones import adapt_weights, build_model, check_backbone, create_backbone, layer_groups, load_into
 from tlkit.errors import TlkitError
 
 ARCHS = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"]

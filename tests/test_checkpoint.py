@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlkit.checkpoint import (atomic_write, check_writable, load_latest, prune_epochs, read_json, rng_state, save_epoch,
-                              set_rng_state, torch_save)
-import tlkit.checkpoint
+from tlkit.engine.checkpoint import (atomic_write, check_writable, load_latest, prune_epochs, read_json, rng_state,
+                                     save_epoch, set_rng_state, torch_save)
+import tlkit.engine.checkpoint
 from tlkit.errors import TlkitError, environment_fault
 
 
@@ -78,7 +78,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_checkpo
     script = textwrap.dedent(f"""
         import os, signal, torch
         from pathlib import Path
-        import tlkit.checkpoint as ckpt
+        import tlkit.engine.checkpoint as ckpt
         real_save_file = ckpt.save_file
         def save_half_then_die(tensors, path, metadata=None):
             real_save_file(tensors, path, metadata=metadata)
@@ -215,7 +215,7 @@ def test_a_state_written_through_a_full_disk_raises_an_os_error(tmp_path, monkey
         def write(self, data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(tlkit.checkpoint, "open", lambda path, mode: FullDisk(), raising=False)
+    monkeypatch.setattr(tlkit.engine.checkpoint, "open", lambda path, mode: FullDisk(), raising=False)
     with pytest.raises(OSError) as caught:
         torch_save({"x": torch.zeros(3)}, tmp_path / "state.pt")
     assert caught.value.errno == errno.ENOSPC

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tlkit import compare, stats
+from tlkit.analysis import compare, stats
 from tlkit.metrics import Predictions, get_metric
 
 ACC = get_metric("accuracy")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlkit.backbones import create_backbone
-from tlkit.compute import CPU_CHANNELS_LAST, cpu_has_native_bf16, use_amp, use_channels_last
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
-from tlkit.experiment import Train
-from tlkit.runner import TrialSpec, read_outcome, run_trial
+from tlkit.models.backbones import create_backbone
+from tlkit.engine.compute import CPU_CHANNELS_LAST, cpu_has_native_bf16, use_amp, use_channels_last
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
+from tlkit.config.experiment import Train
+from tlkit.engine.runner import TrialSpec, read_outcome, run_trial
 from tlkit.testing import KillAt
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -77,8 +77,8 @@ def test_bf16_on_cpu_resumes_but_like_cuda_not_bit_for_bit(tmp_path, splits):
 
 def test_bf16_autocast_on_cpu_changes_the_numbers_so_it_is_a_different_experiment(tmp_path, splits):
     """Not a silent switch: the float32 and bf16 runs of the same spec differ, and the recipe field is part of the
-    study's identity (tlkit.experiment.identity), so the two never mix in one study."""
-    from tlkit.experiment import Experiment, identity
+    study's identity (tlkit.config.experiment.identity), so the two never mix in one study."""
+    from tlkit.config.experiment import Experiment, identity
 
     fp32 = run_trial(_spec(tmp_path / "fp32", "test_resnet"), splits, CPU)
     bf16 = run_trial(_spec(tmp_path / "bf16", "test_resnet", cpu_amp=True), splits, CPU)

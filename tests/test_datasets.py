@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tlkit.data import ImageSet
-from tlkit.datasets import Dataset, list_datasets, load_dataset, register_dataset
-from tlkit.datasets.base import DATASETS
+from tlkit.data.tensors import ImageSet
+from tlkit.data.datasets import Dataset, list_datasets, load_dataset, register_dataset
+from tlkit.data.datasets.base import DATASETS
 from tlkit.errors import TlkitError
 
 CLASSES = ["cat", "dog", "emu"]
@@ -214,7 +214,7 @@ def test_a_user_dataset_registers_like_a_strategy():
         assert train.classes == ["black", "white"] and len(train) == 8
         with pytest.raises(TlkitError, match="already registered"):
             register_dataset("two_squares_test")(type("Other", (Dataset,), {"load": lambda self: None}))
-        with pytest.raises(TlkitError, match="must be a subclass of tlkit.datasets.Dataset"):
+        with pytest.raises(TlkitError, match="must be a subclass of tlkit.data.datasets.Dataset"):
             register_dataset("not_a_dataset_test")(lambda: None)
     finally:
         DATASETS._entries.pop("two_squares_test", None)

@@ -5,8 +5,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tlkit.errors import TlkitError
-from tlkit.experiment import (Experiment, Train, apply_overrides, experiment_to_dict, identity, load_experiment,
-                              validate)
+from tlkit.config.experiment import (Experiment, Train, apply_overrides, experiment_to_dict, identity, load_experiment,
+                                     validate)
 from tlkit.testing import write_experiment
 
 

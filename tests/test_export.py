@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import tlkit
-from tlkit.datasets import load_dataset
+from tlkit.data.datasets import load_dataset
 from tlkit.predict import main as predict_main
 from tlkit.sweep import main
 from tlkit.testing import write_experiment

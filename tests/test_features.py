@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkit.train
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
-from tlkit.experiment import Train
-from tlkit.features import feature_dir, features_key
+import tlkit.engine.loop
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
+from tlkit.config.experiment import Train
+from tlkit.engine.features import feature_dir, features_key
 from tlkit.metrics import get_metric
 from tlkit.strategies import create_strategy
-from tlkit.train import Trainer
+from tlkit.engine.loop import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +50,14 @@ def test_the_key_follows_the_body_the_images_and_the_feeding_not_the_head(splits
 def test_a_second_trial_reads_the_features_the_first_computed(splits, tmp_path, monkeypatch):
     monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
     calls = []
-    real = tlkit.train.predict
+    real = tlkit.engine.loop.predict
 
     def counting(forward, data, **kwargs):
         if not isinstance(data, tuple):  # images through the body; a tuple is cached features through the head
             calls.append(len(data))
         return real(forward, data, **kwargs)
 
-    monkeypatch.setattr(tlkit.train, "predict", counting)
+    monkeypatch.setattr(tlkit.engine.loop, "predict", counting)
     first = _probe(splits, seed=0)
     first.fit()
     assert len(calls) == 2 and len(list(feature_dir().glob("*.pt"))) == 2  # train and val, once

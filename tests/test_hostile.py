@@ -21,21 +21,21 @@ from optuna.trial import TrialState
 from safetensors import SafetensorError
 
 import tlkit
-import tlkit.checkpoint
-import tlkit.runner
-import tlkit.train
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
+import tlkit.engine.checkpoint
+import tlkit.engine.runner
+import tlkit.engine.loop
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
 from tlkit.errors import TlkitError, environment_fault
-from tlkit.experiment import Train
+from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.report import main as report_main
-from tlkit.runner import read_outcome
+from tlkit.engine.runner import read_outcome
 from tlkit.strategies import create_strategy
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
-from tlkit.train import Trainer
+from tlkit.engine.loop import Trainer
 
 FAULTY = {"name": "faulty", "trials": 2, "train": {"epochs": 3, "batch_size": 16}, "data": {"train_per_class": 16},
           "pruner": "none"}
@@ -103,7 +103,7 @@ def _assert_same_results(out: Path, reference: Path) -> None:
 def _disk_fails_once(monkeypatch, code: int) -> list[str]:
     """The disk refuses the last checkpoint of run 1 (epoch 1) the way safetensors reports it: ``SafetensorError:
     ... (os error N)``. Returns the list the failed file name lands in."""
-    real, failed = tlkit.checkpoint.save_file, []
+    real, failed = tlkit.engine.checkpoint.save_file, []
 
     def save_file(tensors, filename, metadata=None):
         if "trial_0001/.epoch_0001.safetensors" in filename and not failed:
@@ -111,7 +111,7 @@ def _disk_fails_once(monkeypatch, code: int) -> list[str]:
             raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(code)} (os error {code})")
         return real(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(tlkit.checkpoint, "save_file", save_file)
+    monkeypatch.setattr(tlkit.engine.checkpoint, "save_file", save_file)
     return failed
 
 
@@ -144,13 +144,13 @@ def _database_fails(monkeypatch, message: str) -> list[bool]:
                 raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception(message))
             return _real(self, *args, **kwargs)
         monkeypatch.setattr(RDBStorage, name, call)
-    real_save = tlkit.runner.save_epoch
+    real_save = tlkit.engine.runner.save_epoch
 
     def save_epoch(folder, epoch, *args, **kwargs):
         real_save(folder, epoch, *args, **kwargs)
         if (folder.name, epoch) == ("trial_0001", 0):
             down.append(True)
-    monkeypatch.setattr(tlkit.runner, "save_epoch", save_epoch)
+    monkeypatch.setattr(tlkit.engine.runner, "save_epoch", save_epoch)
     return down
 
 
@@ -334,12 +334,12 @@ def test_a_training_split_smaller_than_a_batch_trains_on_all_of_it_once_per_epoc
     splits = make_splits(train, test, classes=[0, 1], val_fraction=0.25, seed=0, image_size=16, train_per_class=4)
     seen: list[int] = []
 
-    def iterate_batches(data, batch_size, _real=tlkit.train.iterate_batches, **kwargs):
+    def iterate_batches(data, batch_size, _real=tlkit.engine.loop.iterate_batches, **kwargs):
         for x, y in _real(data, batch_size, **kwargs):
             if kwargs.get("shuffle_seed") is not None:  # training batches only
                 seen.append(len(y))
             yield x, y
-    monkeypatch.setattr(tlkit.train, "iterate_batches", iterate_batches)
+    monkeypatch.setattr(tlkit.engine.loop, "iterate_batches", iterate_batches)
     model = create_backbone("test_resnet", 2)
     groups = layer_groups(model)
     trainer = Trainer(model, groups, create_strategy("full_finetune", num_groups=len(groups), epochs=3), splits,

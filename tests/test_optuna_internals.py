@@ -1,4 +1,4 @@
-"""The contract tlkit relies on from Optuna's internals (tlkit._optuna), checked against the installed Optuna.
+"""The contract tlkit relies on from Optuna's internals (tlkit.search._optuna), checked against the installed Optuna.
 
 If an Optuna release renames ``Study._storage``, ``Trial._trial_id`` or the ``failed_trial``/``retry_history``
 system attributes of its heartbeat retry, these tests fail first, and pyproject's upper bound on Optuna says which
@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tlkit import _optuna
-from tlkit.study import open_storage
+from tlkit.search import _optuna
+from tlkit.search.study import open_storage
 
 # study.ask() on a storage with heartbeats: fine here, Optuna only recommends optimize().
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkit.train
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
-from tlkit.experiment import Train
-from tlkit.features import eval_mode, feature_dir
+import tlkit.engine.loop
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
+from tlkit.config.experiment import Train
+from tlkit.engine.features import eval_mode, feature_dir
 from tlkit.metrics import get_metric
-from tlkit.prefix import cut_frozen_prefix
+from tlkit.engine.prefix import cut_frozen_prefix
 from tlkit.strategies import create_strategy
-from tlkit.train import Trainer, apply_plan, set_train_mode
+from tlkit.engine.loop import Trainer, apply_plan, set_train_mode
 
 EXAMPLE = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -64,7 +64,7 @@ def test_no_cut_through_random_or_batch_dependent_frozen_layers_nor_past_the_mem
     model.layer2.train()  # a frozen BatchNorm on batch statistics: its output depends on the batch
     assert cut_frozen_prefix(model, groups, EXAMPLE, 100, 2**30).boundary == "layer1"
     vit = create_backbone("test_vit", 4, 32)
-    vit.blocks[2].drop_path1 = tlkit.prefix.DropPath(0.1)  # stochastic depth in a frozen block
+    vit.blocks[2].drop_path1 = tlkit.engine.prefix.DropPath(0.1)  # stochastic depth in a frozen block
     groups = _frozen_below(vit, 1)
     assert cut_frozen_prefix(vit, groups, EXAMPLE, 100, 2**30).boundary == "blocks_1"
 
@@ -114,14 +114,14 @@ def test_augmented_images_run_the_whole_model(splits):
 def test_a_second_trial_reads_the_prefix_output_the_first_computed(splits, tmp_path, monkeypatch):
     monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
     calls = []
-    real = tlkit.train.predict
+    real = tlkit.engine.loop.predict
 
     def counting(forward, data, **kwargs):
         if not isinstance(data, tuple):  # images through (part of) the model
             calls.append(len(data))
         return real(forward, data, **kwargs)
 
-    monkeypatch.setattr(tlkit.train, "predict", counting)
+    monkeypatch.setattr(tlkit.engine.loop, "predict", counting)
     first = _trainer(splits, n_groups=1)
     first.fit()
     assert calls == [len(splits.train), len(splits.val)]  # the prefix over each split, once for three epochs

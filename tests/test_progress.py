@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from tlkit.experiment import load_experiment
-from tlkit.progress import SweepProgress, format_duration
-from tlkit.study import Cell
+from tlkit.config.experiment import load_experiment
+from tlkit.output.progress import SweepProgress, format_duration
+from tlkit.search.study import Cell
 from tlkit.sweep import run_sweep
 from tlkit.testing import write_experiment
 
@@ -120,9 +120,9 @@ def test_quiet_keeps_the_answer_and_ctrl_c_prints_only_tlkits_message(tmp_path: 
     assert lines[0].split() == ["backbone", "strategy", "done", "pruned", "seeds", "val_accuracy", "test_accuracy",
                                 "95%", "CI", "vs", "best"]
     assert lines[-1].startswith(f"Results in {tmp_path / 'q'}/ (")
-    interrupt = ("import os, signal\nimport tlkit.train\n_real = tlkit.train.Trainer._run_epoch\n"
+    interrupt = ("import os, signal\nimport tlkit.engine.loop\n_real = tlkit.engine.loop.Trainer._run_epoch\n"
                  "def _run_epoch(self, epoch):\n    if epoch == 1:\n        os.kill(os.getpid(), signal.SIGINT)\n"
-                 "    return _real(self, epoch)\ntlkit.train.Trainer._run_epoch = _run_epoch\n")
+                 "    return _real(self, epoch)\ntlkit.engine.loop.Trainer._run_epoch = _run_epoch\n")
     exp = write_experiment(tmp_path, name="ctrl_c", strategies=["last_n"], trials=1, data=DATA, prelude=interrupt)
     stopped = subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(tmp_path / "c")],
                              capture_output=True, text=True, env=env, timeout=300)

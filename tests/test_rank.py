@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from scipy.stats import multivariate_normal
 
 from tlkit.errors import TlkitError
-from tlkit.experiment import Experiment
+from tlkit.config.experiment import Experiment
 from tlkit.metrics import get_metric
 from tlkit.rank import (agreement, h_score, keep_top, knn_accuracy, logme, logme_evidence, main, rank_table,
                         score_features)
@@ -198,7 +198,7 @@ def test_a_sweep_ranks_keeps_the_top_backbones_and_reports_how_well_the_ranking_
 def test_a_sweep_of_one_backbone_ranks_nothing(tmp_path):
     """One backbone has no order to predict: the sweep goes straight to training (no features, no ranking.csv),
     while two backbones are ranked (the test above)."""
-    from tlkit.experiment import load_experiment
+    from tlkit.config.experiment import load_experiment
     from tlkit.rank import rank_in_sweep
 
     exp = load_experiment(write_experiment(tmp_path, backbones=["test_resnet"], pretrained=True))

@@ -134,7 +134,7 @@ def test_every_readme_command_runs_as_written(command: str, workspace: Path) -> 
 def test_every_readme_python_block_runs(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workspace)
     from tlkit.strategies import STRATEGIES
-    from tlkit.datasets.base import DATASETS
+    from tlkit.data.datasets.base import DATASETS
 
     for block in _blocks("python"):
         try:

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tlkit.datasets.base import DATASETS
+from tlkit.data.datasets.base import DATASETS
 from tlkit.errors import TlkitError
 from tlkit.metrics import METRICS
 from tlkit.registry import Registry

@@ -14,8 +14,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from tlkit.repeats import REPEAT_SEED_OFFSET, repeats_study_name
-from tlkit.study import Cell
+from tlkit.search.repeats import REPEAT_SEED_OFFSET, repeats_study_name
+from tlkit.search.study import Cell
 from tlkit.testing import write_experiment
 
 STRATEGIES = ["linear_probe", "last_n"]
@@ -24,12 +24,12 @@ STRATEGIES = ["linear_probe", "last_n"]
 KILL_PRELUDE = '''
 import os, signal
 from pathlib import Path
-import tlkit.runner
+import tlkit.engine.runner
 
 _MARKER = os.environ.get("TLKIT_TEST_KILL_MARKER")
 
 
-def _save_epoch(folder, epoch, *args, _real=tlkit.runner.save_epoch, **kw):
+def _save_epoch(folder, epoch, *args, _real=tlkit.engine.runner.save_epoch, **kw):
     _real(folder, epoch, *args, **kw)
     hit = folder.name == "seed_1" and "last_n" in folder.parts and epoch == 1
     if _MARKER and hit and not Path(_MARKER).exists():
@@ -37,7 +37,7 @@ def _save_epoch(folder, epoch, *args, _real=tlkit.runner.save_epoch, **kw):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-tlkit.runner.save_epoch = _save_epoch
+tlkit.engine.runner.save_epoch = _save_epoch
 '''
 
 

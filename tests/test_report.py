@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tlkit.plots import plot_critical_difference
+from tlkit.output.plots import plot_critical_difference
 from tlkit.report import PLOTS, TABLES, main
 from tlkit.testing import run_tiny_sweep
 

@@ -21,13 +21,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tlkit.study import MOVED, open_storage, take_up_dead_local_trials
+from tlkit.search.study import MOVED, open_storage, take_up_dead_local_trials
 from tlkit.testing import write_experiment
 
 KILL_PRELUDE = '''
 import os, signal
 from pathlib import Path
-import tlkit.train, tlkit.runner
+import tlkit.engine.loop, tlkit.engine.runner
 from tlkit.strategies.gradual import Gradual
 
 _KILLS = [k.split(":") for k in os.environ.get("TLKIT_TEST_KILL", "").split(",") if k]
@@ -55,7 +55,7 @@ class GradualKill(Gradual):
         return super().lr_scales(epoch)
 
 
-def _load_latest(folder, _real=tlkit.runner.load_latest):
+def _load_latest(folder, _real=tlkit.engine.runner.load_latest):
     latest = _real(folder)
     _now.update(cell=folder.parent.name, run=int(folder.name.rsplit("_", 1)[1]),
                 epoch=latest[1]["epoch"] - 1 if latest else -1)
@@ -63,7 +63,7 @@ def _load_latest(folder, _real=tlkit.runner.load_latest):
     return latest
 
 
-def _iterate_batches(data, batch_size, _real=tlkit.train.iterate_batches, **kw):
+def _iterate_batches(data, batch_size, _real=tlkit.engine.loop.iterate_batches, **kw):
     training = kw.get("shuffle_seed") is not None
     if training:  # one call per training epoch
         _now["epoch"] += 1
@@ -76,24 +76,25 @@ def _iterate_batches(data, batch_size, _real=tlkit.train.iterate_batches, **kw):
         yield batch
 
 
-def _save_epoch(folder, epoch, *args, _real=tlkit.runner.save_epoch, **kw):
+def _save_epoch(folder, epoch, *args, _real=tlkit.engine.runner.save_epoch, **kw):
     _real(folder, epoch, *args, **kw)
     _kill_if("saved", epoch)
 
 
-def _save_tensors(path, *args, _real=tlkit.runner.save_tensors, **kw):
+def _save_tensors(path, *args, _real=tlkit.engine.runner.save_tensors, **kw):
     _real(path, *args, **kw)
     _kill_if("best", int(kw.get("metadata", {}).get("epoch", -1)))
 
 
-def _finish(*args, _real=tlkit.runner._finish):
+def _finish(*args, _real=tlkit.engine.runner._finish):
     _real(*args)
     _kill_if("finished", _now["epoch"])
 
 
-tlkit.runner.load_latest, tlkit.runner.save_epoch, tlkit.runner.save_tensors = _load_latest, _save_epoch, _save_tensors
-tlkit.runner._finish = _finish
-tlkit.train.iterate_batches = _iterate_batches
+runner = tlkit.engine.runner
+runner.load_latest, runner.save_epoch, runner.save_tensors = _load_latest, _save_epoch, _save_tensors
+tlkit.engine.runner._finish = _finish
+tlkit.engine.loop.iterate_batches = _iterate_batches
 '''
 
 EPOCHS = 4
@@ -274,7 +275,7 @@ def test_a_trial_left_running_by_a_lost_worker_is_taken_up_once_after_the_heartb
     assert study.get_trials()[lost.number].state == TrialState.RUNNING, "within the grace period it may be alive"
     time.sleep(3)  # past a 2-second grace period
 
-    driver = ("import sys, tlkit.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; from tlkit.sweep import main; "
+    driver = ("import sys, tlkit.search.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; from tlkit.sweep import main; "
               "sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", driver, str(exp), "--out", str(out), "--quiet"],
                           capture_output=True, text=True, env=_env(tmp_path, ""), timeout=300)

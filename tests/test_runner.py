@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import tlkit
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
-from tlkit.experiment import Train
-from tlkit.runner import TrialSpec, read_outcome, run_trial
-from tlkit.train import Callback, PruneTrial
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
+from tlkit.config.experiment import Train
+from tlkit.engine.runner import TrialSpec, read_outcome, run_trial
+from tlkit.engine.loop import Callback, PruneTrial
 from tlkit.testing import KillAt
 
 CPU = torch.device("cpu")
@@ -47,7 +47,7 @@ def test_a_trial_runs_records_its_outcome_and_keeps_only_its_best_weights(tmp_pa
 
 def test_a_finished_trial_is_replayed_not_retrained(tmp_path, splits, monkeypatch):
     first = run_trial(_spec(tmp_path / "t"), splits, CPU)
-    monkeypatch.setattr(tlkit.runner.Trainer, "fit", lambda self: pytest.fail("trained again"))
+    monkeypatch.setattr(tlkit.engine.runner.Trainer, "fit", lambda self: pytest.fail("trained again"))
     again = run_trial(_spec(tmp_path / "t"), splits, CPU)
     assert again.replayed and again.value == first.value and again.history == first.history
 
@@ -88,9 +88,10 @@ def test_a_damaged_outcome_is_set_aside_and_the_trial_runs_again(tmp_path, split
 
 
 def test_the_runner_imports_nothing_of_optuna():
-    """Optuna stays at the edge (tlkit.trial, tlkit.study): the runner and the loop it drives never import it."""
+    """Optuna stays at the edge (tlkit.search): the runner and the loop it drives never import it."""
     root = Path(tlkit.__file__).parent
-    for module in ("runner.py", "train.py", "checkpoint.py", "backbones.py", "data.py"):
+    for module in ("engine/runner.py", "engine/loop.py", "engine/checkpoint.py", "models/backbones.py",
+                   "data/tensors.py"):
         tree = ast.parse((root / module).read_text())
         imported = {n.name for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
@@ -106,7 +107,7 @@ def test_a_kill_between_the_last_epoch_and_its_outcome_reruns_only_that_epoch(tm
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(tlkit.runner, "_finish", killed)
+        m.setattr(tlkit.engine.runner, "_finish", killed)
         with pytest.raises(KeyboardInterrupt):
             run_trial(_spec(tmp_path / "killed"), splits, CPU)
     assert sorted(p.name for p in (tmp_path / "killed").glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt"]
@@ -140,17 +141,17 @@ class _Slow(Callback):
 
 def _writes(monkeypatch) -> list[str]:
     """The names of the weights files the runner writes, in order."""
-    import tlkit.checkpoint
+    import tlkit.engine.checkpoint
 
     written: list[str] = []
-    real = tlkit.checkpoint.save_tensors
+    real = tlkit.engine.checkpoint.save_tensors
 
     def spy(path, tensors, metadata=None):
         written.append(Path(path).name)
         real(path, tensors, metadata)
 
-    monkeypatch.setattr(tlkit.checkpoint, "save_tensors", spy)
-    monkeypatch.setattr(tlkit.runner, "save_tensors", spy)
+    monkeypatch.setattr(tlkit.engine.checkpoint, "save_tensors", spy)
+    monkeypatch.setattr(tlkit.engine.runner, "save_tensors", spy)
     return written
 
 
@@ -158,7 +159,7 @@ def test_short_epochs_are_not_checkpointed_and_the_best_weights_are_written_once
     """With the real default (10 s) a trial of short epochs writes one file of weights, its best, at the end; the
     result and the weights are those of a trial checkpointed every epoch."""
     every = run_trial(_spec(tmp_path / "every", strategy="linear_probe", epochs=4), splits, CPU)
-    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 10.0)
     written = _writes(monkeypatch)
     lazy = run_trial(_spec(tmp_path / "lazy", strategy="linear_probe", epochs=4), splits, CPU)
     assert written == ["best.safetensors"]
@@ -172,7 +173,7 @@ def test_a_checkpoint_is_due_after_its_seconds_of_training_and_a_kill_resumes_fr
     """Epochs of 6 s with checkpoints every 10 s: epoch 1 is checkpointed (12 s), epochs 0 and 2 are not; a kill in
     epoch 3 resumes from epoch 1's checkpoint and re-runs epoch 2, to the uninterrupted result."""
     whole = run_trial(_spec(tmp_path / "whole", epochs=4), splits, CPU)
-    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 10.0)
     with pytest.raises(KeyboardInterrupt):
         run_trial(_spec(tmp_path / "killed", epochs=4), splits, CPU, callbacks=[_Slow(6.0), KillAt(epoch=3)])
     assert sorted(p.name for p in (tmp_path / "killed").glob("epoch_*.pt")) == ["epoch_0001.pt"]
@@ -185,7 +186,7 @@ def test_a_checkpoint_is_due_after_its_seconds_of_training_and_a_kill_resumes_fr
 
 def test_a_kill_before_any_checkpoint_starts_the_trial_again_to_the_same_result(tmp_path, splits, monkeypatch):
     whole = run_trial(_spec(tmp_path / "whole"), splits, CPU)
-    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 10.0)
     with pytest.raises(KeyboardInterrupt):
         run_trial(_spec(tmp_path / "killed"), splits, CPU, callbacks=[KillAt(epoch=2)])
     assert not list((tmp_path / "killed").glob("*.safetensors"))  # neither a checkpoint nor a best yet
@@ -196,9 +197,9 @@ def test_a_kill_before_any_checkpoint_starts_the_trial_again_to_the_same_result(
 
 
 def test_a_spent_time_budget_checkpoints_the_epoch_before_it_stops(tmp_path, splits, monkeypatch):
-    from tlkit.runner import TimeUp
+    from tlkit.engine.runner import TimeUp
 
-    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 10.0)
     with pytest.raises(TimeUp):
         run_trial(_spec(tmp_path / "t"), splits, CPU, deadline=0.0)  # spent before the first epoch ends
     assert sorted(p.name for p in (tmp_path / "t").glob("epoch_*.pt")) == ["epoch_0000.pt"]
@@ -211,7 +212,7 @@ def test_a_pruned_trial_keeps_the_best_weights_it_held_in_memory(tmp_path, split
             if result.epoch == 2:
                 raise PruneTrial("pruned at epoch 2")
 
-    monkeypatch.setattr(tlkit.runner, "CHECKPOINT_EVERY_S", 10.0)
+    monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 10.0)
     pruned = run_trial(_spec(tmp_path / "p", epochs=4), splits, CPU, callbacks=[PruneAtTwo()])
     assert pruned.state == "PRUNED" and not list((tmp_path / "p").glob("epoch_*"))
     with open(tmp_path / "p" / "best.safetensors", "rb") as fh:

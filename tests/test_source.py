@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlkit.experiment import load_experiment
-from tlkit.export import load_best
-from tlkit.source import train_source
+from tlkit.config.experiment import load_experiment
+from tlkit.engine.export import load_best
+from tlkit.engine.source import train_source
 from tlkit.testing import write_experiment
-from tlkit.weights import resolve_pretrained, source_weights_path
+from tlkit.models.weights import resolve_pretrained, source_weights_path
 
 SOURCE = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4], "train_per_class": 60},
           "train": {"epochs": 3, "batch_size": 32, "image_size": 16, "augment": ["crop"], "lr": 3e-3}}

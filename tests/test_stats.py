@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tlkit import stats
+from tlkit.analysis import stats
 
 
 def test_t_interval_by_hand():

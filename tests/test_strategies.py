@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
 from tlkit.errors import TlkitError
-from tlkit.experiment import Train
+from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import STRATEGIES, Strategy, create_strategy, get_strategy, list_strategies, register_strategy
 from tlkit.strategies.base import prepare
-from tlkit.train import Callback, Trainer, apply_plan
+from tlkit.engine.loop import Callback, Trainer, apply_plan
 from tlkit.testing import KillAt
 
 ARCHS = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"]
@@ -222,7 +222,7 @@ def test_third_party_strategy_via_entry_point(tmp_path, monkeypatch):
 
 
 def test_experiment_file_can_register_its_own_strategy(tmp_path):
-    from tlkit.experiment import load_experiment
+    from tlkit.config.experiment import load_experiment
     from tlkit.testing import write_experiment
 
     prelude = textwrap.dedent("""
@@ -329,7 +329,7 @@ def test_prepare_refuses_a_model_change_the_plan_cannot_follow():
 def test_a_killed_trial_resumes_to_the_same_result_and_saves_a_plain_model(tmp_path, splits, strategy, arch, params):
     from safetensors.torch import load_file
 
-    from tlkit.runner import TrialSpec, run_trial
+    from tlkit.engine.runner import TrialSpec, run_trial
 
     def spec(folder):
         return TrialSpec(backbone=arch, strategy=strategy, params=params, metric="accuracy", seed=1, folder=folder,

@@ -9,12 +9,12 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from tlkit import _optuna
+from tlkit.search import _optuna
 from tlkit.errors import TlkitError
-from tlkit.experiment import Experiment
-from tlkit.study import (MOVED, Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run,
-                         ensure_runs, finished_count, open_cell_study, open_storage, reseed_sampler, retries_first,
-                         run_of, take_up_dead_local_trials, worker_id)
+from tlkit.config.experiment import Experiment
+from tlkit.search.study import (MOVED, Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run,
+                                ensure_runs, finished_count, open_cell_study, open_storage, reseed_sampler,
+                                retries_first, run_of, take_up_dead_local_trials, worker_id)
 
 # study.ask() on a storage with heartbeats: fine here, Optuna only recommends optimize().
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

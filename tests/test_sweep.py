@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tlkit.backbones import create_backbone
+from tlkit.models.backbones import create_backbone
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
 

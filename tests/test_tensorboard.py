@@ -12,10 +12,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from tlkit.study import Cell
-from tlkit.tensorboard import CELLS_DIR, TRIALS_DIR, TensorBoardLogger, lr_tag, run_dir
+from tlkit.search.study import Cell
+from tlkit.output.tensorboard import CELLS_DIR, TRIALS_DIR, TensorBoardLogger, lr_tag, run_dir
 from tlkit.testing import run_tiny_sweep
-from tlkit.train import EpochResult
+from tlkit.engine.loop import EpochResult
 
 STRATEGIES = ["linear_probe", "last_n"]
 EPOCHS = 3

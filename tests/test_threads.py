@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-import tlkit.threads
+import tlkit.engine.threads
 from tlkit.errors import TlkitError
-from tlkit.threads import available_cpus, choose_threads, configure_threads
+from tlkit.engine.threads import available_cpus, choose_threads, configure_threads
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +19,8 @@ def _no_user_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, affinity: int, quota: float | None) -> None:
-    monkeypatch.setattr(tlkit.threads.os, "sched_getaffinity", lambda pid: set(range(affinity)))
-    monkeypatch.setattr(tlkit.threads, "_cgroup_cpus", lambda: quota)
+    monkeypatch.setattr(tlkit.engine.threads.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(tlkit.engine.threads, "_cgroup_cpus", lambda: quota)
 
 
 @pytest.mark.parametrize("affinity, quota, cpus", [(8, None, 8), (8, 2.0, 2), (8, 2.5, 2), (2, 4.0, 2), (8, 0.5, 1)])
@@ -31,7 +31,7 @@ def test_available_cpus_is_the_affinity_capped_by_the_cgroup_quota(monkeypatch, 
 
 def test_the_cgroup_quota_is_read_from_cpu_max(monkeypatch, tmp_path):
     files = {"/sys/fs/cgroup/cpu.max": "150000 100000\n"}
-    real = tlkit.threads.Path
+    real = tlkit.engine.threads.Path
 
     def fake_path(name):
         path = tmp_path / name.strip("/").replace("/", "_")
@@ -39,10 +39,10 @@ def test_the_cgroup_quota_is_read_from_cpu_max(monkeypatch, tmp_path):
             path.write_text(files[name])
         return real(path)
 
-    monkeypatch.setattr(tlkit.threads, "Path", fake_path)
-    assert tlkit.threads._cgroup_cpus() == pytest.approx(1.5)
+    monkeypatch.setattr(tlkit.engine.threads, "Path", fake_path)
+    assert tlkit.engine.threads._cgroup_cpus() == pytest.approx(1.5)
     files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
-    assert tlkit.threads._cgroup_cpus() is None
+    assert tlkit.engine.threads._cgroup_cpus() is None
 
 
 @pytest.mark.parametrize("workers, threads", [(1, 4), (2, 2), (3, 1), (8, 1)])

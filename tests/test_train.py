@@ -9,14 +9,14 @@ import pytest
 import timm
 import torch
 
-from tlkit.backbones import create_backbone, layer_groups, preprocessing
-from tlkit.data import make_splits
-from tlkit.datasets import load_dataset
+from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
+from tlkit.data.tensors import make_splits
+from tlkit.data.datasets import load_dataset
 from tlkit.errors import TlkitError
-from tlkit.experiment import Train
+from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import Strategy, create_strategy
-from tlkit.train import Callback, NonFiniteError, PruneTrial, Trainer, lr_factor, param_groups
+from tlkit.engine.loop import Callback, NonFiniteError, PruneTrial, Trainer, lr_factor, param_groups
 
 BASE_LR = 1e-2
 
@@ -189,7 +189,7 @@ def test_linear_probe_caches_features_and_matches_the_uncached_run(splits):
 
 
 def test_a_trainer_resumed_from_its_state_ends_bit_for_bit_like_an_uninterrupted_one(splits):
-    from tlkit.checkpoint import rng_state, set_rng_state
+    from tlkit.engine.checkpoint import rng_state, set_rng_state
 
     whole = _trainer(splits, "gradual", epochs=4)
     whole.fit()

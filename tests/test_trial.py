@@ -8,13 +8,13 @@ import torch
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from tlkit import _optuna
-from tlkit.datasets import splits_for
+from tlkit.search import _optuna
+from tlkit.data.datasets import splits_for
 from tlkit.errors import TlkitError
-from tlkit.experiment import Data, Experiment, Train
+from tlkit.config.experiment import Data, Experiment, Train
 from tlkit.strategies import get_strategy
-from tlkit.study import Cell, ensure_runs, open_cell_study, open_storage
-from tlkit.trial import SweepRun, make_objective, search_space, trial_folder
+from tlkit.search.study import Cell, ensure_runs, open_cell_study, open_storage
+from tlkit.search.objective import SweepRun, make_objective, search_space, trial_folder
 
 
 def _run(tmp_path, **fields) -> SweepRun:
@@ -76,7 +76,7 @@ def test_a_crash_is_requeued_with_the_same_parameters(tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr("tlkit.trial.run_trial", out_of_memory)
+    monkeypatch.setattr("tlkit.search.objective.run_trial", out_of_memory)
     study = open_cell_study(_storage(run), "t", run.exp, Cell("test_resnet", "last_n"))
     ensure_runs(study, 1)
     with pytest.raises(RuntimeError, match="out of memory"):

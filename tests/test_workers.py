@@ -92,12 +92,12 @@ def test_three_workers_on_one_sqlite_file_end_with_exact_budgets(tmp_path):
 KILL_AFTER_PUSH = '''
 import os, signal
 from pathlib import Path
-import tlkit.store
+import tlkit.engine.store
 
 _MARKER = os.environ.get("TLKIT_TEST_KILL_MARKER")
 
 
-def _push(self, folder, names=None, _real=tlkit.store.Store.push):
+def _push(self, folder, names=None, _real=tlkit.engine.store.Store.push):
     _real(self, folder, names)
     hit = Path(folder).name == "trial_0000" and "last_n" in Path(folder).parts
     if _MARKER and hit and (Path(folder) / "epoch_0001.pt").exists() and not Path(_MARKER).exists():
@@ -105,7 +105,7 @@ def _push(self, folder, names=None, _real=tlkit.store.Store.push):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-tlkit.store.Store.push = _push
+tlkit.engine.store.Store.push = _push
 '''
 
 

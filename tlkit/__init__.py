@@ -18,11 +18,11 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting
-from tlkit.experiment import Data, Experiment, Source, Train, load_experiment
-from tlkit.export import load_best
-from tlkit.datasets import Dataset, list_datasets, register_dataset
+from tlkit.config.experiment import Data, Experiment, Source, Train, load_experiment
+from tlkit.engine.export import load_best
+from tlkit.data.datasets import Dataset, list_datasets, register_dataset
 from tlkit.metrics import list_metrics, register_metric
-from tlkit.runner import TrialResult, TrialSpec, run_trial
+from tlkit.engine.runner import TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, create_strategy, list_strategies, register_strategy
 
 __all__ = ["Data", "Experiment", "Source", "Train", "TlkitError", "load_experiment", "load_best", "Strategy",

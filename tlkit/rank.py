@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tlkit.backbones import build_model, preprocessing
-from tlkit.compute import set_memory_format, use_amp
-from tlkit.data import Splits
+from tlkit.models.backbones import build_model, preprocessing
+from tlkit.engine.compute import set_memory_format, use_amp
+from tlkit.data.tensors import Splits
 from tlkit.errors import TlkitError
-from tlkit.experiment import Experiment, Train
+from tlkit.config.experiment import Experiment, Train
 from tlkit.metrics import Metric
-from tlkit.features import FeatureCache
+from tlkit.engine.features import FeatureCache
 
 __all__ = ["ESTIMATORS", "KNN_K", "RANKING", "AGREEMENT", "logme", "logme_evidence", "knn_accuracy", "h_score",
            "score_features", "rank_table", "frozen_features", "rank_backbones", "keep_top", "rank_in_sweep",
@@ -217,7 +217,7 @@ def frozen_features(model: torch.nn.Module, splits: Splits, recipe: Train, devic
 def rank_backbones(exp: Experiment, splits: Splits, pretrained: dict[str, Any], device: torch.device
                    ) -> pd.DataFrame:
     """The ranking table of ``exp.backbones`` from their starting weights (``pretrained``: backbone ->
-    ``tlkit.weights.Pretrained``), with the seconds each backbone's features and estimators took."""
+    ``tlkit.models.weights.Pretrained``), with the seconds each backbone's features and estimators took."""
     rows = []
     for backbone in exp.backbones:
         weights = pretrained[backbone]
@@ -255,7 +255,7 @@ def rank_in_sweep(exp: Experiment, splits: Splits, pretrained: dict[str, Any], d
     experiment with only the backbones to search (all of them unless ``keep_top_backbones`` is set). Nothing is
     ranked with ``pretrained=False`` (random initialisations have nothing to tell apart) or with one backbone (there
     is no order to predict, and its estimators cost a probe sweep about a tenth of its time: benchmarks/peers.py)."""
-    from tlkit.tables import write_csv
+    from tlkit.output.tables import write_csv
 
     if not exp.pretrained or len(exp.backbones) < 2:
         return exp
@@ -331,7 +331,7 @@ def report_ranking(out: Path, summary: pd.DataFrame, metric: Metric) -> str:
     """The report's section on the ranking before training (empty without ``ranking.csv``): the table, which
     backbones ``keep_top_backbones`` dropped, and how well the ranking predicted the fine-tuned order. Writes that
     agreement to ``rank_agreement.csv``."""
-    from tlkit.tables import write_csv
+    from tlkit.output.tables import write_csv
 
     path = Path(out) / RANKING
     if not path.is_file():
@@ -377,11 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tlkit.rank EXPERIMENT [--data-dir DIR] [--weights B=PATH] [--set K=V] [--device D] [--out DIR]``."""
-    from tlkit.data import to_device
-    from tlkit.source import train_source
+    from tlkit.data.tensors import to_device
+    from tlkit.engine.source import train_source
     from tlkit.sweep import _log_to, pick_device, prepare, resolve_experiment
-    from tlkit.tables import write_csv
-    from tlkit.weights import resolve_pretrained, source_weights_path
+    from tlkit.output.tables import write_csv
+    from tlkit.models.weights import resolve_pretrained, source_weights_path
 
     args = build_parser().parse_args(argv)
     _log_to(logging.StreamHandler(sys.stderr), logging.INFO)

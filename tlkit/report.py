@@ -24,15 +24,15 @@ from typing import Any, Sequence
 import optuna
 import pandas as pd
 
-from tlkit import compare
-from tlkit.checkpoint import atomic_write, read_json
+from tlkit.analysis import compare
+from tlkit.engine.checkpoint import atomic_write, read_json
 from tlkit.errors import TlkitError
 from tlkit.metrics import Metric, get_metric
-from tlkit.plots import PLOTS, order, write_plots
-from tlkit.study import cell_studies
-from tlkit.tensorboard import CELLS_DIR, write_cell_boards
-from tlkit.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table, trials_table,
-                          write_csv)
+from tlkit.output.plots import PLOTS, order, write_plots
+from tlkit.search.study import cell_studies
+from tlkit.output.tensorboard import CELLS_DIR, write_cell_boards
+from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table,
+                                 trials_table, write_csv)
 
 __all__ = ["write_report", "report_markdown", "winners", "metric_of", "main", "PLOTS"]
 
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _stored_metric(url: str, study: str) -> str:
     """The metric a study's cells were run with, from their stored identity (for a folder without
     experiment.json: the report of a study that ran on other machines)."""
-    from tlkit.study import open_storage
+    from tlkit.search.study import open_storage
 
     for summary in cell_studies(open_storage(url), study).values():
         identity = summary.user_attrs.get("identity") or {}
@@ -307,7 +307,7 @@ def _stored_metric(url: str, study: str) -> str:
 
 def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
     """Study name, metric and storage URL of a results folder, or a TlkitError saying what is missing."""
-    from tlkit.study import default_storage
+    from tlkit.search.study import default_storage
 
     folder: Path = args.results
     experiment_file = folder / "experiment.json"
@@ -332,7 +332,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tlkit.report RESULTS_DIR [--storage URL] [--study NAME]``."""
-    from tlkit.study import open_storage
+    from tlkit.search.study import open_storage
 
     args = build_parser().parse_args(argv)
     try:

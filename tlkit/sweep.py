@@ -18,24 +18,25 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tlkit.backbones import check_backbone, check_runs, create_backbone, layer_groups
-from tlkit.checkpoint import write_json
-from tlkit.data import Splits, to_device
-from tlkit.datasets import splits_for
+from tlkit.models.backbones import check_backbone, check_runs, create_backbone, layer_groups
+from tlkit.engine.checkpoint import write_json
+from tlkit.data.tensors import Splits, to_device
+from tlkit.data.datasets import splits_for
 from tlkit.errors import TlkitError, environment_fault
-from tlkit.experiment import Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values, validate
+from tlkit.config.experiment import (Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values,
+                                     validate)
 from tlkit.metrics import get_metric
-from tlkit.progress import SweepProgress
-from tlkit.runner import TimeUp
-from tlkit.store import open_store
+from tlkit.output.progress import SweepProgress
+from tlkit.engine.runner import TimeUp
+from tlkit.engine.store import open_store
 from tlkit.strategies import get_strategy
-from tlkit import study as study_module
-from tlkit.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
-                         ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
-                         take_up_lost_trials)
-from tlkit.threads import configure_threads
-from tlkit.train import BN_POLICY, Callback
-from tlkit.trial import SweepRun, make_objective, search_space
+from tlkit.search import study as study_module
+from tlkit.search.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
+                                ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
+                                take_up_lost_trials)
+from tlkit.engine.threads import configure_threads
+from tlkit.engine.loop import BN_POLICY, Callback
+from tlkit.search.objective import SweepRun, make_objective, search_space
 
 __all__ = ["main", "prepare", "run_sweep"]
 
@@ -142,7 +143,7 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
 def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, store_url: str | None = None) -> str:
     """Everything ``run_sweep`` checks before its first trial, without training or writing anything; returns the
     plan in a few lines. A failed check raises the same TlkitError the sweep would."""
-    from tlkit.weights import resolve_pretrained, source_weights_path
+    from tlkit.models.weights import resolve_pretrained, source_weights_path
 
     pick_device(exp.train.device)
     splits, _ = prepare(exp)
@@ -179,14 +180,14 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
 
     Every trial logs to TensorBoard (``out/tb_trials``); ``progress`` shows where the sweep stands (default:
     nothing). With ``timeout`` (seconds from now) the sweep stops after the first epoch that ends past it, once that
-    epoch is checkpointed: it writes the report, says so in it, and raises :class:`tlkit.runner.TimeUp`; the same
+    epoch is checkpointed: it writes the report, says so in it, and raises :class:`tlkit.engine.runner.TimeUp`; the same
     command continues the study.
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
     from tlkit.report import write_report
-    from tlkit.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
-    from tlkit.source import train_source
-    from tlkit.weights import resolve_pretrained
+    from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
+    from tlkit.engine.source import train_source
+    from tlkit.models.weights import resolve_pretrained
     from tlkit.rank import rank_in_sweep
 
     device = pick_device(exp.train.device)
@@ -248,8 +249,8 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
 
 def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, label: str) -> None:
     """After a cell's search: its repeats, then its best model scored on test and exported."""
-    from tlkit.export import evaluate_best
-    from tlkit.repeats import open_repeats_study, run_repeats
+    from tlkit.engine.export import evaluate_best
+    from tlkit.search.repeats import open_repeats_study, run_repeats
 
     exp = run.exp
     if exp.repeats:
@@ -322,7 +323,7 @@ def run_workers(argv: list[str], args: argparse.Namespace, exp: Experiment) -> i
     queue, with the compute threads split between them and, with ``--devices``, one device each in turn. Returns
     the first non-zero exit status (a worker that failed), else 0; the last worker to finish writes the full report.
     """
-    from tlkit.threads import choose_threads
+    from tlkit.engine.threads import choose_threads
 
     threads, _ = choose_threads(args.threads, args.workers)
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else [None]

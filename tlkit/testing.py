@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tlkit.train import Callback
+from tlkit.engine.loop import Callback
 
 __all__ = ["TINY_DEFAULTS", "experiment_source", "write_experiment", "run_tiny_sweep", "KillAt"]
 
@@ -53,7 +53,7 @@ def experiment_source(**fields: Any) -> str:
 def run_tiny_sweep(folder: str | Path, cache: str | Path, **fields: Any) -> Path:
     """Write a tiny experiment into ``folder`` and run it offline into ``folder/results`` (returned), with decoded
     data and source weights cached in ``cache``. For module-scoped fixtures that share one real sweep."""
-    from tlkit.experiment import load_experiment
+    from tlkit.config.experiment import load_experiment
     from tlkit.sweep import run_sweep
 
     saved = {key: os.environ.get(key) for key in ("TLKIT_CACHE", "HF_HUB_OFFLINE")}

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from tlkit.backbones import LayerGroup, create_backbone, layer_groups
+from tlkit.models.backbones import LayerGroup, create_backbone, layer_groups
 from tlkit.errors import TlkitError
 from tlkit.strategies import create_strategy, get_strategy, list_strategies
 from tlkit.strategies.base import Strategy, prepare

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from optuna.distributions import BaseDistribution
 
-from tlkit.backbones import LayerGroup, layer_groups
+from tlkit.models.backbones import LayerGroup, layer_groups
 from tlkit.errors import TlkitError
 
 __all__ = ["Strategy", "check_plan", "prepare"]
@@ -23,7 +23,7 @@ __all__ = ["Strategy", "check_plan", "prepare"]
 class Strategy(ABC):
     """Decides, per epoch, the learning-rate multiplier of every layer group; 0 freezes the group.
 
-    Groups are timm's layer groups, stem first, with the classifier head always last (see ``tlkit.backbones``).
+    Groups are timm's layer groups, stem first, with the classifier head always last (see ``tlkit.models.backbones``).
     One method is required, ``lr_scales``; the rest are hooks with do-nothing defaults.
 
     Subclasses list their hyperparameters in ``defaults`` and what Optuna may search in ``search_space``.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
-from tlkit.backbones import layer_groups
+from tlkit.models.backbones import layer_groups
 from tlkit.errors import TlkitError
 from tlkit.strategies._registry import register_strategy
 from tlkit.strategies.base import Strategy

@@ -16,7 +16,7 @@ import copy
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from tlkit.backbones import layer_groups
+from tlkit.models.backbones import layer_groups
 from tlkit.errors import TlkitError
 from tlkit.strategies._registry import register_strategy
 from tlkit.strategies.base import Strategy

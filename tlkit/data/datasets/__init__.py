@@ -1,0 +1,107 @@
+"""Datasets as plugins: ``@register_dataset`` on a small class, one file each (see ``base.Dataset``).
+
+``load_dataset`` decodes a dataset once and caches the uint8 tensors under ``$TLKIT_CACHE/datasets``; ``splits_for``
+turns an experiment's ``Data`` section into the train/val/test splits every cell shares. Third-party packages add
+datasets through the ``tlkit.data.datasets`` entry-point group; an experiment file can register its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tlkit.engine.checkpoint import atomic_write, torch_save
+from tlkit.data.tensors import ImageSet, Splits, cache_dir, make_splits
+from tlkit.data.datasets.base import (DATASETS, Dataset, decode_image, get_dataset, list_datasets,  # noqa: F401
+                                 register_dataset)
+from tlkit.errors import TlkitError, describe_error
+
+# Built-ins, imported explicitly so `ls tlkit/datasets` is the list.
+from tlkit.data.datasets import cifar10, cifar100, digits, imagefolder, table, torchvision_sets  # noqa: F401, E402
+
+if TYPE_CHECKING:
+    from tlkit.config.experiment import Data
+
+__all__ = ["Dataset", "DATASETS", "register_dataset", "list_datasets", "get_dataset", "create_dataset",
+           "load_dataset", "splits_for"]
+
+log = logging.getLogger("tlkit")
+
+
+def create_dataset(name: str, root: Any = None, download: bool = True, decode_size: int | None = None,
+                   options: dict[str, Any] | None = None) -> Dataset:
+    return get_dataset(name)(root, download=download, decode_size=decode_size, options=options)
+
+
+def load_dataset(name: str, root: Any = None, download: bool = True, decode_size: int | None = None,
+                 options: dict[str, Any] | None = None) -> tuple[ImageSet, ImageSet]:
+    """Decode a whole dataset (train and test splits) into uint8 tensors, cached on disk by the dataset's key.
+
+    A cache file that cannot be read is set aside (renamed ``*.bad``) with a warning and rebuilt; missing data
+    raises a TlkitError that says where it looked and how to supply the data.
+    """
+    dataset = create_dataset(name, root, download, decode_size, options)
+    dataset.check()
+    key = dataset.cache_key()
+    cached = _cache_path(name, key, decode_size, options) if key is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            blob = torch.load(cached, weights_only=True)
+            return (ImageSet(blob["train_images"], blob["train_labels"], blob["classes"]),
+                    ImageSet(blob["test_images"], blob["test_labels"], blob["classes"]))
+        except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            aside = cached.with_name(cached.name + ".bad")
+            try:
+                os.replace(cached, aside)
+            except OSError:  # a read-only cache: decode anyway, the cache is only speed
+                aside = cached
+            log.warning("decoded-data cache %s cannot be read (%s); set aside as %s and rebuilt from the images",
+                        cached, describe_error(err), aside.name)
+    train, test = dataset.load()
+    _check_loaded(name, train, "train")
+    _check_loaded(name, test, "test")
+    key = dataset.cache_key()  # after a download the files are there
+    if key is not None:
+        _save(_cache_path(name, key, decode_size, options), train, test)
+    return train, test
+
+
+def _check_loaded(name: str, s: Any, split: str) -> None:
+    """What a dataset plugin's ``load()`` returns is checked once, before it is cached or trained on."""
+    ok = (isinstance(s, ImageSet) and isinstance(s.images, torch.Tensor) and s.images.dtype == torch.uint8
+          and s.images.dim() == 4 and s.images.shape[1] == 3 and isinstance(s.labels, torch.Tensor)
+          and s.labels.dtype == torch.long and s.labels.shape == (len(s.images),))
+    if not ok:
+        got = (f"images {tuple(s.images.shape)} {s.images.dtype}, labels {tuple(s.labels.shape)} {s.labels.dtype}"
+               if isinstance(s, ImageSet) and all(isinstance(t, torch.Tensor) for t in (s.images, s.labels))
+               else type(s).__name__)
+        raise TlkitError(f"Dataset {name!r} returned a {split} split that is not uint8 images (N, 3, H, W) with int64 "
+                         f"labels (N,): got {got}. HINT: its load() returns (train, test) ImageSets of that shape.")
+
+
+def _cache_path(name: str, key: str, decode_size: int | None, options: dict[str, Any] | None) -> Any:
+    digest = hashlib.sha256(f"{name}:{key}:{decode_size}:{sorted((options or {}).items())}".encode()).hexdigest()
+    return cache_dir() / "datasets" / f"{name}-{digest[:16]}.pt"
+
+
+def _save(path: Any, train: ImageSet, test: ImageSet) -> None:
+    """Write the cache atomically; a cache that cannot be written (read-only or full disk) only costs speed."""
+    blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
+            "test_labels": test.labels, "classes": train.classes}
+    try:
+        atomic_write(path, lambda tmp: torch_save(blob, tmp))
+    except OSError as err:
+        log.warning("decoded-data cache %s cannot be written (%s); the data will be decoded again next time",
+                    path, describe_error(err))
+
+
+def splits_for(data: "Data", image_size: int, seed: int, prefix: str = "data.") -> Splits:
+    """The splits an experiment's ``Data`` section describes (decoded once, then cached); ``prefix`` names the
+    section in errors (``source.data.`` for a source task)."""
+    train, test = load_dataset(data.name, data.root, data.download, data.decode_size, data.options)
+    return make_splits(train, test, classes=data.classes, val_fraction=data.val_fraction, seed=seed,
+                       image_size=image_size, train_per_class=data.train_per_class,
+                       test_per_class=data.test_per_class, prefix=prefix)

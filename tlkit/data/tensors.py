@@ -1,0 +1,249 @@
+"""The fast tensor pipeline: images as one uint8 tensor, split honestly, served as whole-batch slices.
+
+Why not ImageFolder + DataLoader: per-image PIL decoding and per-image transforms dominate an epoch on small images.
+Here a dataset is decoded once (``tlkit.data.datasets``, cached on disk), batches are slices of one uint8 tensor, and
+augmentation (random crop with padding, horizontal flip) is applied to the whole batch at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tlkit.errors import TlkitError
+
+__all__ = ["ImageSet", "Splits", "make_splits", "iterate_batches", "augment_batch", "cache_dir", "to_device",
+           "resize_images"]
+
+RESIZE_IN_MEMORY_BYTES = 2 << 30
+
+
+@dataclass
+class ImageSet:
+    """Images as one uint8 tensor ``(N, 3, H, W)`` and labels as int64 ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass
+class Splits:
+    """Train (for fitting), val (for model selection) and test (reported, never used to select)."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets and trained source weights are cached: ``$TLKIT_CACHE`` or ``~/.cache/tlkit``."""
+    return Path(os.environ.get("TLKIT_CACHE", Path.home() / ".cache" / "tlkit"))
+
+
+# --- splitting ---------------------------------------------------------------------------------------------------
+
+def _select_classes(s: ImageSet, classes: list[int] | None, prefix: str = "data.") -> ImageSet:
+    if classes is None:
+        return s
+    bad = [c for c in classes if not 0 <= c < len(s.classes)]
+    if bad:
+        shown = ", ".join(s.classes[:20]) + (" ..." if len(s.classes) > 20 else "")
+        raise TlkitError(f"{prefix}classes has {bad}, but the dataset has classes 0..{len(s.classes) - 1} ({shown}). "
+                         f"HINT: pick class indices from that range.")
+    keep = torch.isin(s.labels, torch.tensor(classes))
+    remap = torch.full((len(s.classes),), -1, dtype=torch.long)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    return ImageSet(s.images[keep], remap[s.labels[keep]], [s.classes[c] for c in classes])
+
+
+def _cap_per_class(s: ImageSet, cap: int | None, seed: int) -> ImageSet:
+    """At most ``cap`` images of each class, chosen at random with ``seed``."""
+    if cap is None:
+        return s
+    rng = np.random.default_rng(seed)
+    labels = s.labels.numpy()
+    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:cap] for c in np.unique(labels)])
+    return s.subset(np.sort(keep))
+
+
+def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize a uint8 image tensor once (bilinear, antialiased) so epochs never pay for it."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    parts = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                           align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+             for i in range(0, len(images), chunk)]
+    return torch.cat(parts)
+
+
+def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, val_fraction: float, seed: int,
+                image_size: int, train_per_class: int | None = None, test_per_class: int | None = None,
+                prefix: str = "data.") -> Splits:
+    """Class subset, per-class caps, then a stratified seeded validation split carved from the training set.
+
+    Every split must hold every class (at least 2): a class missing from validation cannot be selected for, one
+    missing from test is never scored, and one class alone scores perfectly. Such data is refused here, before any
+    trial, naming the class; ``prefix`` (``data.`` or ``source.data.``) names the section to fix.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train = _cap_per_class(_select_classes(train, classes, prefix), train_per_class, seed)
+    test = _cap_per_class(_select_classes(test, classes, prefix), test_per_class, seed)
+    _check_classes(train, test, prefix)
+    _check_counts(train, "training", minimum=2, hint=f"add images of that class, raise {prefix}train_per_class, or "
+                                                     f"leave the class out with {prefix}classes")
+    _check_counts(test, "test", minimum=1, hint=f"add test images of that class, or leave it out with {prefix}classes")
+    n_val = math.ceil(val_fraction * len(train))  # what train_test_split holds out
+    for side, n in (("validation", n_val), ("training", len(train) - n_val)):
+        if n < len(train.classes):  # too few for one image per class: train_test_split would refuse it
+            raise _split_error(train, val_fraction, train.classes[0], side, prefix)
+    fit_idx, val_idx = train_test_split(np.arange(len(train)), test_size=val_fraction, random_state=seed,
+                                        stratify=train.labels.numpy())
+    splits = Splits(train.subset(np.sort(fit_idx)), train.subset(np.sort(val_idx)), test)
+    for part, side in ((splits.val, "validation"), (splits.train, "training")):
+        short = _short_classes(part, 1)
+        if short:
+            raise _split_error(train, val_fraction, short[0], side, prefix)
+    for s in (splits.train, splits.val, splits.test):
+        if len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
+            s.images = resize_images(s.images, image_size)
+        # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
+    return splits
+
+
+def _check_classes(train: ImageSet, test: ImageSet, prefix: str) -> None:
+    """At least two classes, one class list, and labels that index it."""
+    if len(train.classes) < 2:
+        raise TlkitError(f"The data has {len(train.classes)} class{'es' * (len(train.classes) != 1)} "
+                         f"({', '.join(map(str, train.classes)) or 'none'}): a classifier needs at least 2 to score "
+                         f"anything meaningful (with one, every prediction is right). HINT: use data with 2 or more "
+                         f"classes, or widen {prefix}classes.")
+    if list(test.classes) != list(train.classes):
+        raise TlkitError(f"The data's training and test splits list different classes ({train.classes[:5]} vs "
+                         f"{test.classes[:5]}). HINT: a dataset's load() returns one class list for both splits.")
+    for s, name in ((train, "training"), (test, "test")):
+        if len(s) and not 0 <= int(s.labels.min()) <= int(s.labels.max()) < len(s.classes):
+            raise TlkitError(f"The data's {name} labels run from {int(s.labels.min())} to {int(s.labels.max())} but "
+                             f"there are {len(s.classes)} classes. HINT: labels index the class list, 0..k-1.")
+
+
+def _split_error(train: ImageSet, val_fraction: float, name: str, side: str, prefix: str) -> TlkitError:
+    smallest = int(torch.bincount(train.labels, minlength=len(train.classes)).min())
+    need = f"at least {1 / smallest:.2g}" if side == "validation" else f"at most {1 - 1 / smallest:.2g}"
+    return TlkitError(f"{prefix}val_fraction={val_fraction} of {len(train)} training images leaves class {name!r} "
+                      f"without a {side} image: every class needs at least one in each split. HINT: set "
+                      f"{prefix}val_fraction to {need} (the smallest class has {smallest} training images), or use "
+                      f"more images per class.")
+
+
+def _short_classes(s: ImageSet, minimum: int) -> list[str]:
+    counts = torch.bincount(s.labels.cpu(), minlength=len(s.classes)).tolist()
+    return [f"{s.classes[c]}" for c, n in enumerate(counts) if n < minimum]
+
+
+def _check_counts(s: ImageSet, name: str, minimum: int, hint: str) -> None:
+    """Every class has ``minimum`` images in ``s``, or the error names the first that does not."""
+    short = _short_classes(s, minimum)
+    if short:
+        count = int(torch.bincount(s.labels, minlength=len(s.classes))[s.classes.index(short[0])])
+        others = f" (as do {len(short) - 1} other classes of {len(s.classes)})" if len(short) > 1 else ""
+        purpose = "split into training and validation" if minimum > 1 else "scored"
+        raise TlkitError(f"Class {short[0]!r} has {count} {name} image{'s' * (count != 1)}{others}: every class "
+                         f"needs at least {minimum} to be {purpose}. HINT: {hint}.")
+
+
+# --- batches -----------------------------------------------------------------------------------------------------
+
+def augment_batch(images: torch.Tensor, augment: Sequence[str], padding: int, generator: torch.Generator
+                  ) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch at once.
+
+    The random draws come from ``generator`` (on the CPU) wherever the images are, so a batch is augmented the
+    same on a GPU as on the CPU.
+    """
+    n, _, h, w = images.shape
+    dev = images.device
+    if "crop" in augment and padding > 0:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        images = padded[torch.arange(n, device=dev)[:, None, None, None],
+                        torch.arange(3, device=dev)[None, :, None, None], rows, cols]
+    if "hflip" in augment:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return images
+
+
+def to_device(splits: Splits, device: torch.device, max_share: float = 0.25) -> Splits:
+    """Splits held on ``device`` when they take at most ``max_share`` of its free memory.
+
+    On a GPU this takes indexing, augmentation and the host-to-device copy off the per-step path (the images of
+    CIFAR-10 are 150 MB as uint8). On the CPU, or when the data is too big, the splits are returned as they are.
+    """
+    if device.type != "cuda":
+        return splits
+    parts = (splits.train, splits.val, splits.test)
+    size = sum(s.images.numel() + s.labels.numel() * 8 for s in parts)
+    if size > max_share * torch.cuda.mem_get_info(device)[0]:
+        return splits
+    moved = [ImageSet(s.images.to(device), s.labels.to(device), s.classes) for s in parts]
+    return Splits(*moved)
+
+
+def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_size: int, *,
+                    shuffle_seed: int | None = None, augment: Sequence[str] = (), padding: int = 4,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    device: torch.device | str = "cpu", max_batches: int | None = None,
+                    drop_last: bool = False, image_size: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(inputs, labels)`` batches on ``device``.
+
+    ``data`` is an ImageSet (uint8 images: augmented, then scaled to [0, 1] and normalised with ``mean``/``std``)
+    or a ``(features, labels)`` pair of float tensors passed through as they are. A given ``shuffle_seed`` gives the
+    same order and the same augmentation every time, which is what makes resumed trials repeat exactly.
+    Images not already at ``image_size`` are resized per batch, on the device.
+    """
+    inputs, labels = (data.images, data.labels) if isinstance(data, ImageSet) else data
+    n = len(labels)
+    gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).to(inputs.device)
+    stop = n - n % batch_size if drop_last and n > batch_size else n
+    if isinstance(data, ImageSet):
+        mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+    for i, start in enumerate(range(0, stop, batch_size)):
+        if max_batches is not None and i >= max_batches:
+            return
+        idx = order[start:start + batch_size]
+        x, y = inputs[idx], labels[idx]
+        if isinstance(data, ImageSet):
+            if augment and gen is not None:
+                x = augment_batch(x, augment, padding, gen)
+            x = x.to(device, non_blocking=True).float()
+            if image_size is not None and x.shape[-1] != image_size:
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+            x = (x - mean_t) / std_t
+        else:
+            x = x.to(device, non_blocking=True)
+        yield x, y.to(device, non_blocking=True)

@@ -1,0 +1,230 @@
+"""Atomic checkpoints: safetensors weights plus a plain-data state, written so a kill never leaves a torn file.
+
+A trial folder holds ``epoch_NNNN.safetensors`` + ``epoch_NNNN.pt`` for the last two checkpointed epochs (how often
+is ``tlkit.engine.runner``'s choice) and ``best.safetensors`` for its best epoch. The ``.pt`` file records the
+SHA-256 of its
+weights file, so a truncated or corrupted pair is detected and the previous pair is used instead. States are read
+with ``weights_only=True``: a pickle that would run code on load is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tlkit.errors import TlkitError, describe_error
+
+__all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "save_tensors", "load_weights",
+           "save_epoch", "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
+
+KEEP_EPOCHS = 2
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except Exception as err:
+        fault = _as_os_error(err, path)
+        if fault is err:
+            raise
+        raise fault from err
+    finally:
+        with contextlib.suppress(OSError):  # on a read-only disk even this fails; the error above is the news
+            tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _as_os_error(err: Exception, path: Path) -> Exception:
+    """A failed write as an ``OSError`` naming ``path`` (safetensors reports a full disk as ``SafetensorError: ...
+    (os error 28)``), so a full or read-only disk is recognised as such; any other error is returned as it is."""
+    code = err.errno if isinstance(err, OSError) else None
+    match = re.search(r"os error (\d+)", str(err)) if code is None else None
+    code = int(match.group(1)) if match else code
+    if code is None:
+        return err
+    return OSError(code, os.strerror(code), str(path))
+
+
+def check_writable(folder: Path, what: str = "The results folder") -> None:
+    """Fail before anything is written when ``folder`` cannot hold files: it is a file, or it (or, while it does
+    not exist, the folder it would be made in) is read-only; an existing ``study.db`` in it must be writable too."""
+    folder = Path(folder).absolute()
+    hint = "HINT: pass --out with a folder you can write (a new one, or this study's results folder)."
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise TlkitError(f"{what} {str(folder)!r} cannot be made: {str(existing)!r} is a file, not a folder. {hint}")
+    for path in (existing, folder / "study.db"):
+        if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise TlkitError(f"{what} {str(folder)!r} cannot be written: {str(path)!r} is read-only (or not "
+                             f"yours). {hint}")
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object tlkit wrote (``experiment.json``, ``model.json``); one that cannot be read, or is not an
+    object, is a TlkitError that names the file and ends with ``fix``."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TlkitError(f"{path} cannot be read ({describe_error(err)}). HINT: {fix}") from None
+    if not isinstance(payload, dict):
+        raise TlkitError(f"{path} holds a JSON {type(payload).__name__}, not the object tlkit writes: it is damaged. "
+                         f"HINT: {fix}")
+    return payload
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A state dict as safetensors, atomically (copies: safetensors refuses tensors that share memory)."""
+    copies = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(copies, str(tmp), metadata=metadata))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a plain ``torch.save`` state dict (read with ``weights_only=True``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain data (NumPy's key array as a tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _epoch_paths(folder: Path, epoch: int) -> tuple[Path, Path]:
+    return folder / f"epoch_{epoch:04d}.safetensors", folder / f"epoch_{epoch:04d}.pt"
+
+
+def save_epoch(folder: Path, epoch: int, model: torch.nn.Module, state: dict[str, Any],
+               also_best: Path | None = None) -> None:
+    """Save the checkpoint after finished ``epoch``; the ``.pt`` state (written last) commits it. ``also_best``:
+    the same weights are the trial's best so far, so that file becomes a second name for the epoch's weights (a
+    hard link: one write instead of two; where the file system has none, a second write)."""
+    weights, state_path = _epoch_paths(folder, epoch)
+    save_weights(weights, model, metadata={"epoch": str(epoch)})
+    if also_best is not None:
+        link_or_copy(weights, also_best)
+    payload = {**state, "weights_sha256": sha256(weights), "rng": rng_state()}
+    atomic_write(state_path, lambda tmp: torch_save(payload, tmp))
+    prune_epochs(folder, keep=KEEP_EPOCHS)
+
+
+def link_or_copy(source: Path, path: Path) -> None:
+    """Make ``path`` name the same content as ``source``, atomically (readers see the old file or the new one)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:  # no hard links here (some network and FAT file systems): write a copy
+        tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda t: shutil.copyfile(source, t))
+
+
+def torch_save(payload: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a full disk raises ``OSError`` (not a bare ``RuntimeError``)."""
+    with open(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def prune_epochs(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` epoch checkpoints (``keep=0``: all of them), and temp files left by a
+    process killed mid-write."""
+    states = sorted(folder.glob("epoch_*.pt"))
+    for state_path in states[: max(0, len(states) - keep)]:
+        state_path.with_suffix(".safetensors").unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp*"):
+        if not tmp.name.endswith(f".tmp{os.getpid()}"):
+            tmp.unlink(missing_ok=True)
+
+
+def load_latest(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest checkpoint that loads and verifies, or None. A bad pair is reported by name and set aside
+    (renamed ``*.bad``, never deleted, never trusted); the previous pair is used instead."""
+    for state_path in sorted(Path(folder).glob("epoch_*.pt"), reverse=True):
+        weights_path = state_path.with_suffix(".safetensors")
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("weights_sha256") is None:
+                raise ValueError("not a tlkit checkpoint state")
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt, or a pickle that would run code
+            _set_aside(state_path, weights_path, f"Checkpoint state {state_path} cannot be loaded safely "
+                                                 f"({describe_error(err)})")
+            continue
+        if not weights_path.is_file() or sha256(weights_path) != state.get("weights_sha256"):
+            _set_aside(state_path, weights_path, f"Checkpoint weights {weights_path} are missing or do not match "
+                                                 f"their checksum")
+            continue
+        try:
+            return load_file(str(weights_path)), state
+        except Exception as err:  # noqa: BLE001
+            _set_aside(state_path, weights_path, f"Checkpoint weights {weights_path} cannot be read "
+                                                 f"({describe_error(err)})")
+    return None
+
+
+def _set_aside(state_path: Path, weights_path: Path, what: str) -> None:
+    """Rename a bad checkpoint pair ``*.bad`` (kept for a post-mortem, never tried again) and say so."""
+    for path in (state_path, weights_path):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".bad"))
+    warnings.warn(f"{what}; the epoch's checkpoint is set aside as {state_path.name}.bad, using an earlier one.",
+                  stacklevel=3)

@@ -1,0 +1,133 @@
+"""Frozen-backbone features, computed once per (weights, images, preprocessing) and kept on disk.
+
+While only the head trains, the backbone's pre-logit features of the un-augmented train and val images are a fixed
+function of three things: the frozen body's weights, the images, and how they are fed (size, normalisation,
+precision). A linear probe's every trial, a repeat, the probe phase of LP-FT and the first epochs of gradual
+unfreezing of the same backbone all need the same features, so they are computed once and kept under
+``$TLKIT_CACHE/features/<key>.pt``, the key a SHA-256 of those three things (any change gives a new key; the folder
+is safe to delete). The features are the same bits as computing them again, so cached and uncached trials agree.
+The same cache holds the output of a frozen prefix (``tlkit.engine.prefix``): the frozen groups below the trainable
+ones, when the images are not augmented.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from tlkit.data.tensors import Splits, cache_dir
+from tlkit.errors import describe_error
+
+__all__ = ["FeatureCache", "features_key", "feature_dir", "eval_mode"]
+
+log = logging.getLogger("tlkit")
+
+
+def feature_dir() -> Path:
+    return cache_dir() / "features"
+
+
+def _tensor_digest(digest: Any, tensor: torch.Tensor) -> None:
+    t = tensor.detach().cpu().contiguous()
+    digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
+
+
+def features_key(model: torch.nn.Module, split: Any, predict_kwargs: dict[str, Any]) -> str:
+    """The identity of one split's features: what computes them (a model's body, without its head; or a frozen
+    prefix cut out of a model, ``tlkit.engine.prefix``, whose code says where the cut is): its layers as printed,
+    weights and buffers; the images and labels; and how they are fed to the model."""
+    cut = isinstance(model, torch.fx.GraphModule)
+    head = set() if cut else {id(p) for p in model.get_classifier().parameters()}
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    digest.update((model.code if cut else repr(model)).encode())
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in head:
+            digest.update(name.encode())
+            _tensor_digest(digest, tensor)
+    _tensor_digest(digest, split.images)
+    _tensor_digest(digest, split.labels)
+    fed = {k: v for k, v in predict_kwargs.items() if k != "device"}
+    digest.update(repr(sorted(fed.items())).encode())
+    digest.update(str(torch.device(predict_kwargs.get("device", "cpu")).type).encode())
+    return digest.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Every module in eval mode, then each back in its own mode (``train(True)`` would also switch the frozen
+    BatchNorm layers inside a training module back to training)."""
+    training = [m for m in model.modules() if m.training]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+class FeatureCache:
+    """What the trainable part of the model sees of the un-augmented train and val splits, computed once (in memory,
+    and on disk when ``on_disk``): the frozen backbone's pre-logit features while only the head trains, or the
+    output of a frozen ``prefix`` (``tlkit.engine.prefix``). ``clear()`` once they go stale."""
+
+    def __init__(self, model: torch.nn.Module, splits: Splits, on_disk: bool = True,
+                 prefix: torch.fx.GraphModule | None = None, **predict_kwargs: Any) -> None:
+        self.model = model
+        self.prefix = prefix
+        self.splits = splits
+        self.on_disk = on_disk
+        self.predict_kwargs = predict_kwargs
+        self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prefix is not None:
+            return self.prefix(x)
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    def get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._features:
+            self._features[split] = self._load_or_compute(getattr(self.splits, split))
+        return self._features[split]
+
+    def clear(self) -> None:
+        self._features.clear()
+
+    def _load_or_compute(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        from tlkit.engine.loop import predict
+
+        key = features_key(self.model if self.prefix is None else self.prefix, data, self.predict_kwargs)
+        path = feature_dir() / f"{key}.pt" if self.on_disk else None
+        device = torch.device(self.predict_kwargs.get("device", "cpu"))
+        if path is not None and path.is_file():
+            try:
+                blob = torch.load(path, map_location=device, weights_only=True)
+                return blob["features"], blob["labels"]
+            except Exception as err:  # noqa: BLE001 - a damaged cache file is computed again, never trusted
+                aside = path.with_name(path.name + ".bad")
+                os.replace(path, aside)
+                log.warning("cached features %s cannot be read (%s); set aside as %s and computed again", path,
+                            describe_error(err), aside.name)
+        with eval_mode(self.model):
+            features, labels = predict(self._forward, data, **self.predict_kwargs)
+        if path is not None:
+            _save(path, features, labels)
+        return features, labels
+
+
+def _save(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Atomically; a cache that cannot be written (read-only or full disk) only costs speed."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"features": features.cpu(), "labels": labels.cpu()}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("features cannot be cached in %s (%s); they will be computed again", path, describe_error(err))
+    finally:
+        tmp.unlink(missing_ok=True)
