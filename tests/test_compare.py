@@ -48,6 +48,42 @@ def test_seed_paired_comparisons_with_holm_and_verdicts():
     assert table.verdict.to_dict() == {"b": "tied", "c": "worse"}
 
 
+def test_a_strategy_that_beats_the_validation_pick_on_test_is_better_not_worse():
+    """The quickstart case of issue 27: the pick (lp_ft) was best on validation and lost clearly on test."""
+    pick = _cell("lp_ft", [0.99, 0.99, 0.99], [0.920, 0.930, 0.935])
+    beats_it = _cell("last_n", [0.98, 0.98, 0.98], [0.990, 0.995, 0.994])
+    same = _cell("bitfit", [0.97, 0.97, 0.97], [0.925, 0.928, 0.934])
+    table = compare.comparisons([pick, beats_it, same], ACC).set_index("strategy")
+    assert set(table.best) == {"lp_ft"}
+    assert table.difference["last_n"] == pytest.approx(np.mean([0.920, 0.930, 0.935]) - np.mean([0.990, 0.995, 0.994]))
+    assert table.difference["last_n"] < 0 and table.p_holm["last_n"] < compare.ALPHA
+    assert table.verdict.to_dict() == {"last_n": "better", "bitfit": "tied"}
+    text = compare.sentence(table.reset_index().set_index("strategy").loc["last_n"].to_dict() | {"strategy": "last_n"},
+                            "accuracy", points=True)
+    assert text.startswith("last_n beats lp_ft (the validation pick) by 6.5 points of test accuracy (95% CI ")
+    assert "did not hold up on test" in text
+
+
+def test_mcnemar_verdict_follows_the_sign_of_the_difference():
+    rng = np.random.default_rng(1)
+    right_pick = rng.random(300) < 0.85
+    right_other = right_pick.copy()
+    right_other[np.flatnonzero(~right_pick)[:30]] = True  # the other gets 30 more right: better on test
+    pick = _cell("pick", [0.99], [right_pick.mean()], predictions=[_predictions(right_pick)])
+    other = _cell("other", [0.90], [right_other.mean()], predictions=[_predictions(right_other)])
+    row = compare.comparisons([pick, other], ACC).iloc[0]
+    assert row.best == "pick" and row.difference == pytest.approx(-30 / 300)
+    assert row.p == pytest.approx(scipy_stats.binomtest(0, 30, 0.5).pvalue) and row.verdict == "better"
+
+
+def test_verdict_needs_the_adjusted_test_and_a_sign():
+    def test(diff):
+        return stats.Comparison(diff, diff - 0.01, diff + 0.01, 0.001, 3, "t")
+    assert [compare.verdict(test(d), p) for d, p in ((0.05, 0.01), (-0.05, 0.01), (-0.05, 0.2), (0.0, 0.01))] == [
+        "worse", "better", "tied", "tied"]
+    assert compare.verdict(None, math.nan) == "untested"
+
+
 def test_a_minimised_metric_turns_the_sign_so_positive_means_better():
     best = _cell("a", [0.2, 0.2, 0.2], [0.30, 0.31, 0.32])  # lower log-loss is better
     worse = _cell("b", [0.5, 0.5, 0.5], [0.60, 0.62, 0.61])
@@ -92,6 +128,11 @@ def test_sentences_say_what_the_numbers_say():
     assert compare.sentence(worse, "accuracy", points=True) == (
         "last_n beats full_finetune by 3.3 points of test accuracy (95% CI 2.1 to 4.5, p = 0.003 Holm-adjusted; "
         "paired t-test over 3 seeds).")
+    better = {**worse, "strategy": "bitfit", "verdict": "better", "difference": -0.067, "ci_low": -0.090,
+              "ci_high": -0.044}
+    assert compare.sentence(better, "accuracy", points=True) == (
+        "bitfit beats last_n (the validation pick) by 6.7 points of test accuracy (95% CI 4.4 to 9.0, p = 0.003 "
+        "Holm-adjusted; paired t-test over 3 seeds): the pick on validation did not hold up on test.")
 
 
 def test_ranks_and_friedman_across_backbones():

@@ -93,10 +93,12 @@ def test_report_md_shows_intervals_ties_and_the_tests(results: Path) -> None:
             c = cells.loc[strategy]
             interval = f"{c.test_accuracy_mean:.4f} [{c.test_accuracy_ci_low:.4f}, {c.test_accuracy_ci_high:.4f}]"
             expected = (f"**{interval}**" if strategy == test.best else
-                        f"{interval} ≈" if test.verdict == "tied" else interval)
+                        f"{interval} ≈" if test.verdict == "tied" else f"{interval} ↑" if test.verdict == "better"
+                        else interval)
             assert shown.strip() == expected
         assert f"**{b}** (best on validation: {test.best})" in text
-        assert ("cannot be told apart here" if test.verdict == "tied" else f"{test.best} beats") in text
+        assert {"tied": "cannot be told apart here", "worse": f"{test.best} beats",
+                "better": "did not hold up on test"}[test.verdict] in text
     for name in ("## Winner per backbone", "## Which differences are real", "## Across backbones",
                  "## Best configuration of each cell", "Needs 3 or more backbones"):
         assert name in text, name
@@ -207,3 +209,19 @@ def test_optuna_dashboard_shows_every_cell(results: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_report_says_when_the_validation_pick_loses_on_test() -> None:
+    """Issue 27: a strategy significantly better than the pick on test is marked ↑ and listed as better, never worse."""
+    from tlkit import report
+
+    summary = pd.DataFrame({"backbone": ["b"] * 3, "strategy": ["lp_ft", "last_n", "bitfit"],
+                            "test_accuracy_mean": [0.928, 0.994, 0.93], "test_accuracy_ci_low": [0.9, 0.99, 0.9],
+                            "test_accuracy_ci_high": [0.95, 0.998, 0.95]})
+    comparisons = pd.DataFrame({"backbone": ["b", "b"], "best": ["lp_ft", "lp_ft"], "strategy": ["last_n", "bitfit"],
+                                "verdict": ["better", "tied"]})
+    won = report.winners(summary, comparisons, "accuracy").iloc[0]
+    assert (won.best, won.better, won.tied, won.worse) == ("lp_ft", ["last_n"], ["bitfit"], [])
+    header, _, row = report._main_table(summary, report.winners(summary, comparisons, "accuracy"), "accuracy", ["b"],
+                                        ["lp_ft", "last_n", "bitfit"])
+    assert row == "| b | **0.9280 [0.9000, 0.9500]** | 0.9940 [0.9900, 0.9980] ↑ | 0.9300 [0.9000, 0.9500] ≈ |"

@@ -71,15 +71,14 @@ def metric_of(experiment: dict[str, Any]) -> Metric:
 
 
 def winners(summary: pd.DataFrame, comparisons: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per backbone: the best strategy (chosen on validation), the strategies tied with it (not significantly
-    worse on test, Holm-corrected), and the best's test mean and interval."""
+    """Per backbone: the best strategy (chosen on validation), the strategies tied with it on test, those
+    significantly better and worse on test (Holm-corrected), and the best's test mean and interval."""
     rows = []
     for backbone, mine in comparisons.groupby("backbone", sort=False):
         best = mine["best"].iloc[0]
-        tied = mine[mine["verdict"] != "worse"]["strategy"].tolist()
         row = summary[(summary["backbone"] == backbone) & (summary["strategy"] == best)].iloc[0]
-        rows.append({"backbone": backbone, "best": best, "tied": tied,
-                     "worse": mine[mine["verdict"] == "worse"]["strategy"].tolist(), "row": row})
+        rows.append({"backbone": backbone, "best": best, "row": row,
+                     **{kind: mine[mine["verdict"] == kind]["strategy"].tolist() for kind in compare.VERDICTS}})
     return pd.DataFrame(rows)
 
 
@@ -127,14 +126,14 @@ def _main_table(summary: pd.DataFrame, won: pd.DataFrame, metric: str, backbones
                 strategies: list[str]) -> list[str]:
     cell = summary.set_index(["backbone", "strategy"])
     best = {r["backbone"]: r["best"] for _, r in won.iterrows()}
-    tied = {(r["backbone"], s) for _, r in won.iterrows() for s in r["tied"]}
+    mark = {(r["backbone"], s): sign for _, r in won.iterrows() for kind, sign in (("tied", " ≈"), ("better", " ↑"))
+            for s in r[kind]}
     rows = []
     for b in backbones:
         row = [b]
         for s in strategies:
             text = _interval(cell.loc[(b, s)], metric) if (b, s) in cell.index else "—"
-            row.append(f"**{text}**" if best.get(b) == s and text != "—" else f"{text} ≈" if (b, s) in tied else
-                       text)
+            row.append(f"**{text}**" if best.get(b) == s and text != "—" else text + mark.get((b, s), ""))
         rows.append(row)
     return _table(["backbone", *strategies], rows)
 
@@ -190,13 +189,16 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               "and scored once (no repeats: the intervals and tests are over test examples of that one model)")
     lines += [f"Mean test {m} of each cell with its 95% interval ({_method_text(summary)}). Each cell's "
               f"configuration is chosen on validation by its search, {scored}. **Bold**: the backbone's best "
-              f"strategy on validation; ≈: not significantly worse than it on test (Holm-corrected, 5% level), so "
-              f"tied with it.", ""]
+              f"strategy on validation; ≈: tied with it on test (neither significantly better nor worse, "
+              f"Holm-corrected, 5% level); ↑: significantly better than it on test, so the validation pick did not "
+              f"hold up on test.", ""]
     lines += _main_table(summary, won, m, backbones, strategies) + [""]
     lines += ["## Winner per backbone", ""]
-    lines += _table(["backbone", "best (validation)", f"test {m} [95% CI]", "tied with it", "significantly worse"],
-                    [[r["backbone"], r["best"], _interval(r["row"], m), ", ".join(r["tied"]) or "—",
-                      ", ".join(r["worse"]) or "—"] for _, r in won.iterrows()], left=2, right=3) + [""]
+    lines += _table(["backbone", "best (validation)", f"test {m} [95% CI]", "tied with it",
+                     "significantly better on test", "significantly worse"],
+                    [[r["backbone"], r["best"], _interval(r["row"], m),
+                      *(", ".join(r[kind]) or "—" for kind in ("tied", "better", "worse"))]
+                     for _, r in won.iterrows()], left=2, right=3) + [""]
     lines += ["## Which differences are real", ""]
     lines += ["Within each backbone, every strategy against the best one: the difference of test "
               f"{m} (positive: the best is better), its 95% interval and the p-value, Holm-corrected over the "

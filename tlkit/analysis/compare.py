@@ -8,7 +8,8 @@ trial), each with its validation and test metric and its per-example test predic
   ``ci_method``;
 - ``comparisons``: within each backbone, every strategy against the best one (chosen on validation), paired by seed
   (t-test, 3 or more common seeds) or by test example (McNemar's exact test for an accuracy of one model each, else
-  a paired bootstrap), Holm-corrected per backbone, with a verdict: ``worse`` or ``tied``;
+  a paired bootstrap), Holm-corrected per backbone, with a verdict: ``worse`` (significantly below the best),
+  ``better`` (significantly above it on test: the validation pick did not hold up), ``tied`` or ``untested``;
 - ``rank_table`` / ``friedman_test``: with 3 or more backbones, each strategy's average rank, Friedman's test and
   the Nemenyi critical difference (Demšar 2006).
 """
@@ -26,9 +27,11 @@ from tlkit.analysis import stats
 from tlkit.metrics import Metric, Predictions
 
 __all__ = ["ScoredModel", "Cell", "cell_intervals", "choose_best", "comparisons", "rank_table", "friedman_test",
-           "sentence", "ALPHA", "MIN_SEEDS_FOR_T"]
+           "sentence", "verdict", "VERDICTS", "ALPHA", "MIN_SEEDS_FOR_T"]
 
 ALPHA = 0.05
+VERDICTS = ("better", "tied", "worse", "untested")
+"""A comparison's verdict on the other strategy, seen from the best on validation."""
 MIN_SEEDS_FOR_T = 3
 """With fewer common seeds than this, differences are tested over test examples instead (paired bootstrap)."""
 
@@ -156,9 +159,21 @@ def comparisons(cells: list[Cell], metric: Metric) -> pd.DataFrame:
                          "method": t.method if t else "not available", "n": t.n if t else 0,
                          "difference": t.diff if t else math.nan, "ci_low": t.low if t else math.nan,
                          "ci_high": t.high if t else math.nan, "p": t.p if t else math.nan, "p_holm": p_holm,
-                         "verdict": "untested" if t is None else "worse" if p_holm < ALPHA else "tied"})
+                         "verdict": verdict(t, p_holm)})
     return pd.DataFrame(rows, columns=["backbone", "best", "strategy", "method", "n", "difference", "ci_low",
                                        "ci_high", "p", "p_holm", "verdict"])
+
+
+def verdict(test: stats.Comparison | None, p_holm: float) -> str:
+    """``worse``/``better`` when the Holm-adjusted two-sided test rejects, by the sign of ``best - other``.
+
+    A two-sided test that rejects says the two differ, not which way: the sign says it. The best is chosen on
+    validation, so on test another strategy can be significantly better than it (``better``)."""
+    if test is None:
+        return "untested"
+    if not p_holm < ALPHA or test.diff == 0:
+        return "tied"
+    return "worse" if test.diff > 0 else "better"
 
 
 def _amount(x: float, points: bool) -> str:
@@ -178,6 +193,11 @@ def sentence(row: Any, metric: str, points: bool) -> str:
     if row["verdict"] == "worse":
         return (f"{row['best']} beats {row['strategy']} by {amount} of test {metric} ({interval}, "
                 f"{_p(row['p_holm'])} Holm-adjusted; {row['method']}).")
+    if row["verdict"] == "better":
+        amount, low, high = (_amount(-row[k], points) for k in ("difference", "ci_high", "ci_low"))
+        return (f"{row['strategy']} beats {row['best']} (the validation pick) by {amount} of test {metric} "
+                f"(95% CI {low.split()[0]} to {high.split()[0]}, {_p(row['p_holm'])} Holm-adjusted; "
+                f"{row['method']}): the pick on validation did not hold up on test.")
     return (f"{row['best']} and {row['strategy']} cannot be told apart here ({amount}, {interval}, "
             f"{_p(row['p_holm'])} Holm-adjusted; {row['method']}).")
 
