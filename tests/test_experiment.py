@@ -82,9 +82,13 @@ def test_setting_a_searched_field_is_refused_with_the_way_to_do_it(exp):
         apply_overrides(exp, ["train.lr=3e-4"])
 
 
-def test_override_never_evaluates_code(exp, tmp_path):
+def test_override_never_evaluates_code(exp, tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
-    new = apply_overrides(exp, [f"name=__import__('pathlib').Path('{marker}').touch()"])
+    with pytest.raises(TlkitError, match="cannot name a results folder"):  # a path is not a study name either
+        apply_overrides(exp, [f"name=__import__('pathlib').Path('{marker}').touch()"])
+    assert not marker.exists()
+    monkeypatch.chdir(tmp_path)
+    new = apply_overrides(exp, ["name=__import__('pathlib').Path('pwned').touch()"])
     assert not marker.exists()
     assert new.name.startswith("__import__")  # taken as a plain string, never run
 

@@ -3,16 +3,32 @@ from __future__ import annotations
 
 import difflib
 import errno
+import re
 from typing import Iterable, Iterator
 
-__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error", "environment_fault"]
+__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error", "environment_fault", "mask_secrets"]
+
+# user:PASSWORD@ in a URL (greedy up to the authority's last '@': an unescaped '@' in a password stays hidden), and
+# password=/token=/secret= parameters, as SQLAlchemy, psycopg and fsspec URLs carry them
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@'\"]*:)[^/\s'\"]*@")
+_SECRET_PARAMETER = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd|secret|token|secret_access_key)=)[^&;\s'\"]+")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every password in a URL (``postgresql://user:***@host/db``) and every ``password=...``
+    parameter replaced by ``***``: a storage or store URL appears in messages and logs, its password must not."""
+    return _SECRET_PARAMETER.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", text))
 
 
 class TlkitError(Exception):
     """A problem with the user's input or environment, reported as one paragraph without a traceback.
 
-    The CLI prints ``str(err)`` and exits non-zero; library callers can catch it like any exception.
+    The CLI prints ``str(err)`` and exits non-zero; library callers can catch it like any exception. The message
+    never carries a password: a URL in it is masked here, once, for every message.
     """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(mask_secrets(str(message)), *args)
 
 
 def did_you_mean(name: str, choices: Iterable[str], what: str, list_available: bool = True) -> str:
@@ -38,7 +54,7 @@ def describe_error(err: BaseException, limit: int = 200) -> str:
         lines = str(err).strip().splitlines()
     except Exception:  # noqa: BLE001 - a __str__ that raises is still an error we can name
         lines = []
-    first = lines[0][:limit] if lines else ""
+    first = mask_secrets(lines[0])[:limit] if lines else ""
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 

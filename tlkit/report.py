@@ -180,7 +180,7 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
         lines += [f"**Cut short**: the sweep was stopped by `--timeout` after "
                   f"{experiment['stopped_by_timeout_s'] / 60:.0f} min, before every cell had its budget; run the "
                   f"same command again to finish the study.", ""]
-    expected = len(experiment.get("backbones", [])) * len(experiment.get("strategies", []))
+    expected = len(set(experiment.get("backbones", []))) * len(set(experiment.get("strategies", [])))
     if expected > len(summary):
         lines += [f"**Partial results**: {len(summary)} of {expected} cells have started; run the sweep command "
                   f"again to finish the study.", ""]
@@ -257,8 +257,8 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     experiment = json.loads(experiment_file.read_text(encoding="utf-8")) if experiment_file.is_file() else {}
     experiment.setdefault("metric", metric)
     m = metric_of(experiment)
-    position = {(b, s): (i, j) for i, b in enumerate(experiment.get("backbones", []))
-                for j, s in enumerate(experiment.get("strategies", []))}
+    position = {(b, s): (i, j) for i, b in enumerate(dict.fromkeys(experiment.get("backbones", [])))
+                for j, s in enumerate(dict.fromkeys(experiment.get("strategies", [])))}
     cells = sorted(load_cells(storage, study, m),  # the experiment file's order, then any others by name
                    key=lambda c: (position.get((c.backbone, c.strategy), (math.inf, math.inf)), c.backbone,
                                   c.strategy))

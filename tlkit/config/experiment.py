@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import sys
 import traceback
 import types
@@ -258,6 +259,13 @@ class Experiment:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.name:
+            check_study_name(self.name)
+        for what in ("backbones", "strategies"):
+            repeated = sorted({x for x in getattr(self, what) if getattr(self, what).count(x) > 1})
+            if repeated:
+                raise TlkitError(f"{what} lists {', '.join(map(repr, repeated))} more than once; each is one cell of "
+                                 f"the comparison. HINT: list each {what[:-1]} once.")
         self.data.validate("data.")
         self.train.validate("train.")
         if self.source is not None:
@@ -421,8 +429,25 @@ def load_experiment(path: str | Path) -> Experiment:
         raise TlkitError(f"{path} defines no `experiment = Experiment(...)` nor `get_experiment()` "
                          f"(found {type(exp).__name__}). HINT: see experiments/digits.py for the shape.")
     if not exp.name:
-        exp.name = path.stem
+        exp.name = check_study_name(path.stem, f"the experiment file's name {path.name!r}")
     return exp
+
+
+_UNSAFE_NAME = re.compile(r"[/\\:\x00-\x1f\x7f]")
+
+
+def check_study_name(name: str, what: str = "") -> str:
+    """``name``, refused unless it is one safe path segment: it becomes ``results/<name>/`` and ``<store>/<name>/``,
+    whose push deletes remote files it does not have, so ``../x`` or ``/abs`` must never reach a path. No ``/``,
+    ``\\``, ``:`` (Optuna's study names use ``/`` and ``:`` as separators) or control characters; not ``.``-led
+    (``..``, hidden folders); at most 100 characters."""
+    what = what or f"The study name {name!r}"
+    if not name or name.startswith(".") or len(name) > 100 or _UNSAFE_NAME.search(name):
+        raise TlkitError(f"{what} cannot name a results folder: a study name is one folder name (not starting with "
+                         f"'.', no '/', '\\', ':' or control characters, at most 100 characters), so "
+                         f"that nothing is written outside results/ or the --store. HINT: pass --study NAME (or set "
+                         f"name='...' in the experiment file), e.g. --study my_study; use --out for another folder.")
+    return name
 
 
 def _line_in(path: Path, err: BaseException) -> int | str:

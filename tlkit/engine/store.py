@@ -16,6 +16,7 @@ import logging
 import os
 import posixpath
 from pathlib import Path
+from tlkit.config.experiment import check_study_name
 from tlkit.errors import TlkitError, describe_error
 
 __all__ = ["Store", "open_store"]
@@ -92,6 +93,7 @@ def open_store(url: str | None, study: str, local_root: Path, create: bool = Tru
     ``create=False`` only checks that it can be reached (``--check`` writes nothing)."""
     if not url:
         return None
+    check_study_name(study)  # <store>/<study>/ is pushed with deletes: it must be one folder inside the store
     try:
         store = Store(url, study, local_root)
         if create:  # write a marker: an object store has no folders, so only a write proves it can be written

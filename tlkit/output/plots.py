@@ -30,7 +30,8 @@ PLOTS = {
 def order(summary: pd.DataFrame, experiment: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Backbones and strategies in the experiment file's order (how its author thinks of them), then any others."""
     def ordered(column: str, key: str) -> list[str]:
-        given = [x for x in experiment.get(key, []) if x in set(summary[column])] if not summary.empty else []
+        named = dict.fromkeys(experiment.get(key, []))  # a name listed twice (before that was refused) is one cell
+        given = [x for x in named if x in set(summary[column])] if not summary.empty else []
         rest = sorted(set(summary[column]) - set(given)) if not summary.empty else []
         return given + rest
     return ordered("backbone", "backbones"), ordered("strategy", "strategies")
