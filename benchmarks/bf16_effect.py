@@ -31,7 +31,7 @@ def main() -> None:
 
     import tlkit
     from tlkit.engine.compute import cpu_has_native_bf16, set_memory_format
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.metrics import get_metric
     from tlkit.sweep import prepare
     from tlkit.engine.loop import evaluate

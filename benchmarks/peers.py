@@ -233,7 +233,7 @@ def hand_on_tlkit_tensors(experiment: Path) -> dict[str, float]:
 
     from tlkit.engine.compute import set_memory_format
     from tlkit.data.tensors import iterate_batches
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.sweep import prepare
 
     exp = load_experiment(experiment)
@@ -270,7 +270,7 @@ def tlkit_runner_trial(experiment: Path, folder: Path) -> dict[str, float]:
     import torch
 
     from tlkit.models.backbones import create_backbone, preprocessing
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.metrics import get_metric
     from tlkit.engine.runner import TrialSpec, run_trial
     from tlkit.sweep import prepare

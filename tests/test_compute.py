@@ -77,8 +77,9 @@ def test_bf16_on_cpu_resumes_but_like_cuda_not_bit_for_bit(tmp_path, splits):
 
 def test_bf16_autocast_on_cpu_changes_the_numbers_so_it_is_a_different_experiment(tmp_path, splits):
     """Not a silent switch: the float32 and bf16 runs of the same spec differ, and the recipe field is part of the
-    study's identity (tlkit.config.experiment.identity), so the two never mix in one study."""
-    from tlkit.config.experiment import Experiment, identity
+    study's identity (tlkit.config.identity.identity), so the two never mix in one study."""
+    from tlkit.config.experiment import Experiment
+    from tlkit.config.identity import identity
 
     fp32 = run_trial(_spec(tmp_path / "fp32", "test_resnet"), splits, CPU)
     bf16 = run_trial(_spec(tmp_path / "bf16", "test_resnet", cpu_amp=True), splits, CPU)

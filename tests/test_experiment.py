@@ -5,8 +5,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tlkit.errors import TlkitError
-from tlkit.config.experiment import (Experiment, Train, apply_overrides, experiment_to_dict, identity, load_experiment,
-                                     validate)
+from tlkit.config.experiment import Experiment, Train, validate
+from tlkit.config.identity import experiment_to_dict, identity
+from tlkit.config.loading import apply_overrides, load_experiment
 from tlkit.testing import write_experiment
 
 

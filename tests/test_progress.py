@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from tlkit.config.experiment import load_experiment
+from tlkit.config.loading import load_experiment
 from tlkit.output.progress import SweepProgress, format_duration
 from tlkit.search.study import Cell
 from tlkit.sweep import run_sweep

@@ -198,7 +198,7 @@ def test_a_sweep_ranks_keeps_the_top_backbones_and_reports_how_well_the_ranking_
 def test_a_sweep_of_one_backbone_ranks_nothing(tmp_path):
     """One backbone has no order to predict: the sweep goes straight to training (no features, no ranking.csv),
     while two backbones are ranked (the test above)."""
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.rank import rank_in_sweep
 
     exp = load_experiment(write_experiment(tmp_path, backbones=["test_resnet"], pretrained=True))

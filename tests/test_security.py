@@ -85,7 +85,7 @@ def test_an_experiment_file_whose_name_is_not_a_folder_name_is_refused(tmp_path)
     assert check_study_name("cifar-10 run.v2") == "cifar-10 run.v2"  # spaces and dots inside are one folder name
     exp = write_experiment(tmp_path, name="a:b", **TINY)
     with pytest.raises(TlkitError, match="the experiment file's name 'a:b.py' cannot name a results folder"):
-        from tlkit.config.experiment import load_experiment
+        from tlkit.config.loading import load_experiment
         load_experiment(exp)
 
 

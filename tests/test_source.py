@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlkit.config.experiment import load_experiment
+from tlkit.config.loading import load_experiment
 from tlkit.engine.export import load_best
 from tlkit.engine.source import train_source
 from tlkit.testing import write_experiment

@@ -222,7 +222,7 @@ def test_third_party_strategy_via_entry_point(tmp_path, monkeypatch):
 
 
 def test_experiment_file_can_register_its_own_strategy(tmp_path):
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.testing import write_experiment
 
     prelude = textwrap.dedent("""

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from tlkit.errors import TlkitError
-from tlkit.config.experiment import load_experiment
+from tlkit.config.loading import load_experiment
 from tlkit.engine.export import load_best
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
@@ -84,7 +84,7 @@ def test_hub_weights_come_from_the_local_cache_when_offline(tmp_path, monkeypatc
     state = _random_weights(repo / "snapshots" / commit / "model.safetensors")
     exp_file = write_experiment(tmp_path, backbones=["test_resnet.r160_in1k"], pretrained=True)
     script = ("import sys; from tlkit.models.weights import resolve_pretrained; "
-              "from tlkit.config.experiment import load_experiment;"
+              "from tlkit.config.loading import load_experiment;"
               f"exp = load_experiment({str(exp_file)!r});"
               "p = resolve_pretrained(exp, 'test_resnet.r160_in1k', 5);"
               "import torch; torch.save(p.state_dict, sys.argv[1]); print(p.origin)")

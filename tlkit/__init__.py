@@ -18,7 +18,8 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting
-from tlkit.config.experiment import Data, Experiment, Source, Train, load_experiment
+from tlkit.config.experiment import Data, Experiment, Source, Train
+from tlkit.config.loading import load_experiment
 from tlkit.engine.export import load_best
 from tlkit.data.datasets import Dataset, list_datasets, register_dataset
 from tlkit.metrics import list_metrics, register_metric

@@ -23,8 +23,9 @@ from tlkit.engine.checkpoint import write_json
 from tlkit.data.tensors import Splits, to_device
 from tlkit.data.datasets import splits_for
 from tlkit.errors import TlkitError, environment_fault
-from tlkit.config.experiment import (Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values,
-                                     validate)
+from tlkit.config.experiment import Experiment, recipe_values, validate
+from tlkit.config.identity import experiment_to_dict
+from tlkit.config.loading import apply_overrides, load_experiment
 from tlkit.metrics import get_metric
 from tlkit.output.progress import SweepProgress
 from tlkit.engine.runner import TimeUp

@@ -53,7 +53,7 @@ def experiment_source(**fields: Any) -> str:
 def run_tiny_sweep(folder: str | Path, cache: str | Path, **fields: Any) -> Path:
     """Write a tiny experiment into ``folder`` and run it offline into ``folder/results`` (returned), with decoded
     data and source weights cached in ``cache``. For module-scoped fixtures that share one real sweep."""
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.sweep import run_sweep
 
     saved = {key: os.environ.get(key) for key in ("TLKIT_CACHE", "HF_HUB_OFFLINE")}

@@ -1,1 +1,2 @@
-"""What a study compares: the Experiment and its parts, loading an experiment file, ``--set`` overrides, identity."""
+"""What a study compares: ``experiment`` (the schema and its checks), ``types`` (the field type checker),
+``loading`` (experiment files and ``--set``), ``identity`` (what makes two runs the same study)."""

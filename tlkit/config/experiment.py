@@ -1,42 +1,25 @@
-"""What a study compares: the Experiment definition, loading it from a file, and ``--set`` overrides.
+"""What a study compares: the Experiment and its parts (Data, Train, Source), with the checks of each value.
 
-An experiment file is plain Python that defines ``experiment = Experiment(...)`` (or a ``get_experiment()``
-function). Everything is a dataclass with typed fields, so a wrong type or an unknown key is caught before any
-trial runs, with the field's dotted path in the message.
+Everything is a dataclass with typed fields (checked by ``tlkit.config.types``), so a wrong type, an unknown key or
+a value no trial can use is caught before any trial runs, with the field's dotted path in the message. Loading a
+file and ``--set`` are in ``tlkit.config.loading``; what makes two runs the same study in ``tlkit.config.identity``.
 """
 from __future__ import annotations
 
-import ast
-import copy
 import dataclasses
-import functools
-import hashlib
-import importlib.util
-import json
 import math
 import re
-import sys
-import traceback
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Union
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-    distribution_to_json,
-)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from tlkit.engine.checkpoint import sha256
-from tlkit.errors import TlkitError, close_matches, describe_error, did_you_mean
+from tlkit.config.types import check_types, check_value
+from tlkit.errors import TlkitError, close_matches, did_you_mean
 from tlkit.metrics import get_metric
 
-__all__ = ["Data", "Train", "Source", "Experiment", "load_experiment", "apply_overrides", "experiment_to_dict",
-           "validate", "recipe_values"]
+__all__ = ["Data", "Train", "Source", "Experiment", "validate", "recipe_values", "check_search", "check_study_name"]
 
 AUGMENTATIONS = ("crop", "hflip")
 PRUNERS = ("median", "hyperband", "none")
@@ -185,7 +168,7 @@ RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def recipe_problem(name: str, value: Any, path: str) -> str | None:
     """What is wrong with ``value`` as the recipe field ``name`` (a sentence naming ``path``), or None."""
     try:
-        value = _check_value(value, typing.get_type_hints(Train)[name], path)
+        value = check_value(value, typing.get_type_hints(Train)[name], path)
     except TlkitError as err:
         return str(err)
     if name in RECIPE_CHOICES and value not in RECIPE_CHOICES[name]:
@@ -334,105 +317,6 @@ def recipe_values(search: dict[str, BaseDistribution], recipe: Train, name: str)
     return _possible_values(search[name]) if name in search else [getattr(recipe, name)]
 
 
-# --- type checking -----------------------------------------------------------------------------------------------
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _check_value(value: Any, tp: Any, path: str) -> Any:
-    """Return ``value`` (ints widened to float where a float is wanted) or raise naming ``path``."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        options = [o for o in typing.get_args(tp) if o is not type(None)]
-        if value is None and len(options) < len(typing.get_args(tp)):
-            return None
-        if len(options) == 1:  # Optional[X]: report X's own, more precise, error
-            return _check_value(value, options[0], path)
-        for option in options:
-            try:
-                return _check_value(value, option, path)
-            except TlkitError:
-                pass
-        raise TlkitError(f"{path} must be one of {', '.join(map(_type_name, options))} but got {value!r}.")
-    if tp is type(None):
-        if value is not None:
-            raise TlkitError(f"{path} must be None but got {value!r}.")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise TlkitError(f"{path} must be a list but got {value!r}.")
-        (item_tp,) = typing.get_args(tp)
-        return [_check_value(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TlkitError(f"{path} must be a dict but got {value!r}.")
-        key_tp, value_tp = typing.get_args(tp)
-        return {_check_value(k, key_tp, path): _check_value(v, value_tp, f"{path}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool):
-        raise TlkitError(f"{path} must be int but got {value!r}.")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise TlkitError(f"{path} must be {_type_name(tp)} but got {value!r} ({type(value).__name__}).")
-    return value
-
-
-def check_types(obj: Any, prefix: str = "") -> None:
-    """Check (and widen) every field of a dataclass tree against its annotation."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        path = f"{prefix}{f.name}"
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            check_types(value, prefix=f"{path}.")
-            continue
-        setattr(obj, f.name, _check_value(value, hints[f.name], path))
-
-
-# --- loading -----------------------------------------------------------------------------------------------------
-
-def load_experiment(path: str | Path) -> Experiment:
-    """Run an experiment file and return its ``experiment`` (or ``get_experiment()``).
-
-    Errors in the file are reported as ``file:line: message`` so the user can jump straight to it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TlkitError(f"Experiment file {str(path)!r} does not exist. HINT: pass the path of a Python file "
-                         f"that defines `experiment = Experiment(...)`, e.g. experiments/digits.py.")
-    if path.suffix != ".py":
-        raise TlkitError(f"Experiment file {str(path)!r} is not a Python file (.py): an experiment is Python code "
-                         f"that defines `experiment = Experiment(...)`. HINT: pass the experiment's .py file (results "
-                         f"folders are read by python -m tlkit.report, not by the sweep).")
-    module_name = f"tlkit_experiment_{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-        exp = module.get_experiment() if hasattr(module, "get_experiment") else getattr(module, "experiment", None)
-    except SyntaxError as err:
-        raise TlkitError(f"{path}:{err.lineno}: syntax error: {err.msg}. HINT: fix the line and run again.") from None
-    except TlkitError as err:
-        raise TlkitError(f"{path}:{_line_in(path, err)}: {err}") from None
-    except SystemExit as err:  # sys.exit(0) would end the sweep "successfully" having done nothing
-        raise TlkitError(f"{path}:{_line_in(path, err)}: the file called sys.exit({err.code!r}) while it was loaded, "
-                         f"so it defines no experiment. HINT: an experiment file only defines `experiment = "
-                         f"Experiment(...)`; put script code under `if __name__ == '__main__':`.") from None
-    except Exception as err:  # noqa: BLE001 - any error in user code is reported, with its line
-        raise TlkitError(f"{path}:{_line_in(path, err)}: {_explain(err)} HINT: fix that line of the experiment file "
-                         f"and run again.") from None
-    if not isinstance(exp, Experiment):
-        raise TlkitError(f"{path} defines no `experiment = Experiment(...)` nor `get_experiment()` "
-                         f"(found {type(exp).__name__}). HINT: see experiments/digits.py for the shape.")
-    if not exp.name:
-        exp.name = check_study_name(path.stem, f"the experiment file's name {path.name!r}")
-    return exp
-
-
 _UNSAFE_NAME = re.compile(r"[/\\:\x00-\x1f\x7f]")
 
 
@@ -450,173 +334,8 @@ def check_study_name(name: str, what: str = "") -> str:
     return name
 
 
-def _line_in(path: Path, err: BaseException) -> int | str:
-    """The line of ``path`` where ``err`` was raised (the innermost frame in that file)."""
-    line: int | str = "?"
-    for frame in traceback.extract_tb(err.__traceback__):
-        if Path(frame.filename).resolve() == path.resolve():
-            line = frame.lineno
-    return line
-
-
-def _explain(err: Exception) -> str:
-    """``Type: first line of the message``, safe for any exception user code raises; ``Train.__init__() got an
-    unexpected keyword argument 'epoch'`` becomes a did-you-mean message."""
-    text = describe_error(err)
-    if isinstance(err, TypeError) and "unexpected keyword argument" in text:
-        cls_name = text.removeprefix("TypeError: ").split(".")[0].split("(")[0]
-        key = text.rsplit("'", 2)[-2]
-        cls = {c.__name__: c for c in (Data, Train, Source, Experiment)}.get(cls_name)
-        if cls is not None:
-            return "TypeError: " + did_you_mean(key, [f.name for f in dataclasses.fields(cls)], f"{cls_name} field")
-    return text
-
-
-# --- overrides ---------------------------------------------------------------------------------------------------
-
-def _parse_literal(text: str) -> Any:
-    """A Python literal, or the bare text as a string (so ``--set train.optimizer=sgd`` works unquoted)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _paths(obj: Any, prefix: str = "") -> list[str]:
-    out = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        out.append(prefix + f.name)
-        if dataclasses.is_dataclass(value):
-            out += _paths(value, prefix + f.name + ".")
-        elif f.name == "search":
-            out += [f"{prefix}search.{k}" for k in value]
-    return out
-
-
-def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
-    """Apply ``KEY=VALUE`` overrides (``train.lr=3e-4``, ``backbones='["test_vit"]'``) and re-check every type.
-
-    Values are Python literals parsed with ``ast.literal_eval`` (never ``eval``); a bare word is a string.
-    ``search.lr=[1e-5, 1e-3]`` sets a searched range (keeping its log scale); a list of choices sets a categorical;
-    ``search.lr=None`` stops searching ``lr`` (``train.lr`` is then used). Setting a field the experiment searches
-    (``train.lr`` while ``search.lr`` exists) is refused: the search would override it.
-    """
-    exp = copy.deepcopy(exp)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise TlkitError(f"Bad --set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4.")
-        value = _parse_literal(raw.strip())
-        *parents, leaf = key.split(".")
-        target: Any = exp
-        for part in parents:
-            if part == "source" and target is exp and exp.source is None:
-                raise TlkitError(f"Bad --set {item!r}: this experiment has no source task to override.")
-            target = getattr(target, part, None) if dataclasses.is_dataclass(target) else None
-            if target is None:
-                break
-        if isinstance(target, dict) and parents[-1:] == ["search"]:
-            if leaf not in target:
-                raise TlkitError(f"Bad --set {item!r}: " + did_you_mean(key, _paths(exp), "key"))
-            if value is None:
-                del target[leaf]
-            else:
-                target[leaf] = _distribution_like(target[leaf], value, key)
-            continue
-        if parents == ["train"] and leaf in exp.search:
-            raise TlkitError(f"Bad --set {item!r}: the experiment searches {leaf!r} (search.{leaf}), so every trial "
-                             f"overrides train.{leaf} and this would change nothing. HINT: set the searched range, "
-                             f"--set search.{leaf}=[low,high], or stop searching it first: --set search.{leaf}=None "
-                             f"--set {item}.")
-        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
-            raise TlkitError(f"Bad --set {item!r}: " + did_you_mean(key, _paths(exp), "key"))
-        hints = typing.get_type_hints(type(target))
-        try:
-            setattr(target, leaf, _check_value(value, hints[leaf], key))
-        except TlkitError as err:
-            raise TlkitError(f"Bad --set {item!r}: {err}") from None
-    validate(exp)
-    return exp
-
-
-def _distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistribution:
-    if isinstance(old, (FloatDistribution, IntDistribution)):
-        if not (isinstance(value, (list, tuple)) and len(value) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise TlkitError(f"Bad --set {key}: a searched range is [low, high], e.g. --set {key}=[1e-4,1e-2], "
-                             f"but got {value!r}.")
-        low, high = value
-        try:
-            if isinstance(old, IntDistribution):
-                return IntDistribution(int(low), int(high), log=old.log)
-            return FloatDistribution(float(low), float(high), log=old.log)
-        except ValueError as err:
-            raise TlkitError(f"Bad --set {key}: {err}") from None
-    if not isinstance(value, (list, tuple)) or not value:
-        raise TlkitError(f"Bad --set {key}: categorical choices are a list, e.g. [32, 64], but got {value!r}.")
-    bad = [v for v in value if v is not None and not isinstance(v, (bool, int, float, str))]
-    if bad:
-        raise TlkitError(f"Bad --set {key}: a categorical choice is None, a bool, a number or a string but got "
-                         f"{bad[0]!r}. HINT: e.g. --set {key}=[32, 64].")
-    return CategoricalDistribution(list(value))
-
-
 def validate(exp: Experiment) -> Experiment:
     """Check the whole experiment again after fields changed in place (overrides, ``--data-dir``, ``--weights``):
     every section, with the dotted path of each field in the message."""
     exp.__post_init__()
     return exp
-
-
-# --- serialising -------------------------------------------------------------------------------------------------
-
-def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
-    """A JSON-ready dict of the resolved experiment (distributions as Optuna's own JSON)."""
-    out = dataclasses.asdict(exp)
-    out["search"] = {k: json.loads(distribution_to_json(v)) for k, v in exp.search.items()}
-    return out
-
-
-# Fields that do not change what a trial computes: a study may grow or move without being a different study.
-# Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
-_NOT_IDENTITY = {"trials", "repeats", "name", "backbones", "strategies", "data.root", "data.download",
-                 "source.data.root", "source.data.download", "train.device", "train.keep_checkpoints",
-                 "train.checkpoint_every_s", "source.train.checkpoint_every_s",
-                 "keep_top_backbones"}
-
-
-def identity(exp: Experiment) -> dict[str, Any]:
-    """The flattened fields that make two runs comparable; a change to any of them means a new study."""
-    flat: dict[str, Any] = {}
-
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, dict) and path != "search" and not path.endswith("search"):
-            for k, v in value.items():
-                walk(v, f"{path}.{k}" if path else k)
-        elif path.startswith("weights."):
-            flat[path] = file_digest(value)  # the file's content, not where it lies
-        elif path not in _NOT_IDENTITY:
-            flat[path] = value
-
-    walk(experiment_to_dict(exp), "")
-    return flat
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 (16 hex digits) of a file's content, cached by path, size and mtime; ``missing:<path>`` if absent."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        return f"missing:{path}"
-    stat = file.stat()
-    return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    return sha256(Path(path))[:16]
-
-
-def fingerprint(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

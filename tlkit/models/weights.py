@@ -19,7 +19,8 @@ from tlkit.models.backbones import adapt_weights, create_backbone, load_into, mo
 from tlkit.engine.checkpoint import load_weights, save_weights, write_json
 from tlkit.data.tensors import cache_dir
 from tlkit.errors import TlkitError, describe_error
-from tlkit.config.experiment import Experiment, experiment_to_dict, file_digest, fingerprint
+from tlkit.config.experiment import Experiment
+from tlkit.config.identity import experiment_to_dict, file_digest, fingerprint
 
 __all__ = ["Pretrained", "resolve_pretrained", "hub_reachable", "source_weights_path", "read_weights_file",
            "save_source"]

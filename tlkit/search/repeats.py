@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tlkit.search import _optuna
-from tlkit.config.experiment import Experiment, identity
+from tlkit.config.experiment import Experiment
+from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import run_trial
 from tlkit.search.study import NONE_LEFT, Cell, DuplicateRun, take_up_lost_trials, worker_id

@@ -24,7 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tlkit.search import _optuna
 from tlkit.engine.checkpoint import check_writable
 from tlkit.errors import TlkitError, describe_error
-from tlkit.config.experiment import Experiment, identity
+from tlkit.config.experiment import Experiment
+from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 
 __all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "open_storage", "check_identity",
