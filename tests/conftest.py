@@ -33,13 +33,36 @@ def _checkpoint_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tlkit.engine.runner, "CHECKPOINT_EVERY_S", 0.0)
 
 
+REQUIRE_DATA = "TLKIT_REQUIRE_TEST_DATA"
+"""Set (to 1) by .ci/run, which has the data: there a missing data folder fails, and so does any skipped test."""
+
+
+def shared_data_folder() -> Path:
+    """The shared data folder named by TLKIT_TEST_DATA; without it (a fresh clone) the test is skipped with the
+    reason and how to get the data, unless TLKIT_REQUIRE_TEST_DATA is set (CI), where it fails."""
+    root = os.environ.get("TLKIT_TEST_DATA")
+    path = Path(root) / "cifar10-jpeg.zip" if root else None
+    if path is not None and path.is_file():
+        return Path(root)
+    reason = (f"{path} does not exist" if path else "TLKIT_TEST_DATA is not set") + (
+        ": this test needs the folder holding cifar10-jpeg.zip (CIFAR-10 as JPEGs; `python tests/make_cifar10_zip.py "
+        "DIR` writes one when online); pass it as TLKIT_TEST_DATA=DIR.")
+    if os.environ.get(REQUIRE_DATA):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def cifar_zip() -> Path:
     """The CIFAR-10 JPEG zip from the shared data folder, passed in by TLKIT_TEST_DATA (CI sets it)."""
-    root = os.environ.get("TLKIT_TEST_DATA")
-    if not root:
-        pytest.fail("TLKIT_TEST_DATA is not set: point it at the folder holding cifar10-jpeg.zip (CI does).")
-    path = Path(root) / "cifar10-jpeg.zip"
-    if not path.is_file():
-        pytest.fail(f"{path} does not exist (TLKIT_TEST_DATA={root}).")
-    return path
+    return shared_data_folder() / "cifar10-jpeg.zip"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under TLKIT_REQUIRE_TEST_DATA (CI) a skipped test fails the run: CI has everything, so a skip hides a test."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if os.environ.get(REQUIRE_DATA) and skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+        if reporter:
+            reporter.write_line(f"{REQUIRE_DATA} is set and {skipped} tests were skipped: failing the run.", red=True)
