@@ -12,9 +12,11 @@ from tlkit.search import _optuna
 from tlkit.data.datasets import splits_for
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Data, Experiment, Train
+from tlkit.config.identity import identity
+from tlkit.config.loading import apply_overrides
 from tlkit.strategies import get_strategy
 from tlkit.search.study import Cell, ensure_runs, open_cell_study, open_storage
-from tlkit.search.objective import SweepRun, make_objective, search_space, trial_folder
+from tlkit.search.objective import SweepRun, make_objective, search_space, spec_for, trial_folder
 
 
 def _run(tmp_path, **fields) -> SweepRun:
@@ -85,3 +87,41 @@ def test_a_crash_is_requeued_with_the_same_parameters(tmp_path, monkeypatch):
     assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
     assert failed.user_attrs["failure_reason"] == "crashed (RuntimeError: CUDA out of memory); re-queued"
     assert retry.params == failed.params and _optuna.previous_attempt(retry) == 0
+
+
+def test_a_strategy_hyperparameter_can_be_fixed_or_re_ranged_from_the_experiment(tmp_path):
+    """Issue 27: last_n with n_groups=1 needed a subclass; strategy_params fixes it (or narrows its range)."""
+    fixed = _run(tmp_path, strategy_params={"last_n": {"n_groups": 1}})
+    assert set(search_space(fixed.exp, get_strategy("last_n"), 6)) == {"lr", "weight_decay"}
+    cell = Cell("test_resnet", "last_n")
+    spec = spec_for(fixed, cell, {"lr": 1e-3, "weight_decay": 1e-4}, seed=0, folder=tmp_path / "x")
+    assert spec.params == {"n_groups": 1} and spec.recipe.lr == 1e-3
+    (trial,) = _optimize(fixed, cell).trials
+    assert trial.state == TrialState.COMPLETE and set(trial.params) == {"lr", "weight_decay"}
+    narrowed = _run(tmp_path / "n", strategy_params={"last_n": {"n_groups": IntDistribution(1, 2)}})
+    assert search_space(narrowed.exp, get_strategy("last_n"), 6)["n_groups"] == IntDistribution(1, 2)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"last_n": {"n_group": 1}}, r"strategy_params\['last_n'\]\['n_group'\]: Unknown last_n hyperparameter "
+                                 r"'n_group'\. Did you mean 'n_groups'"),
+    ({"last_n": {"n_groups": 9}}, r"strategy_params\['last_n'\]\['n_groups'\] can be 9, which last_n refuses with 6 "
+                                  r"layer groups: last_n: n_groups must be in \[0, 5\]"),
+    ({"last_n": {"n_groups": IntDistribution(1, 7)}}, r"can be 7, which last_n refuses"),
+])
+def test_a_strategy_hyperparameter_no_trial_can_use_is_refused_before_any_trial(tmp_path, params, message):
+    run = _run(tmp_path, strategy_params=params)
+    with pytest.raises(TlkitError, match=message):
+        search_space(run.exp, get_strategy("last_n"), 6)
+
+
+def test_strategy_params_from_set_and_in_the_identity(tmp_path):
+    exp = _run(tmp_path).exp
+    assert not [k for k in identity(exp) if k.startswith("strategy_params")]  # older studies keep their identity
+    one = apply_overrides(exp, ["strategy_params.last_n.n_groups=1"])
+    assert one.strategy_params == {"last_n": {"n_groups": 1}} and identity(one)["strategy_params.last_n.n_groups"] == 1
+    ranged = apply_overrides(exp, ["strategy_params.last_n.n_groups=[1, 2]"])
+    assert ranged.strategy_params == {"last_n": {"n_groups": IntDistribution(1, 2)}}
+    assert identity(ranged) != identity(one) != identity(exp)
+    with pytest.raises(TlkitError, match=r"strategy_params names 'lastn'.*Did you mean 'last_n'"):
+        apply_overrides(exp, ["strategy_params.lastn.n_groups=1"])

@@ -216,6 +216,10 @@ class Experiment:
     train: Train = field(default_factory=Train)
     search: dict[str, BaseDistribution] = field(default_factory=default_search)
     """Shared hyperparameters to search; keys are ``train`` fields. Strategies add their own."""
+    strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per strategy, its own hyperparameters fixed (``{"last_n": {"n_groups": 1}}``) or searched in another range
+    (``{"last_n": {"n_groups": IntDistribution(1, 2)}}``) instead of the strategy's own search space; with --set:
+    ``--set strategy_params.last_n.n_groups=1``. Checked against each backbone's layer groups before any trial."""
     name: str = ""
     """The study name; defaults to the experiment file's name."""
     metric: str = "accuracy"
@@ -280,6 +284,11 @@ class Experiment:
         if not 0 <= self.seed <= MAX_SEED:
             raise TlkitError(f"seed must be an int in [0, {MAX_SEED}] but got {self.seed}. HINT: any seed in that "
                              f"range; tlkit derives the sampler's, the trials' and the split's seeds from it.")
+        for name in self.strategy_params:
+            if name not in self.strategies:
+                raise TlkitError(f"strategy_params names {name!r}, which is not one of the experiment's strategies "
+                                 f"({', '.join(self.strategies)}).{close_matches(name, self.strategies)} HINT: name a "
+                                 f"strategy of strategies=[...].")
         stray = [b for b in self.weights if b not in self.backbones]
         if stray:
             raise TlkitError(f"Weights are given for backbone {stray[0]!r}, which is not one of the experiment's "

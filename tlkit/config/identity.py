@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from optuna.distributions import distribution_to_json
+from optuna.distributions import BaseDistribution, distribution_to_json
 
 from tlkit.config.experiment import Experiment
 from tlkit.engine.checkpoint import sha256
@@ -21,6 +21,8 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
     """A JSON-ready dict of the resolved experiment (distributions as Optuna's own JSON)."""
     out = dataclasses.asdict(exp)
     out["search"] = {k: json.loads(distribution_to_json(v)) for k, v in exp.search.items()}
+    out["strategy_params"] = {s: {k: json.loads(distribution_to_json(v)) if isinstance(v, BaseDistribution) else v
+                                  for k, v in params.items()} for s, params in exp.strategy_params.items()}
     return out
 
 

@@ -136,6 +136,9 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
             else:
                 target[leaf] = _distribution_like(target[leaf], value, key)
             continue
+        if parents[:1] == ["strategy_params"] and len(parents) == 2:
+            exp.strategy_params.setdefault(parents[1], {})[leaf] = _strategy_value(value, key)
+            continue
         if parents == ["train"] and leaf in exp.search:
             raise TlkitError(f"Bad --set {item!r}: the experiment searches {leaf!r} (search.{leaf}), so every trial "
                              f"overrides train.{leaf} and this would change nothing. HINT: set the searched range, "
@@ -150,6 +153,18 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
             raise TlkitError(f"Bad --set {item!r}: {err}") from None
     validate(exp)
     return exp
+
+
+def _strategy_value(value: Any, key: str) -> Any:
+    """``--set strategy_params.S.P=VALUE``: a number, bool or string fixes P; ``[low, high]`` of numbers searches
+    that range (ints: IntDistribution, else FloatDistribution); another list searches those choices."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if len(value) == 2 and numbers:
+        ints = all(isinstance(v, int) for v in value)
+        return _distribution_like(IntDistribution(0, 1) if ints else FloatDistribution(0.0, 1.0), value, key)
+    return _distribution_like(CategoricalDistribution([None]), value, key)
 
 
 def _distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistribution:

@@ -20,7 +20,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tlkit.search import _optuna
 from tlkit.data.tensors import Splits
-from tlkit.errors import TlkitError, describe_error
+from tlkit.errors import TlkitError, describe_error, did_you_mean
 from tlkit.config.experiment import Experiment
 from tlkit.engine.runner import TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
@@ -74,15 +74,42 @@ def short_name(run: int, seed: int | None = None) -> str:
 
 
 def search_space(exp: Experiment, strategy: type[Strategy], num_groups: int) -> dict[str, BaseDistribution]:
-    """The experiment's shared hyperparameters plus the strategy's own. A strategy hyperparameter with the name of
-    a shared one is an error: one would silently override the other."""
-    own = strategy.search_space(num_groups, exp.train.epochs)
+    """The experiment's shared hyperparameters plus the strategy's own, as ``exp.strategy_params`` fixes or
+    re-ranges them. A strategy hyperparameter with the name of a shared one is an error: one would silently
+    override the other."""
+    given = strategy_params(exp, strategy, num_groups)
+    own = {**strategy.search_space(num_groups, exp.train.epochs),
+           **{k: v for k, v in given.items() if isinstance(v, BaseDistribution)}}
+    own = {k: v for k, v in own.items() if k not in given or isinstance(given[k], BaseDistribution)}
     clash = sorted(set(own) & set(exp.search))
     if clash:
         raise TlkitError(f"Strategy {strategy.name!r} searches {clash}, which the experiment's search space also "
                          f"names; one would silently override the other. HINT: remove {clash} from the experiment's "
                          f"search (or rename the strategy's hyperparameter).")
     return {**exp.search, **own}
+
+
+def strategy_params(exp: Experiment, strategy: type[Strategy], num_groups: int) -> dict[str, Any]:
+    """``exp.strategy_params`` of ``strategy`` (fixed values and distributions), each checked by building the
+    strategy with it, every end or choice of a distribution included, so no trial can get a value it refuses."""
+    given = exp.strategy_params.get(strategy.name, {})
+    for key, value in given.items():
+        where = f"strategy_params[{strategy.name!r}][{key!r}]"
+        if key not in strategy.defaults:
+            raise TlkitError(f"{where}: " + did_you_mean(key, strategy.defaults, f"{strategy.name} hyperparameter") +
+                             " HINT: python -m tlkit.strategies lists each strategy's hyperparameters.")
+        values = _ends(value) if isinstance(value, BaseDistribution) else [value]
+        for v in values:
+            try:
+                strategy(num_groups, exp.train.epochs, **{key: v})
+            except TlkitError as err:
+                raise TlkitError(f"{where} can be {v!r}, which {strategy.name} refuses with {num_groups} layer "
+                                 f"groups: {err}") from None
+    return dict(given)
+
+
+def _ends(dist: BaseDistribution) -> list[Any]:
+    return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -137,8 +164,9 @@ def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folde
     are the strategy's; the starting weights are the backbone's unless the strategy trains from scratch."""
     exp = run.exp
     pretrained = run.pretrained.get(cell.backbone) if get_strategy(cell.strategy).pretrained else None
+    fixed = {k: v for k, v in exp.strategy_params.get(cell.strategy, {}).items() if not isinstance(v, BaseDistribution)}
     return TrialSpec(backbone=cell.backbone, strategy=cell.strategy,
-                     params={k: v for k, v in params.items() if k not in exp.search},
+                     params={**fixed, **{k: v for k, v in params.items() if k not in exp.search}},
                      recipe=dataclasses.replace(exp.train, **{k: v for k, v in params.items() if k in exp.search}),
                      metric=exp.metric, seed=seed, folder=folder,
                      weights=pretrained.state_dict if pretrained else None,
