@@ -1,4 +1,5 @@
-"""Quickstart: scikit-learn's 8x8 digits, fully offline, about two minutes on 2 CPU cores.
+"""Quickstart: scikit-learn's 8x8 digits, fully offline, a few minutes on 2 CPU cores (the README gives the time
+measured on each development host).
 
 Each tiny timm backbone is first pretrained by tlkit on digits 0-4 (the source task), then transferred to digits
 5-9 under every built-in strategy, with a from-scratch control to show what the transfer bought.

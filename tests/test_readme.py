@@ -101,6 +101,13 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_every_console_script_is_in_the_readme():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert len(scripts) >= 4 and [s for s in scripts if f"`{s}`" not in README] == []
+
+
 def test_the_readme_shows_commands():
     assert len(COMMANDS) >= 10 and any("tlkit.sweep experiments/digits.py" in c for c in COMMANDS)
 
