@@ -5,7 +5,6 @@ sweep with a message instead of failing (or, worse, silently training from rando
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -20,11 +19,10 @@ from tlkit.engine.checkpoint import load_weights, save_weights, write_json
 from tlkit.data.tensors import cache_dir
 from tlkit.errors import TlkitError, describe_error
 from tlkit.config.experiment import Experiment, experiment_to_dict, file_digest, fingerprint
+from tlkit.utils.files import set_aside
 
 __all__ = ["Pretrained", "resolve_pretrained", "hub_reachable", "source_weights_path", "read_weights_file",
            "save_source"]
-
-log = logging.getLogger("tlkit")
 
 HUB_HOST = ("huggingface.co", 443)
 
@@ -161,10 +159,7 @@ def _source_state(exp: Experiment, backbone: str, train_source: Callable[[Experi
         try:
             return load_weights(path)
         except Exception as err:  # noqa: BLE001 - truncated or corrupt: retrain rather than trust it
-            aside = path.with_name(path.name + ".bad")
-            os.replace(path, aside)
-            log.warning("cached source weights %s cannot be read (%s); set aside as %s and trained again", path,
-                        describe_error(err), aside.name)
+            set_aside(path, f"cached source weights {path} cannot be read ({describe_error(err)})", "trained again")
     if train_source is None:
         raise TlkitError(f"Source weights for {backbone!r} are not trained yet ({path}).")
     train_source(exp, backbone, path)
