@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import optuna
+import PIL.Image
 import pytest
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
@@ -30,6 +31,7 @@ from tlkit.data.datasets import load_dataset
 from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
+from tlkit.predict import main as predict_main
 from tlkit.report import main as report_main
 from tlkit.engine.runner import read_outcome
 from tlkit.strategies import create_strategy
@@ -274,6 +276,84 @@ def test_damaged_json_files_name_themselves(reference, tmp_path, capfd):
         model_json.write_text(damage)
         with pytest.raises(TlkitError, match=r"model\.json .*HINT: delete .*last_n and run the sweep command again"):
             tlkit.load_best(out, "test_resnet", "last_n")
+
+
+MISSING = "<no such field>"
+MODEL_JSON_DAMAGE = [
+    ({"classes": []}, "'classes' must be a non-empty list of distinct class names (strings) but got []"),
+    ({"classes": MISSING}, "'classes' is missing"),
+    ({"image_size": "big"}, "'image_size' must be an integer >= 1 (pixels) but got 'big'"),
+    ({"image_size": True}, "'image_size' must be an integer >= 1"),
+    ({"mean": "abc"}, "'mean' must be a list of 3 numbers, one per RGB channel but got 'abc'"),
+    ({"mean": [0.5]}, "'mean' must be a list of 3 numbers, one per RGB channel but got [0.5]"),
+    ({"std": [0.5, 0.0, 0.5]}, "'std' must be a list of 3 positive numbers"),
+    ({"num_classes": 4}, "'classes' has 5 names but 'num_classes' is 4"),
+    ({"classes": ["5", "5", "6", "7", "8"]}, "'classes' must be a non-empty list of distinct"),
+    ({"decode_size": -1, "metric": 3}, "'decode_size' must be null or an integer >= 1 (pixels) but got -1; 'metric'"),
+    ({"backbone": "hf-hub:someone/x"}, "it names hf-hub:someone/x/last_n, not the test_resnet/last_n whose folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def exported(reference, tmp_path_factory):
+    """A copy of the reference's exported models, and the last_n cell's model.json as written."""
+    out = tmp_path_factory.mktemp("exported") / "results"
+    shutil.copytree(reference / "best", out / "best")
+    return out, json.loads((out / "best/test_resnet/last_n/model.json").read_text())
+
+
+def _network_calls(monkeypatch) -> list[str]:
+    """Every attempt to resolve a host or open a connection, refused and recorded; the hub's offline switch off."""
+    import socket
+
+    import huggingface_hub.constants
+
+    calls: list[str] = []
+
+    def refuse(*args, **kwargs):
+        calls.append(repr(args[:2]))
+        raise OSError(errno.ENETUNREACH, "network refused by the test")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return calls
+
+
+@pytest.mark.parametrize("change, said", MODEL_JSON_DAMAGE)
+def test_a_model_json_with_wrong_contents_names_each_wrong_field(exported, change, said, monkeypatch, capfd):
+    """Valid JSON, wrong contents: load_best (and so predict) refuses it naming the fields, before building anything
+    and without any network (a backbone edited to a hub name must not reach the hub)."""
+    out, written = exported
+    model_json = out / "best/test_resnet/last_n/model.json"
+    info = {k: v for k, v in {**written, **change}.items() if v != MISSING}
+    model_json.write_text(json.dumps(info))
+    calls = _network_calls(monkeypatch)
+    with pytest.raises(TlkitError, match=r"model\.json is damaged: .*HINT: delete .*last_n and run the sweep") as err:
+        tlkit.load_best(out, "test_resnet", "last_n")
+    assert said in str(err.value) and calls == []
+    image = out / "one.png"
+    PIL.Image.new("RGB", (8, 8)).save(image)
+    capfd.readouterr()
+    assert predict_main([str(out), str(image), "--backbone", "test_resnet", "--strategy", "last_n"]) == 2
+    _one_paragraph(capfd.readouterr().err, said)
+    model_json.write_text(json.dumps(written))
+    assert tlkit.load_best(out, "test_resnet", "last_n").tlkit_info == written, "the file as written loads"
+
+
+def test_a_hub_backbone_is_built_offline_or_refused(exported, monkeypatch):
+    """An hf-hub: name in a cell's own folder (an hf-hub backbone's export) is built from the cache only: not
+    cached, it is a TlkitError, and no connection is tried."""
+    out, written = exported
+    folder = out / "best/hf-hub_someone_x/last_n"
+    shutil.copytree(out / "best/test_resnet/last_n", folder)
+    (folder / "model.json").write_text(json.dumps({**written, "backbone": "hf-hub:someone/x"}))
+    calls = _network_calls(monkeypatch)
+    with pytest.raises(TlkitError, match=r"backbone 'hf-hub:someone/x' of .*model\.json cannot be built offline"):
+        tlkit.load_best(out, "hf-hub:someone/x", "last_n")
+    assert calls == []
+    import huggingface_hub.constants
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ, "restored"
 
 
 # --- random wrong --set values ------------------------------------------------------------------------------------

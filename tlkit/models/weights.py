@@ -5,6 +5,7 @@ sweep with a message instead of failing (or, worse, silently training from rando
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Callable
 import timm
 import torch
 
-from tlkit.models.backbones import adapt_weights, create_backbone, load_into, model_kwargs
+from tlkit.models.backbones import adapt_weights, create_backbone, hub_offline, load_into, model_kwargs
 from tlkit.engine.checkpoint import load_weights, save_weights, write_json
 from tlkit.data.tensors import cache_dir
 from tlkit.errors import TlkitError, describe_error
@@ -56,15 +57,11 @@ def _hub_cache_hint() -> str:
 
 
 def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Tensor]:
-    """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable."""
-    import huggingface_hub.constants as hf_constants
-
-    saved = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
-    if not online:  # cache only: fail at once instead of retrying an unreachable hub for a minute
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        hf_constants.HF_HUB_OFFLINE = True
+    """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable (cache only: fail
+    at once instead of retrying an unreachable hub for a minute)."""
     try:
-        return timm.create_model(backbone, pretrained=True, **model_kwargs(backbone, image_size)).state_dict()
+        with contextlib.nullcontext() if online else hub_offline():
+            return timm.create_model(backbone, pretrained=True, **model_kwargs(backbone, image_size)).state_dict()
     except Exception as err:  # noqa: BLE001 - every failure here has the same remedies
         where = "the hub is unreachable and nothing is cached" if not online else \
             f"loading failed ({describe_error(err)})"
@@ -73,12 +70,6 @@ def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.T
             f"HINT: put the weights in a file and pass --weights {backbone}=PATH (or weights={{...}} in the "
             f"experiment), declare a source task tlkit trains itself (Experiment(source=...)), run once online to "
             f"fill the cache, or set pretrained=False to train from random initialisation.") from None
-    finally:
-        if saved[0] is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved[0]
-        hf_constants.HF_HUB_OFFLINE = saved[1]
 
 
 def source_weights_path(exp: Experiment, backbone: str) -> Path:
