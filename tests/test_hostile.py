@@ -28,6 +28,7 @@ import tlkit.engine.loop
 from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data.tensors import make_splits
 from tlkit.data.datasets import load_dataset
+from tlkit.engine.features import feature_dir
 from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
@@ -238,6 +239,21 @@ def test_a_results_folder_that_is_a_file_or_read_only_is_refused_up_front(tmp_pa
     assert main([str(exp), "--out", str(locked / "results"), "--quiet"]) == 2
     _one_paragraph(capfd.readouterr().err, f"'{locked}' is read-only", "HINT: pass --out")
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("below", ["", "sub"], ids=["the_file", "below_it"])
+def test_a_tlkit_cache_that_is_a_file_is_refused_up_front(tmp_path, monkeypatch, capfd, below):
+    exp, out, file = write_experiment(tmp_path, name="study", trials=1, train={"epochs": 1}), tmp_path / "results", \
+        tmp_path / "cache"
+    file.write_text("not a folder")
+    monkeypatch.setenv("TLKIT_CACHE", str(file / below))
+    capfd.readouterr()
+    assert main([str(exp), "--out", str(out), "--quiet"]) == 2
+    _one_paragraph(capfd.readouterr().err, f"TLKIT_CACHE='{file / below}' cannot be tlkit's cache folder: '{file}' is "
+                   f"a file, not a folder", "HINT: set TLKIT_CACHE to a folder")
+    assert not out.exists() and file.read_text() == "not a folder"
+    with pytest.raises(TlkitError, match="TLKIT_CACHE="):  # and any other use of the cache
+        feature_dir()
 
 
 def test_a_damaged_study_database_is_named_and_left_as_it_is(tmp_path, capfd):
