@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.utils.files import atomic_write, set_aside, write_cache
+from tlkit.utils.files import atomic_write, rebuild_folder, set_aside, write_cache
 
 
 @pytest.fixture
@@ -57,3 +57,17 @@ def test_atomic_write_makes_the_folder_and_leaves_no_temporary_file(tmp_path):
     atomic_write(target, lambda tmp: Path(tmp).write_text("new"))
     atomic_write(target, lambda tmp: Path(tmp).write_text("newer"))
     assert target.read_text() == "newer" and [p.name for p in target.parent.iterdir()] == ["b.txt"]
+
+
+def test_rebuild_folder_swaps_a_whole_folder_in_and_a_failed_build_changes_nothing(tmp_path):
+    board = tmp_path / "tb"
+    rebuild_folder(board, lambda folder: (folder / "old.txt").write_text("old"))
+    rebuild_folder(board, lambda folder: (folder / "new.txt").write_text("new"))
+    assert [p.name for p in board.iterdir()] == ["new.txt"]
+
+    def fails(folder: Path) -> None:
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("the build failed")
+    with pytest.raises(RuntimeError, match="the build failed"):
+        rebuild_folder(board, fails)
+    assert [p.name for p in board.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["tb"]

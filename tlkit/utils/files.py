@@ -8,16 +8,19 @@ nor a damaged file that cannot be moved stops anything, since a cache only buys 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from tlkit.errors import describe_error
 
-__all__ = ["atomic_write", "write_cache", "torch_save", "sha256", "set_aside", "BAD_SUFFIX"]
+__all__ = ["atomic_write", "write_cache", "torch_save", "sha256", "set_aside", "rebuild_folder", "BAD_SUFFIX"]
 
 log = logging.getLogger("tlkit")
 
@@ -119,3 +122,40 @@ def set_aside(path: Path, problem: str, then: str, *companions: Path) -> Path | 
         return None
     log.warning("%s; set aside as %s; %s", problem, aside.name, then)
     return aside
+
+
+def rebuild_folder(path: Path, build: Callable[[Path], Any], attempts: int = 3) -> None:
+    """Build a derived folder anew (``build(tmp_folder)``) in a temporary sibling, then swap it in by renames.
+
+    Readers see the old folder or the new one whole (for an instant, none), never one half deleted; two processes
+    rebuilding at once (two reports of one results folder) each swap in a whole folder, the last one wins, and
+    neither fails on a file the other deleted. A build that raises leaves ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{path.name}.new", dir=path.parent))
+    try:
+        build(built)
+        for _ in range(attempts):
+            if _swap_in(built, path):
+                return
+    finally:
+        shutil.rmtree(built, ignore_errors=True)  # gone once swapped in; else a failed build or a lost race
+
+
+def _swap_in(built: Path, path: Path) -> bool:
+    """Move ``path`` aside and ``built`` into its place; False when another rebuild put its folder there between
+    the two renames (the caller tries again)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old", dir=path.parent))
+    try:
+        with contextlib.suppress(FileNotFoundError):  # none yet, or another rebuild moved it aside first
+            os.replace(path, old)  # onto the empty temp folder: a rename, atomic
+        try:
+            os.rename(built, path)
+        except OSError as err:  # ENOTEMPTY/EEXIST: the other rebuild's folder is there now
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
