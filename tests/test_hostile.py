@@ -275,6 +275,27 @@ def test_a_damaged_outcome_is_set_aside_and_the_trial_runs_again(tmp_path, caplo
     assert (tmp_path / "outcome.json.bad").read_text() == damage and "set aside" in caplog.text
 
 
+@pytest.mark.parametrize("damaged", ["outcome", "checkpoint"])
+def test_a_damaged_file_in_a_read_only_folder_is_a_warning_not_a_crash(tmp_path, caplog, make_read_only, damaged):
+    """Setting a damaged file aside cannot fail the reader: left where it is, it is skipped (read-only results or
+    cache folders only cost the work of doing it again)."""
+    import torch
+
+    if damaged == "outcome":
+        (tmp_path / "outcome.json").write_text('{"state": "COMPL')
+    else:
+        for epoch in (0, 1):
+            tlkit.engine.checkpoint.save_epoch(tmp_path, epoch, torch.nn.Linear(2, 2), {"epoch": epoch})
+        (tmp_path / "epoch_0001.pt").write_bytes(b"torn")
+    make_read_only(tmp_path)
+    if damaged == "outcome":
+        assert read_outcome(tmp_path) is None
+    else:
+        assert tlkit.engine.checkpoint.load_latest(tmp_path)[1]["epoch"] == 0, "the epoch before it is used"
+    assert "cannot be set aside" in caplog.text and "stays where it is" in caplog.text
+    assert not list(tmp_path.glob("*.bad"))
+
+
 def test_damaged_json_files_name_themselves(reference, tmp_path, capfd):
     """A torn experiment.json: the report names it, the sweep writes it anew; a torn model.json: load_best names it
     and how to export the model again."""
