@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -66,3 +68,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
         if reporter:
             reporter.write_line(f"{REQUIRE_DATA} is set and {skipped} tests were skipped: failing the run.", red=True)
+
+
+@pytest.fixture
+def make_read_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """``make_read_only(folder)``: the folder refuses new files and renames from now on (chmod 0o555; where that
+    does not stop the user, as for root, ``os.replace`` into or out of it fails as a read-only folder makes it
+    fail). Made writable again afterwards, so the temp folder can be cleaned up."""
+    folders: list[Path] = []
+
+    def make(folder: Path) -> None:
+        folder = Path(folder).absolute()
+        folder.chmod(0o555)
+        folders.append(folder)
+        probe = folder / ".probe"
+        try:
+            probe.touch()
+        except PermissionError:
+            return
+        probe.unlink()
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if any(f in (Path(src).absolute().parent, Path(dst).absolute().parent) for f in folders):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src))
+            return real_replace(src, dst, *args, **kwargs)
+        monkeypatch.setattr(os, "replace", replace)
+
+    yield make
+    for folder in folders:
+        folder.chmod(0o755)

@@ -162,6 +162,38 @@ def test_a_table_of_paths_and_labels_from_csv_and_parquet(tmp_path):
         load_dataset("table", folder / "scans.csv")
 
 
+def _scan_rows(folder) -> list[dict]:
+    folder.mkdir()
+    rows = []
+    for split in ("train", "test"):
+        for c, name in enumerate(["benign", "malign"]):
+            for i in range(3):
+                _image(100 * c, seed=i).save(folder / f"{split}_{name}_{i}.png")
+                rows.append({"path": f"{split}_{name}_{i}.png", "label": name, "split": split})
+    return rows
+
+
+@pytest.mark.parametrize("column, rows, said", [
+    ("label", [1], "column 'label' is empty in row 2 "),
+    ("label", [0, 4, 5, 6, 7, 8, 9], "column 'label' is empty in rows 1, 5, 6, 7, 8 and 2 more "),
+    ("path", [3], "column 'path' is empty in row 4 "),
+    ("split", [11], "column 'split' is empty in row 12 "),
+])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_empty_cells_in_a_table_name_their_rows_and_column(tmp_path, column, rows, said, suffix):
+    """An empty cell is NaN once read: it must not become a class 'nan', an image '.../nan' or a TypeError."""
+    frame = pd.DataFrame(_scan_rows(tmp_path / "scans"))
+    frame[column] = frame[column].astype(object)
+    frame.loc[rows, column] = None if column != "path" else "  "
+    table = tmp_path / "scans" / f"scans{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(table, index=False)
+    else:
+        frame.to_parquet(table)
+    with pytest.raises(TlkitError, match=rf"Table .*scans\{suffix}: {said}.*HINT: fill in those cells, or drop"):
+        load_dataset("table", table)
+
+
 def test_a_torchvision_dataset_read_offline_from_its_own_folder(tmp_path):
     """DTD in torchvision's on-disk layout: train + val make tlkit's train split, labels joined by class name."""
     base = tmp_path / "data" / "dtd" / "dtd"

@@ -98,6 +98,41 @@ def test_predict_reads_files_folders_and_globs_and_names_what_is_missing(study, 
     assert "No image at" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [[], ["notes.txt"], ["sub/", "sub/labels.csv"]])
+def test_predict_on_a_folder_without_images_is_refused_like_a_glob_without_matches(study, tmp_path, capsys,
+                                                                                  content):
+    _, out = study
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in content:
+        if name.endswith("/"):
+            (folder / name).mkdir()
+        else:
+            (folder / name).write_text("x")
+    assert predict_main([str(out), str(folder), "--backbone", "test_resnet", "--strategy", "last_n"]) == 2
+    captured = capsys.readouterr()
+    assert f"No image in the folder '{folder}' or below it (looked for .jpg" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("where", ["a_folder", "in_a_missing_folder", "under_a_file"])
+def test_predict_refuses_an_out_it_cannot_write_before_any_inference(study, tmp_path, capsys, monkeypatch, where):
+    import tlkit.predict
+
+    _, out = study
+    files = _test_images(tmp_path / "images")
+    (tmp_path / "a_file").write_text("mine")
+    target = {"a_folder": tmp_path / "images", "in_a_missing_folder": tmp_path / "missing" / "p.csv",
+              "under_a_file": tmp_path / "a_file" / "p.csv"}[where]
+    monkeypatch.setattr(tlkit.predict, "predict", lambda *a, **k: pytest.fail("inference ran first"))
+    assert predict_main([str(out), str(files[0][0]), "--backbone", "test_resnet", "--strategy", "last_n", "--out",
+                         str(target)]) == 2
+    err = capsys.readouterr().err
+    said = "is a folder, not a file. HINT: name the CSV" if where == "a_folder" else "does not exist (or is a file)"
+    assert err.startswith(f"tlkit: error: --out '{target}' ") and said in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists() and (tmp_path / "a_file").read_text() == "mine"
+
+
 def test_keep_checkpoints_last_keeps_the_epoch_state_of_finished_trials(study):
     _, out = study
     folders = sorted(out.glob("trials/test_resnet/*/trial_*"))

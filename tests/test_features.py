@@ -63,10 +63,10 @@ def test_a_second_trial_reads_the_features_the_first_computed(splits, tmp_path, 
     assert len(calls) == 2 and len(list(feature_dir().glob("*.pt"))) == 2  # train and val, once
     second = _probe(splits, seed=5)  # another trial: another head and batch order, the same frozen body
     second.fit()
-    assert len(calls) == 2, "the second trial computed no features"
+    assert calls == [63, 27, 1], "the second trial computed no features (one image checks the files' shape)"
     other_body = _probe(splits, seed=5, body_seed=1)
     other_body.fit()
-    assert len(calls) == 4 and len(list(feature_dir().glob("*.pt"))) == 4
+    assert calls[3:] == [63, 27] and len(list(feature_dir().glob("*.pt"))) == 4
     # Reading them back gives exactly what computing them again gives.
     uncached = _probe(splits, seed=5)
     uncached.features.on_disk = False
@@ -84,3 +84,41 @@ def test_a_damaged_feature_file_is_set_aside_and_computed_again(splits, tmp_path
     again.fit()
     assert len(list(feature_dir().glob("*.pt.bad"))) == 2 and "set aside" in caplog.text
     assert len(list(feature_dir().glob("*.pt"))) == 2
+
+
+@pytest.mark.parametrize("tamper", ["narrower", "fewer_rows", "float64", "other_labels", "not_a_dict"])
+def test_a_feature_file_of_another_shape_is_set_aside_and_computed_again(splits, tmp_path, monkeypatch, caplog,
+                                                                         tamper):
+    """A file that loads but is not what computing gives (edited, or left by another version) would fail every later
+    trial with a shape mismatch: it is set aside like a damaged one."""
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
+    first = _probe(splits)
+    first.fit()
+    for path in feature_dir().glob("*.pt"):
+        blob = torch.load(path, weights_only=True)
+        features, labels = blob["features"], blob["labels"]
+        blob = {"narrower": {"features": features[:, :3], "labels": labels},
+                "fewer_rows": {"features": features[:-1], "labels": labels[:-1]},
+                "float64": {"features": features.double(), "labels": labels},
+                "other_labels": {"features": features, "labels": labels.flip(0)},
+                "not_a_dict": [features, labels]}[tamper]
+        torch.save(blob, path)
+    again = _probe(splits)
+    again.fit()
+    assert len(list(feature_dir().glob("*.pt.bad"))) == 2 and "cannot be used" in caplog.text
+    assert [r.val_metric for r in again.history] == [r.val_metric for r in first.history]
+    assert all(torch.load(p, weights_only=True)["features"].shape[1] > 3 for p in feature_dir().glob("*.pt"))
+
+
+def test_damaged_features_in_a_read_only_cache_only_cost_speed(splits, tmp_path, monkeypatch, caplog, make_read_only):
+    """The cache's promise: a file that cannot be set aside (or written) is a warning; the trial trains as usual."""
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
+    first = _probe(splits)
+    first.fit()
+    for path in feature_dir().glob("*.pt"):
+        path.write_bytes(path.read_bytes()[:50])
+    make_read_only(feature_dir())
+    again = _probe(splits)
+    again.fit()
+    assert [r.val_metric for r in again.history] == [r.val_metric for r in first.history]
+    assert "stays where it is" in caplog.text and not list(feature_dir().glob("*.bad"))

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import optuna
+import PIL.Image
 import pytest
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
@@ -27,9 +28,11 @@ import tlkit.engine.loop
 from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data.tensors import make_splits
 from tlkit.data.datasets import load_dataset
+from tlkit.engine.features import feature_dir
 from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import Train
 from tlkit.metrics import get_metric
+from tlkit.predict import main as predict_main
 from tlkit.report import main as report_main
 from tlkit.engine.runner import read_outcome
 from tlkit.strategies import create_strategy
@@ -238,6 +241,21 @@ def test_a_results_folder_that_is_a_file_or_read_only_is_refused_up_front(tmp_pa
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.parametrize("below", ["", "sub"], ids=["the_file", "below_it"])
+def test_a_tlkit_cache_that_is_a_file_is_refused_up_front(tmp_path, monkeypatch, capfd, below):
+    exp, out, file = write_experiment(tmp_path, name="study", trials=1, train={"epochs": 1}), tmp_path / "results", \
+        tmp_path / "cache"
+    file.write_text("not a folder")
+    monkeypatch.setenv("TLKIT_CACHE", str(file / below))
+    capfd.readouterr()
+    assert main([str(exp), "--out", str(out), "--quiet"]) == 2
+    _one_paragraph(capfd.readouterr().err, f"TLKIT_CACHE='{file / below}' cannot be tlkit's cache folder: '{file}' is "
+                   f"a file, not a folder", "HINT: set TLKIT_CACHE to a folder")
+    assert not out.exists() and file.read_text() == "not a folder"
+    with pytest.raises(TlkitError, match="TLKIT_CACHE="):  # and any other use of the cache
+        feature_dir()
+
+
 def test_a_damaged_study_database_is_named_and_left_as_it_is(tmp_path, capfd):
     exp = write_experiment(tmp_path, name="study", trials=1, train={"epochs": 1})
     out = tmp_path / "results"
@@ -257,6 +275,27 @@ def test_a_damaged_outcome_is_set_aside_and_the_trial_runs_again(tmp_path, caplo
     assert (tmp_path / "outcome.json.bad").read_text() == damage and "set aside" in caplog.text
 
 
+@pytest.mark.parametrize("damaged", ["outcome", "checkpoint"])
+def test_a_damaged_file_in_a_read_only_folder_is_a_warning_not_a_crash(tmp_path, caplog, make_read_only, damaged):
+    """Setting a damaged file aside cannot fail the reader: left where it is, it is skipped (read-only results or
+    cache folders only cost the work of doing it again)."""
+    import torch
+
+    if damaged == "outcome":
+        (tmp_path / "outcome.json").write_text('{"state": "COMPL')
+    else:
+        for epoch in (0, 1):
+            tlkit.engine.checkpoint.save_epoch(tmp_path, epoch, torch.nn.Linear(2, 2), {"epoch": epoch})
+        (tmp_path / "epoch_0001.pt").write_bytes(b"torn")
+    make_read_only(tmp_path)
+    if damaged == "outcome":
+        assert read_outcome(tmp_path) is None
+    else:
+        assert tlkit.engine.checkpoint.load_latest(tmp_path)[1]["epoch"] == 0, "the epoch before it is used"
+    assert "cannot be set aside" in caplog.text and "stays where it is" in caplog.text
+    assert not list(tmp_path.glob("*.bad"))
+
+
 def test_damaged_json_files_name_themselves(reference, tmp_path, capfd):
     """A torn experiment.json: the report names it, the sweep writes it anew; a torn model.json: load_best names it
     and how to export the model again."""
@@ -274,6 +313,84 @@ def test_damaged_json_files_name_themselves(reference, tmp_path, capfd):
         model_json.write_text(damage)
         with pytest.raises(TlkitError, match=r"model\.json .*HINT: delete .*last_n and run the sweep command again"):
             tlkit.load_best(out, "test_resnet", "last_n")
+
+
+MISSING = "<no such field>"
+MODEL_JSON_DAMAGE = [
+    ({"classes": []}, "'classes' must be a non-empty list of distinct class names (strings) but got []"),
+    ({"classes": MISSING}, "'classes' is missing"),
+    ({"image_size": "big"}, "'image_size' must be an integer >= 1 (pixels) but got 'big'"),
+    ({"image_size": True}, "'image_size' must be an integer >= 1"),
+    ({"mean": "abc"}, "'mean' must be a list of 3 numbers, one per RGB channel but got 'abc'"),
+    ({"mean": [0.5]}, "'mean' must be a list of 3 numbers, one per RGB channel but got [0.5]"),
+    ({"std": [0.5, 0.0, 0.5]}, "'std' must be a list of 3 positive numbers"),
+    ({"num_classes": 4}, "'classes' has 5 names but 'num_classes' is 4"),
+    ({"classes": ["5", "5", "6", "7", "8"]}, "'classes' must be a non-empty list of distinct"),
+    ({"decode_size": -1, "metric": 3}, "'decode_size' must be null or an integer >= 1 (pixels) but got -1; 'metric'"),
+    ({"backbone": "hf-hub:someone/x"}, "it names hf-hub:someone/x/last_n, not the test_resnet/last_n whose folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def exported(reference, tmp_path_factory):
+    """A copy of the reference's exported models, and the last_n cell's model.json as written."""
+    out = tmp_path_factory.mktemp("exported") / "results"
+    shutil.copytree(reference / "best", out / "best")
+    return out, json.loads((out / "best/test_resnet/last_n/model.json").read_text())
+
+
+def _network_calls(monkeypatch) -> list[str]:
+    """Every attempt to resolve a host or open a connection, refused and recorded; the hub's offline switch off."""
+    import socket
+
+    import huggingface_hub.constants
+
+    calls: list[str] = []
+
+    def refuse(*args, **kwargs):
+        calls.append(repr(args[:2]))
+        raise OSError(errno.ENETUNREACH, "network refused by the test")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return calls
+
+
+@pytest.mark.parametrize("change, said", MODEL_JSON_DAMAGE)
+def test_a_model_json_with_wrong_contents_names_each_wrong_field(exported, change, said, monkeypatch, capfd):
+    """Valid JSON, wrong contents: load_best (and so predict) refuses it naming the fields, before building anything
+    and without any network (a backbone edited to a hub name must not reach the hub)."""
+    out, written = exported
+    model_json = out / "best/test_resnet/last_n/model.json"
+    info = {k: v for k, v in {**written, **change}.items() if v != MISSING}
+    model_json.write_text(json.dumps(info))
+    calls = _network_calls(monkeypatch)
+    with pytest.raises(TlkitError, match=r"model\.json is damaged: .*HINT: delete .*last_n and run the sweep") as err:
+        tlkit.load_best(out, "test_resnet", "last_n")
+    assert said in str(err.value) and calls == []
+    image = out / "one.png"
+    PIL.Image.new("RGB", (8, 8)).save(image)
+    capfd.readouterr()
+    assert predict_main([str(out), str(image), "--backbone", "test_resnet", "--strategy", "last_n"]) == 2
+    _one_paragraph(capfd.readouterr().err, said)
+    model_json.write_text(json.dumps(written))
+    assert tlkit.load_best(out, "test_resnet", "last_n").tlkit_info == written, "the file as written loads"
+
+
+def test_a_hub_backbone_is_built_offline_or_refused(exported, monkeypatch):
+    """An hf-hub: name in a cell's own folder (an hf-hub backbone's export) is built from the cache only: not
+    cached, it is a TlkitError, and no connection is tried."""
+    out, written = exported
+    folder = out / "best/hf-hub_someone_x/last_n"
+    shutil.copytree(out / "best/test_resnet/last_n", folder)
+    (folder / "model.json").write_text(json.dumps({**written, "backbone": "hf-hub:someone/x"}))
+    calls = _network_calls(monkeypatch)
+    with pytest.raises(TlkitError, match=r"backbone 'hf-hub:someone/x' of .*model\.json cannot be built offline"):
+        tlkit.load_best(out, "hf-hub:someone/x", "last_n")
+    assert calls == []
+    import huggingface_hub.constants
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ, "restored"
 
 
 # --- random wrong --set values ------------------------------------------------------------------------------------

@@ -209,3 +209,41 @@ def test_only_a_finished_trial_gets_its_hparams_status(tmp_path: Path, outcome: 
     logger.on_fit_end(trainer, outcome)  # a second call does nothing
     counts = _raw_counts(run_dir(tmp_path, cell, "trial_0003"))
     assert counts[("_hparams_/session_end_info", 0)] == ends and counts[("val/accuracy", 0)] == 1
+
+
+def test_two_rebuilds_of_the_comparison_board_at_once_both_finish_whole(results: Path, tmp_path: Path) -> None:
+    """Two sweeps (or reports) of one results folder rebuild ``tb/`` at the same moment: neither may fail on an event
+    file the other deleted, and what is left is one whole board with no temporary folder beside it."""
+    import shutil
+    import threading
+
+    import pandas as pd
+
+    from tlkit.output.tensorboard import write_cell_boards
+
+    shutil.copytree(results / CELLS_DIR, tmp_path / CELLS_DIR)
+    summary, history = pd.read_csv(results / "summary.csv"), pd.read_csv(results / "history.csv")
+    start, errors = threading.Barrier(2), []
+
+    def rebuild() -> None:
+        try:
+            for _ in range(8):
+                start.wait()
+                write_cell_boards(tmp_path / CELLS_DIR, summary, history, "accuracy")
+        except Exception as err:  # noqa: BLE001 - reported below, with the other thread's
+            errors.append(err)
+            start.abort()
+
+    threads = [threading.Thread(target=rebuild) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not [e for e in errors if not isinstance(e, threading.BrokenBarrierError)], errors
+    assert [p.name for p in tmp_path.iterdir()] == [CELLS_DIR], "no temporary folder left"
+    _, groups, _ = _hparams_tab(tmp_path / CELLS_DIR)
+    assert sorted(groups) == [f"{s}/test_resnet" for s in sorted(STRATEGIES)]
+    for strategy in STRATEGIES:
+        acc = EventAccumulator(str(tmp_path / CELLS_DIR / strategy / "test_resnet"))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("val/accuracy")] == list(range(EPOCHS))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ import torch
 from tlkit.errors import TlkitError
 from tlkit.engine.export import load_best
 
-__all__ = ["predict", "find_images", "main"]
+__all__ = ["predict", "find_images", "check_out", "main"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -32,7 +33,11 @@ def find_images(items: Sequence[str]) -> list[Path]:
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:  # as for a glob that matches nothing: an empty CSV would look like a result
+                raise TlkitError(f"No image in the folder {item!r} or below it (looked for "
+                                 f"{', '.join(IMAGE_SUFFIXES)}). HINT: check the path.")
+            found += images
         elif path.is_file():
             found.append(path)
         else:
@@ -42,6 +47,20 @@ def find_images(items: Sequence[str]) -> list[Path]:
                                  f"check the path.")
             found += matches
     return list(dict.fromkeys(found))
+
+
+def check_out(path: Path) -> None:
+    """Refuse an ``--out`` the CSV cannot be written to before any inference, not after it."""
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise TlkitError(f"--out {str(path)!r} is a folder, not a file. HINT: name the CSV to write, e.g. --out "
+                         f"{str(path / 'predictions.csv')!r}.")
+    if not folder.is_dir():
+        raise TlkitError(f"--out {str(path)!r} cannot be written: the folder {str(folder)!r} does not exist (or is "
+                         f"a file). HINT: create it first (mkdir -p), or pass --out in an existing folder.")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TlkitError(f"--out {str(path)!r} cannot be written: it or its folder is read-only. HINT: pass --out in "
+                         f"a folder you can write.")
 
 
 @torch.no_grad()
@@ -71,8 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise TlkitError(f"--batch-size must be >= 1 but got {args.batch_size}.")
+        if args.out is not None:
+            check_out(args.out)
+        images = find_images(args.images)
         model = load_best(args.results, backbone=args.backbone, strategy=args.strategy)
-        table = predict(model, find_images(args.images), args.batch_size)
+        table = predict(model, images, args.batch_size)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)
         return 2

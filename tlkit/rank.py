@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tlkit.rank EXPERIMENT [--data-dir DIR] [--weights B=PATH] [--set K=V] [--device D] [--out DIR]``."""
     from tlkit.data.tensors import to_device
+    from tlkit.engine.checkpoint import check_writable
     from tlkit.engine.source import train_source
     from tlkit.sweep import _log_to, pick_device, prepare, resolve_experiment
     from tlkit.output.tables import write_csv
@@ -386,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to(logging.StreamHandler(sys.stderr), logging.INFO)
     try:
+        if args.out is not None:  # before the ranking, which can take minutes, not after it
+            check_writable(args.out, "The --out folder")
         exp = resolve_experiment(args)
         if not exp.pretrained:
             raise TlkitError(f"Experiment {exp.name!r} has pretrained=False: every backbone would start from random "

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from tlkit.models.backbones import check_backbone, check_runs, create_backbone, layer_groups
 from tlkit.engine.checkpoint import write_json
-from tlkit.data.tensors import Splits, to_device
+from tlkit.data.tensors import Splits, cache_dir, to_device
 from tlkit.data.datasets import splits_for
 from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import Experiment, recipe_values, validate
@@ -123,6 +123,7 @@ def pick_device(name: str) -> torch.device:
 def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
     """Check names, load the data and count each backbone's layer groups: everything that can fail on bad input,
     before the study is touched. Returns the splits and ``{backbone: number of layer groups}``."""
+    cache_dir()  # a TLKIT_CACHE that is a file fails here, not at the first cache write of some trial
     for backbone in exp.backbones:
         check_backbone(backbone)
     strategies = [get_strategy(s) for s in exp.strategies]

@@ -12,7 +12,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, distribution_to_json
 
 from tlkit.config.experiment import Experiment
-from tlkit.engine.checkpoint import sha256
+from tlkit.utils.files import sha256
 
 __all__ = ["experiment_to_dict", "identity", "file_digest", "fingerprint"]
 

@@ -54,8 +54,18 @@ class Splits:
 
 
 def cache_dir() -> Path:
-    """Where decoded datasets and trained source weights are cached: ``$TLKIT_CACHE`` or ``~/.cache/tlkit``."""
-    return Path(os.environ.get("TLKIT_CACHE", Path.home() / ".cache" / "tlkit"))
+    """Where decoded datasets and trained source weights are cached: ``$TLKIT_CACHE`` or ``~/.cache/tlkit``.
+
+    A cache path that is a file, or lies under one, is a TlkitError naming the variable, raised by the first use
+    (loading the data, before any trial), not a NotADirectoryError from whichever write comes first.
+    """
+    path = Path(os.environ.get("TLKIT_CACHE", Path.home() / ".cache" / "tlkit"))
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        what = f"TLKIT_CACHE={str(path)!r}" if "TLKIT_CACHE" in os.environ else f"The cache folder {str(path)!r}"
+        raise TlkitError(f"{what} cannot be tlkit's cache folder: {str(blocking)!r} is a file, not a folder. HINT: "
+                         f"set TLKIT_CACHE to a folder (made if missing), e.g. export TLKIT_CACHE=~/.cache/tlkit.")
+    return path
 
 
 # --- splitting ---------------------------------------------------------------------------------------------------

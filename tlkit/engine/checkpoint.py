@@ -8,14 +8,10 @@ with ``weights_only=True``: a pickle that would run code on load is refused.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import random
-import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tlkit.errors import TlkitError, describe_error
+from tlkit.utils.files import atomic_write, set_aside, sha256, torch_save  # noqa: F401 - re-exported
 
 __all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "save_tensors", "load_weights",
            "save_epoch", "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
 
 KEEP_EPOCHS = 2
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except Exception as err:
-        fault = _as_os_error(err, path)
-        if fault is err:
-            raise
-        raise fault from err
-    finally:
-        with contextlib.suppress(OSError):  # on a read-only disk even this fails; the error above is the news
-            tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _as_os_error(err: Exception, path: Path) -> Exception:
-    """A failed write as an ``OSError`` naming ``path`` (safetensors reports a full disk as ``SafetensorError: ...
-    (os error 28)``), so a full or read-only disk is recognised as such; any other error is returned as it is."""
-    code = err.errno if isinstance(err, OSError) else None
-    match = re.search(r"os error (\d+)", str(err)) if code is None else None
-    code = int(match.group(1)) if match else code
-    if code is None:
-        return err
-    return OSError(code, os.strerror(code), str(path))
 
 
 def check_writable(folder: Path, what: str = "The results folder") -> None:
@@ -96,14 +57,6 @@ def read_json(path: Path, fix: str) -> dict[str, Any]:
 
 def write_json(path: Path, payload: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
@@ -178,12 +131,6 @@ def link_or_copy(source: Path, path: Path) -> None:
         atomic_write(path, lambda t: shutil.copyfile(source, t))
 
 
-def torch_save(payload: Any, path: Path) -> None:
-    """``torch.save`` through a Python file, so a full disk raises ``OSError`` (not a bare ``RuntimeError``)."""
-    with open(path, "wb") as fh:
-        torch.save(payload, fh)
-
-
 def prune_epochs(folder: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` epoch checkpoints (``keep=0``: all of them), and temp files left by a
     process killed mid-write."""
@@ -222,9 +169,5 @@ def load_latest(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] 
 
 
 def _set_aside(state_path: Path, weights_path: Path, what: str) -> None:
-    """Rename a bad checkpoint pair ``*.bad`` (kept for a post-mortem, never tried again) and say so."""
-    for path in (state_path, weights_path):
-        if path.exists():
-            os.replace(path, path.with_name(path.name + ".bad"))
-    warnings.warn(f"{what}; the epoch's checkpoint is set aside as {state_path.name}.bad, using an earlier one.",
-                  stacklevel=3)
+    """A bad checkpoint pair is set aside together (kept for a post-mortem, never tried again)."""
+    set_aside(state_path, what, "an earlier checkpoint is used instead, if there is one", weights_path)

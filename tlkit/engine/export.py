@@ -6,14 +6,15 @@ head, loads the best weights and returns it in eval mode, with its preprocessing
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
 from safetensors.torch import load_file
 
-from tlkit.models.backbones import create_backbone, preprocessing
+from tlkit.models.backbones import create_backbone, hub_offline, preprocessing
 from tlkit.engine.checkpoint import atomic_write, read_json, write_json
 from tlkit.engine.compute import set_memory_format, use_amp
 from tlkit.errors import TlkitError, describe_error
@@ -102,11 +103,10 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
                            for p in (Path(results) / "best").glob("*/*/model.json"))
         raise TlkitError(f"No exported best model for {backbone}/{strategy} under {results}. Available: "
                          f"{', '.join(available) or 'none (has the sweep finished a trial?)'}.")
-    info = read_json(meta_path, f"delete {folder} and run the sweep command again to export it anew.")
-    if not isinstance(info.get("backbone"), str) or not isinstance(info.get("num_classes"), int):
-        raise TlkitError(f"{meta_path} lacks the backbone or the number of classes: it is damaged. HINT: delete "
-                         f"{folder} and run the sweep command again to export it anew.")
-    model = create_backbone(info["backbone"], info["num_classes"], info.get("image_size"))
+    fix = f"delete {folder} and run the sweep command again to export it anew."
+    info = read_json(meta_path, fix)
+    check_model_info(info, meta_path, fix, Cell(backbone, strategy))
+    model = _build(info, meta_path, fix)
     weights = folder / "model.safetensors"
     try:
         model.load_state_dict(load_file(str(weights)))
@@ -117,3 +117,67 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
     model.tlkit_info = info
     model.tlkit_transform = Preprocess.from_info(info)
     return model.eval()
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rgb(value: Any, positive: bool) -> bool:
+    """Exactly one value per RGB channel: tlkit's images have 3 (a single value would broadcast silently)."""
+    return (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)
+            and (not positive or min(value) > 0))
+
+
+def _is_classes(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) > 0 and all(isinstance(c, str) for c in value)
+            and len(set(value)) == len(value))
+
+
+MODEL_INFO: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "backbone": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
+    "strategy": (lambda v: isinstance(v, str) and v != "", "a strategy name"),
+    "num_classes": (_is_count, "an integer >= 1"),
+    "classes": (_is_classes, "a non-empty list of distinct class names (strings)"),
+    "image_size": (_is_count, "an integer >= 1 (pixels)"),
+    "decode_size": (lambda v: v is None or _is_count(v), "null or an integer >= 1 (pixels)"),
+    "mean": (lambda v: _is_rgb(v, positive=False), "a list of 3 numbers, one per RGB channel"),
+    "std": (lambda v: _is_rgb(v, positive=True), "a list of 3 positive numbers, one per RGB channel"),
+    "params": (lambda v: isinstance(v, dict), "an object of the best trial's parameters"),
+    "metric": (lambda v: isinstance(v, str), "a metric name"),
+    "trial": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    **{k: (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), "a number or null")
+       for k in ("val_metric", "test_metric", "test_loss")},  # shown, never used: NaN is a score too
+}
+"""What ``evaluate_best`` writes to ``model.json``: field -> (check, what it must be). Checked by hand rather than
+with jsonschema: a dozen flat fields, messages in tlkit's words that name the field, and no dependency for it."""
+
+
+def check_model_info(info: dict[str, Any], path: Path, fix: str, cell: Cell) -> None:
+    """Raise a TlkitError naming every field of ``model.json`` that is missing or wrong, and a file that is not the
+    requested cell's (a backbone name edited in would otherwise decide what is built, and from where)."""
+    problems = [f"{key!r} is missing" if key not in info else f"{key!r} must be {what} but got {info[key]!r:.60}"
+                for key, (check, what) in MODEL_INFO.items() if key not in info or not check(info[key])]
+    if not problems and len(info["classes"]) != info["num_classes"]:
+        problems.append(f"'classes' has {len(info['classes'])} names but 'num_classes' is {info['num_classes']}")
+    if not problems and (info["backbone"], info["strategy"]) != (cell.backbone, cell.strategy):
+        problems.append(f"it names {info['backbone']}/{info['strategy']}, not the {cell.backbone}/{cell.strategy} "
+                        f"whose folder it lies in")
+    if problems:
+        raise TlkitError(f"{path} is damaged: {'; '.join(problems)}. HINT: {fix}")
+
+
+def _build(info: dict[str, Any], path: Path, fix: str) -> torch.nn.Module:
+    """The exported architecture, built offline: inference never downloads (an ``hf-hub:`` backbone's config must
+    be in the Hugging Face cache, where its sweep put it)."""
+    try:
+        with hub_offline():
+            return create_backbone(info["backbone"], info["num_classes"], info["image_size"])
+    except Exception as err:  # noqa: BLE001 - an unknown name, a hub name not cached: the same remedies
+        raise TlkitError(f"The backbone {info['backbone']!r} of {path} cannot be built offline "
+                         f"({describe_error(err)}). HINT: for a hub model, fill the Hugging Face cache once online "
+                         f"(timm.create_model({info['backbone']!r})); otherwise {fix}") from None

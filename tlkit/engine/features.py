@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,10 +20,9 @@ import torch
 
 from tlkit.data.tensors import Splits, cache_dir
 from tlkit.errors import describe_error
+from tlkit.utils.files import set_aside, torch_save, write_cache
 
 __all__ = ["FeatureCache", "features_key", "feature_dir", "eval_mode"]
-
-log = logging.getLogger("tlkit")
 
 
 def feature_dir() -> Path:
@@ -84,6 +81,7 @@ class FeatureCache:
         self.on_disk = on_disk
         self.predict_kwargs = predict_kwargs
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._feature: tuple[tuple[int, ...], torch.dtype] | None = None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.prefix is not None:
@@ -97,37 +95,57 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._features.clear()
+        self._feature = None
 
     def _load_or_compute(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        from tlkit.engine.loop import predict
-
         key = features_key(self.model if self.prefix is None else self.prefix, data, self.predict_kwargs)
         path = feature_dir() / f"{key}.pt" if self.on_disk else None
-        device = torch.device(self.predict_kwargs.get("device", "cpu"))
-        if path is not None and path.is_file():
-            try:
-                blob = torch.load(path, map_location=device, weights_only=True)
-                return blob["features"], blob["labels"]
-            except Exception as err:  # noqa: BLE001 - a damaged cache file is computed again, never trusted
-                aside = path.with_name(path.name + ".bad")
-                os.replace(path, aside)
-                log.warning("cached features %s cannot be read (%s); set aside as %s and computed again", path,
-                            describe_error(err), aside.name)
-        with eval_mode(self.model):
-            features, labels = predict(self._forward, data, **self.predict_kwargs)
+        cached = self._load(path, data) if path is not None and path.is_file() else None
+        if cached is not None:
+            return cached
+        features, labels = self._compute(data)
         if path is not None:
-            _save(path, features, labels)
+            blob = {"features": features.cpu(), "labels": labels.cpu()}
+            write_cache(path, lambda tmp: torch_save(blob, tmp), "features")
         return features, labels
 
+    def _compute(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        from tlkit.engine.loop import predict
 
-def _save(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
-    """Atomically; a cache that cannot be written (read-only or full disk) only costs speed."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": features.cpu(), "labels": labels.cpu()}, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("features cannot be cached in %s (%s); they will be computed again", path, describe_error(err))
-    finally:
-        tmp.unlink(missing_ok=True)
+        with eval_mode(self.model):
+            return predict(self._forward, data, **self.predict_kwargs)
+
+    def _load(self, path: Path, data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached features, or None once a file that cannot be read, or is not what computing them would give,
+        is set aside (a damaged cache file is computed again, never trusted: a wrong shape would otherwise fail
+        every later trial)."""
+        device = torch.device(self.predict_kwargs.get("device", "cpu"))
+        try:
+            blob = torch.load(path, map_location=device, weights_only=True)
+            self._check(blob, data)
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt, or another shape
+            set_aside(path, f"cached features {path} cannot be used ({describe_error(err)})", "computed again")
+            return None
+        return blob["features"], blob["labels"]
+
+    def _check(self, blob: Any, data: Any) -> None:
+        """Raise ValueError unless ``blob`` holds features of the shape and dtype computing them gives (one image
+        through the frozen part says which) and exactly the split's labels."""
+        if not isinstance(blob, dict) or not all(isinstance(blob.get(k), torch.Tensor) for k in ("features", "labels")):
+            raise ValueError("not a dict of 'features' and 'labels' tensors")
+        features, labels = blob["features"], blob["labels"]
+        shape, dtype = self._one_feature(data)
+        want = (len(data), *shape)
+        if tuple(features.shape) != want or features.dtype != dtype:
+            raise ValueError(f"features {tuple(features.shape)} {features.dtype}, but computing them gives {want} "
+                             f"{dtype}")
+        if labels.dtype != data.labels.dtype or not torch.equal(labels.cpu(), data.labels.cpu()):
+            raise ValueError("its labels are not the split's")
+
+    def _one_feature(self, data: Any) -> tuple[tuple[int, ...], torch.dtype]:
+        """The shape and dtype of one image's features, from one image through the frozen part (once per cache:
+        every split gives the same)."""
+        if self._feature is None:
+            one, _ = self._compute(data.subset(torch.arange(1)))
+            self._feature = tuple(one.shape[1:]), one.dtype
+        return self._feature

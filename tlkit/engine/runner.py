@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from tlkit.metrics import get_metric
 from tlkit.strategies import get_strategy
 from tlkit.strategies.base import prepare
 from tlkit.engine.loop import BN_POLICY, Callback, EpochResult, PruneTrial, Trainer
+from tlkit.utils.files import set_aside
 
 __all__ = ["TrialSpec", "TrialResult", "TimeUp", "run_trial", "read_outcome", "OUTCOME"]
 
@@ -235,10 +235,7 @@ def read_outcome(folder: Path) -> TrialResult | None:
         if result.state not in ("COMPLETE", "PRUNED"):
             raise ValueError(f"unknown state {result.state!r}")
     except (OSError, ValueError, TypeError, AttributeError) as err:  # AttributeError: JSON that is not an object
-        aside = path.with_name(path.name + ".bad")
-        os.replace(path, aside)
-        log.warning("%s cannot be read (%s); set aside as %s, and the trial runs again from its checkpoints", path,
-                    describe_error(err), aside.name)
+        set_aside(path, f"{path} cannot be read ({describe_error(err)})", "the trial runs again from its checkpoints")
         return None
     result.replayed = True
     return result

@@ -18,6 +18,7 @@ import posixpath
 from pathlib import Path
 from tlkit.config.experiment import check_study_name
 from tlkit.errors import TlkitError, describe_error
+from tlkit.utils.files import atomic_write
 
 __all__ = ["Store", "open_store"]
 
@@ -81,9 +82,7 @@ class Store:
             local = folder / name
             if local.is_file() and local.stat().st_size == info.get("size"):
                 continue
-            tmp = folder / f".{name}.tmp{os.getpid()}"
-            self.fs.get_file(info["name"], str(tmp))
-            os.replace(tmp, local)
+            atomic_write(local, lambda tmp, remote=info["name"]: self.fs.get_file(remote, str(tmp)))
             came += 1
         return came
 

@@ -6,8 +6,10 @@ group (the *head*), so "only the head trains" is exactly a linear probe on every
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import timm
 import torch
@@ -17,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tlkit.errors import TlkitError, describe_error, did_you_mean
 
 __all__ = ["LayerGroup", "check_backbone", "check_runs", "create_backbone", "build_model", "layer_groups",
-           "preprocessing", "load_into", "adapt_weights"]
+           "preprocessing", "load_into", "adapt_weights", "hub_offline"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,25 @@ def check_backbone(name: str) -> None:
                          f"{tag!r}. " + did_you_mean(name, timm.list_pretrained(f"{arch}.*"), "pretrained tag"))
     raise TlkitError(did_you_mean(name, timm.list_models(), "backbone", list_available=False)
                      + " HINT: any name from timm.list_models() works, with or without a pretrained tag.")
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """The Hugging Face hub in cache-only mode for the block, then as it was. huggingface_hub reads
+    ``HF_HUB_OFFLINE`` once, on import, so both the variable and its constant are set."""
+    import huggingface_hub.constants as hf_constants
+
+    saved = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[0]
+        hf_constants.HF_HUB_OFFLINE = saved[1]
 
 
 def model_kwargs(name: str, image_size: int | None) -> dict:

@@ -5,7 +5,7 @@ sweep with a message instead of failing (or, worse, silently training from rando
 """
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -15,17 +15,16 @@ from typing import Callable
 import timm
 import torch
 
-from tlkit.models.backbones import adapt_weights, create_backbone, load_into, model_kwargs
+from tlkit.models.backbones import adapt_weights, create_backbone, hub_offline, load_into, model_kwargs
 from tlkit.engine.checkpoint import load_weights, save_weights, write_json
 from tlkit.data.tensors import cache_dir
 from tlkit.errors import TlkitError, describe_error
 from tlkit.config.experiment import Experiment
 from tlkit.config.identity import experiment_to_dict, file_digest, fingerprint
+from tlkit.utils.files import set_aside
 
 __all__ = ["Pretrained", "resolve_pretrained", "hub_reachable", "source_weights_path", "read_weights_file",
            "save_source"]
-
-log = logging.getLogger("tlkit")
 
 HUB_HOST = ("huggingface.co", 443)
 
@@ -59,15 +58,11 @@ def _hub_cache_hint() -> str:
 
 
 def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Tensor]:
-    """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable."""
-    import huggingface_hub.constants as hf_constants
-
-    saved = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
-    if not online:  # cache only: fail at once instead of retrying an unreachable hub for a minute
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        hf_constants.HF_HUB_OFFLINE = True
+    """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable (cache only: fail
+    at once instead of retrying an unreachable hub for a minute)."""
     try:
-        return timm.create_model(backbone, pretrained=True, **model_kwargs(backbone, image_size)).state_dict()
+        with contextlib.nullcontext() if online else hub_offline():
+            return timm.create_model(backbone, pretrained=True, **model_kwargs(backbone, image_size)).state_dict()
     except Exception as err:  # noqa: BLE001 - every failure here has the same remedies
         where = "the hub is unreachable and nothing is cached" if not online else \
             f"loading failed ({describe_error(err)})"
@@ -76,12 +71,6 @@ def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.T
             f"HINT: put the weights in a file and pass --weights {backbone}=PATH (or weights={{...}} in the "
             f"experiment), declare a source task tlkit trains itself (Experiment(source=...)), run once online to "
             f"fill the cache, or set pretrained=False to train from random initialisation.") from None
-    finally:
-        if saved[0] is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved[0]
-        hf_constants.HF_HUB_OFFLINE = saved[1]
 
 
 def source_weights_path(exp: Experiment, backbone: str) -> Path:
@@ -162,10 +151,7 @@ def _source_state(exp: Experiment, backbone: str, train_source: Callable[[Experi
         try:
             return load_weights(path)
         except Exception as err:  # noqa: BLE001 - truncated or corrupt: retrain rather than trust it
-            aside = path.with_name(path.name + ".bad")
-            os.replace(path, aside)
-            log.warning("cached source weights %s cannot be read (%s); set aside as %s and trained again", path,
-                        describe_error(err), aside.name)
+            set_aside(path, f"cached source weights {path} cannot be read ({describe_error(err)})", "trained again")
     if train_source is None:
         raise TlkitError(f"Source weights for {backbone!r} are not trained yet ({path}).")
     train_source(exp, backbone, path)

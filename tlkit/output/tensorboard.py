@@ -19,7 +19,6 @@ from, so TensorBoard hides whatever the dead process wrote from there on.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +26,7 @@ import pandas as pd
 
 from tlkit.search.study import Cell
 from tlkit.engine.loop import Callback, EpochResult, Trainer
+from tlkit.utils.files import rebuild_folder
 
 __all__ = ["TensorBoardLogger", "TrialBoards", "run_dir", "lr_tag", "write_hparams_config", "log_test_score",
            "write_cell_boards", "TRIALS_DIR", "CELLS_DIR"]
@@ -150,16 +150,20 @@ class TrialBoards:
 
 def write_cell_boards(root: Path, summary: pd.DataFrame, history: pd.DataFrame, metric: str) -> None:
     """``tb/``: one run per cell, rebuilt from the report's tables: the epochs of its best search trial, and in
-    HParams its configuration with the mean test score over its repeats and the interval's ends."""
+    HParams its configuration with the mean test score over its repeats and the interval's ends.
+
+    Derived from the storage, like the tables, so it is rebuilt whole: in a temporary sibling swapped in by renames,
+    so TensorBoard never reads a half-deleted folder and two reports at once (two sweeps of one results folder) do
+    not delete each other's event files."""
+    rebuild_folder(Path(root), lambda folder: _write_cell_boards(folder, summary, history, metric))
+
+
+def _write_cell_boards(root: Path, summary: pd.DataFrame, history: pd.DataFrame, metric: str) -> None:
     import json
 
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    root = Path(root)
-    if root.is_dir():
-        shutil.rmtree(root)  # derived from the storage, like the tables: rebuilt whole
-    root.mkdir(parents=True)
     searched = {k for p in summary.get("best_params", pd.Series(dtype=str)).dropna() if p for k in json.loads(p)}
     domains = {"Backbone": sorted(set(summary["backbone"])), "Strategy": sorted(set(summary["strategy"]))}
     write_hparams_config(root, searched, metric, domains, cells=True)

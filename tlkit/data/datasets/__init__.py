@@ -7,17 +7,15 @@ datasets through the ``tlkit.data.datasets`` entry-point group; an experiment fi
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tlkit.engine.checkpoint import atomic_write, torch_save
 from tlkit.data.tensors import ImageSet, Splits, cache_dir, make_splits
 from tlkit.data.datasets.base import (DATASETS, Dataset, decode_image, get_dataset, list_datasets,  # noqa: F401
                                  register_dataset)
 from tlkit.errors import TlkitError, describe_error
+from tlkit.utils.files import set_aside, torch_save, write_cache
 
 # Built-ins, imported explicitly so `ls tlkit/datasets` is the list.
 from tlkit.data.datasets import cifar10, cifar100, digits, imagefolder, table, torchvision_sets  # noqa: F401, E402
@@ -27,8 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Dataset", "DATASETS", "register_dataset", "list_datasets", "get_dataset", "create_dataset",
            "load_dataset", "splits_for"]
-
-log = logging.getLogger("tlkit")
 
 
 def create_dataset(name: str, root: Any = None, download: bool = True, decode_size: int | None = None,
@@ -53,13 +49,8 @@ def load_dataset(name: str, root: Any = None, download: bool = True, decode_size
             return (ImageSet(blob["train_images"], blob["train_labels"], blob["classes"]),
                     ImageSet(blob["test_images"], blob["test_labels"], blob["classes"]))
         except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
-            aside = cached.with_name(cached.name + ".bad")
-            try:
-                os.replace(cached, aside)
-            except OSError:  # a read-only cache: decode anyway, the cache is only speed
-                aside = cached
-            log.warning("decoded-data cache %s cannot be read (%s); set aside as %s and rebuilt from the images",
-                        cached, describe_error(err), aside.name)
+            set_aside(cached, f"decoded-data cache {cached} cannot be read ({describe_error(err)})",
+                      "rebuilt from the images")
     train, test = dataset.load()
     _check_loaded(name, train, "train")
     _check_loaded(name, test, "test")
@@ -91,11 +82,7 @@ def _save(path: Any, train: ImageSet, test: ImageSet) -> None:
     """Write the cache atomically; a cache that cannot be written (read-only or full disk) only costs speed."""
     blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
             "test_labels": test.labels, "classes": train.classes}
-    try:
-        atomic_write(path, lambda tmp: torch_save(blob, tmp))
-    except OSError as err:
-        log.warning("decoded-data cache %s cannot be written (%s); the data will be decoded again next time",
-                    path, describe_error(err))
+    write_cache(path, lambda tmp: torch_save(blob, tmp), "the decoded data")
 
 
 def splits_for(data: "Data", image_size: int, seed: int, prefix: str = "data.") -> Splits:

@@ -52,7 +52,21 @@ class ImageTable(Dataset):
             raise TlkitError(f"Table {self.root} has no column {missing[0]!r} (columns: "
                              f"{', '.join(map(str, frame.columns))}). HINT: name the columns path, label and split, or "
                              f"map yours with data.options={{'path': ..., 'label': ..., 'split': ...}}.")
+        for column in self._columns():
+            self._check_filled(frame, column)
         return frame
+
+    def _check_filled(self, frame, column: str) -> None:  # noqa: ANN001 - a pandas DataFrame
+        """Every row names its image, label and split: an empty cell (NaN once read) would otherwise become a
+        class 'nan', a path '.../nan', or a sorting error between a float and the labels' strings."""
+        values = frame[column]
+        empty = values.isna() | (values.astype(str).str.strip() == "")
+        if empty.any():
+            rows = [i + 1 for i in range(len(frame)) if empty.iloc[i]]
+            shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+            raise TlkitError(f"Table {self.root}: column {column!r} is empty in row{'s' if len(rows) > 1 else ''} "
+                             f"{shown} (the first data row is row 1). HINT: fill in those cells, or drop the "
+                             f"rows.")
 
     def _paths(self, frame) -> list[Path]:  # noqa: ANN001
         base = self.root.parent
