@@ -1,15 +1,19 @@
 """The package as a newcomer meets it: one name for one idea across tlkit."""
 from __future__ import annotations
 
+import ast
 import collections
 import importlib
 import inspect
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 import tlkit
 
@@ -62,3 +66,52 @@ def test_quiet_optuna_restores_the_level_even_on_error():
         assert optuna.logging.get_verbosity() == optuna.logging.INFO
     finally:
         optuna.logging.set_verbosity(before)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTUNA_STATES = {s.name for s in TrialState}
+
+
+def _subject(node: ast.expr) -> str | None:
+    """``state`` for ``state``, ``result.state`` and ``trials["state"]``; None for anything else."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        return str(node.slice.value)
+    return None
+
+
+def _strings(node: ast.expr) -> list[str]:
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)]
+
+
+def test_states_are_optunas_names_and_outcomes_tlkits_own():
+    """A trial's state is spelled as Optuna's TrialState, a fit's outcome as ``tlkit.engine.loop.OUTCOMES``,
+    wherever tlkit compares one with a literal (docs/results.md, "Outcome vocabulary")."""
+    from tlkit.engine.loop import OUTCOMES
+    from tlkit.engine.runner import STATES
+
+    assert set(STATES) <= OPTUNA_STATES and not set(OUTCOMES) & OPTUNA_STATES
+    wrong = []
+    for path in sorted((ROOT / "tlkit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            if len(node.comparators) != 1:
+                continue
+            left, right = node.left, node.comparators[0]
+            pairs = [(left, right)] + ([(right, left)] if isinstance(node.ops[0], (ast.Eq, ast.NotEq)) else [])
+            for subject, allowed in (("state", OPTUNA_STATES), ("outcome", set(OUTCOMES))):
+                wrong += [f"{path.relative_to(ROOT)}:{node.lineno} {subject} {w!r}" for side, other in pairs
+                          if _subject(side) == subject for w in _strings(other) if w not in allowed]
+    assert wrong == []
+
+
+def test_committed_tables_write_optunas_state_names():
+    tables = [path for path in sorted((ROOT / "results").glob("*/*.csv")) if "state" in pd.read_csv(path).columns]
+    assert tables
+    for path in tables:
+        assert set(pd.read_csv(path)["state"]) <= OPTUNA_STATES, path
