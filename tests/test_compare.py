@@ -17,7 +17,7 @@ ACC = get_metric("accuracy")
 def _cell(strategy, vals, tests, backbone="b", params=100.0, predictions=None):
     models = [compare.ScoredModel(i, v, t, predictions[i] if predictions else None)
               for i, (v, t) in enumerate(zip(vals, tests))]
-    return compare.Cell(backbone, strategy, models, trainable_params=params)
+    return compare.CellScores(backbone, strategy, models, trainable_params=params)
 
 
 def _predictions(right: np.ndarray) -> Predictions:

@@ -145,3 +145,25 @@ class CrashOnce(LastN):
     assert trials.params_lr[0] == trials.params_lr[1] and trials.params_n_groups[0] == trials.params_n_groups[1]
     assert trials.resumed_from_trial[1] == 0 and trials.resumed_from_epoch[1] == 1
     assert pd.read_csv(out / "summary.csv").trials_failed.tolist() == [0]
+
+
+def test_optuna_is_quiet_during_a_sweep_and_as_before_after_it(tmp_path):
+    from tlkit.config.experiment import load_experiment
+    from tlkit.engine.loop import Callback
+    from tlkit.sweep import run_sweep
+
+    seen = []
+
+    class Watch(Callback):
+        def on_fit_start(self, trainer) -> None:
+            seen.append(optuna.logging.get_verbosity())
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        exp = load_experiment(write_experiment(tmp_path, name="quiet", train={"epochs": 1}))
+        run_sweep(exp, tmp_path / "results", callbacks=lambda cell, name, params: [Watch()])
+        assert seen and set(seen) == {optuna.logging.ERROR}
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(before)

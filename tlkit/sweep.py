@@ -34,7 +34,7 @@ from tlkit.strategies import get_strategy
 from tlkit.search import study as study_module
 from tlkit.search.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
                                 ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
-                                take_up_lost_trials)
+                                quiet_optuna, take_up_lost_trials)
 from tlkit.engine.threads import configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
 from tlkit.search.objective import SweepRun, make_objective, search_space
@@ -174,6 +174,7 @@ def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, stor
         f"  results: {out} ({'continues the existing study' if exists else 'a new study'})"])
 
 
+@quiet_optuna()
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
               callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] | None = None,
               progress: SweepProgress | None = None, timeout: float | None = None, store_url: str | None = None

@@ -26,8 +26,8 @@ import pandas as pd
 from tlkit.analysis import stats
 from tlkit.metrics import Metric, Predictions
 
-__all__ = ["ScoredModel", "Cell", "cell_intervals", "choose_best", "comparisons", "rank_table", "friedman_test",
-           "sentence", "verdict", "VERDICTS", "ALPHA", "MIN_SEEDS_FOR_T"]
+__all__ = ["ScoredModel", "CellScores", "cell_intervals", "choose_best", "comparisons", "rank_table",
+           "friedman_test", "sentence", "verdict", "VERDICTS", "ALPHA", "MIN_SEEDS_FOR_T"]
 
 ALPHA = 0.05
 VERDICTS = ("better", "tied", "worse", "untested")
@@ -47,7 +47,10 @@ class ScoredModel:
 
 
 @dataclass
-class Cell:
+class CellScores:
+    """What the statistics know of one cell: its scored models and its size. The cell itself (which backbone under
+    which strategy, its study and folder) is ``tlkit.search.study.Cell``."""
+
     backbone: str
     strategy: str
     models: list[ScoredModel] = field(default_factory=list)
@@ -73,7 +76,7 @@ def _mean_metric(models: list[ScoredModel], metric: Metric) -> Any:
     return lambda idx: float(np.mean([metric.on(p.subset(idx)) for p in preds]))
 
 
-def cell_interval(cell: Cell, metric: Metric) -> stats.Interval | None:
+def cell_interval(cell: CellScores, metric: Metric) -> stats.Interval | None:
     """The cell's test metric with a 95% interval, kept inside the values the metric can take (a t interval on
     accuracies near 1 would otherwise reach past 1; the true mean cannot, so nothing is lost)."""
     interval = _raw_interval(cell, metric)
@@ -83,7 +86,7 @@ def cell_interval(cell: Cell, metric: Metric) -> stats.Interval | None:
     return dataclasses.replace(interval, low=max(interval.low, low), high=min(interval.high, high))
 
 
-def _raw_interval(cell: Cell, metric: Metric) -> stats.Interval | None:
+def _raw_interval(cell: CellScores, metric: Metric) -> stats.Interval | None:
     models = cell.scored
     if len(models) >= 2:
         return stats.t_interval([m.test for m in models])
@@ -99,7 +102,7 @@ def _raw_interval(cell: Cell, metric: Metric) -> stats.Interval | None:
     return None
 
 
-def cell_intervals(cells: list[Cell], metric: Metric) -> pd.DataFrame:
+def cell_intervals(cells: list[CellScores], metric: Metric) -> pd.DataFrame:
     rows = []
     for c in cells:
         interval = cell_interval(c, metric)
@@ -113,14 +116,14 @@ def cell_intervals(cells: list[Cell], metric: Metric) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def choose_best(cells: list[Cell], metric: Metric) -> Cell:
+def choose_best(cells: list[CellScores], metric: Metric) -> CellScores:
     """The best cell on validation (mean over its scored models); ties go to fewer trainable parameters, then to
     the strategy's name. The test split never chooses: it only reports."""
     sign = -1.0 if metric.direction == "maximize" else 1.0
     return min(cells, key=lambda c: (sign * c.val_mean, c.trainable_params, c.strategy))
 
 
-def _compare(best: Cell, other: Cell, metric: Metric) -> stats.Comparison | None:
+def _compare(best: CellScores, other: CellScores, metric: Metric) -> stats.Comparison | None:
     """``best - other`` oriented so that positive means the best is better (for a minimised metric the sign is
     turned), paired by seed when enough seeds are shared, else by test example."""
     sign = 1.0 if metric.direction == "maximize" else -1.0
@@ -143,7 +146,7 @@ def _compare(best: Cell, other: Cell, metric: Metric) -> stats.Comparison | None
     return result
 
 
-def comparisons(cells: list[Cell], metric: Metric) -> pd.DataFrame:
+def comparisons(cells: list[CellScores], metric: Metric) -> pd.DataFrame:
     """Within each backbone, every strategy against the best one; Holm-corrected over the backbone's tests."""
     rows = []
     for backbone in dict.fromkeys(c.backbone for c in cells):
@@ -202,7 +205,7 @@ def sentence(row: Any, metric: str, points: bool) -> str:
             f"{_p(row['p_holm'])} Holm-adjusted; {row['method']}).")
 
 
-def rank_table(cells: list[Cell], metric: Metric) -> pd.DataFrame:
+def rank_table(cells: list[CellScores], metric: Metric) -> pd.DataFrame:
     """Backbones x strategies of mean test metric, for the strategies every backbone has (empty otherwise)."""
     frame = pd.DataFrame([{"backbone": c.backbone, "strategy": c.strategy,
                            "test": float(np.mean([m.test for m in c.scored]))} for c in cells if c.scored])

@@ -24,11 +24,11 @@ from typing import Sequence
 import torch
 import torch.fx as fx
 from timm.layers import DropBlock2d, DropPath
-from timm.models._features_fx import get_notrace_functions, get_notrace_modules
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from tlkit.models.backbones import LayerGroup
+from tlkit.models._timm import notrace_functions as get_notrace_functions, notrace_modules as get_notrace_modules
 from tlkit.errors import describe_error
 from tlkit.engine.features import eval_mode
 

@@ -33,9 +33,16 @@ from tlkit.strategies.base import prepare
 from tlkit.engine.loop import BN_POLICY, Callback, EpochResult, PruneTrial, Trainer
 from tlkit.utils.files import set_aside
 
-__all__ = ["TrialSpec", "TrialResult", "TimeUp", "run_trial", "read_outcome", "OUTCOME"]
+__all__ = ["TrialSpec", "TrialResult", "TimeUp", "run_trial", "read_outcome", "OUTCOME", "COMPLETE", "PRUNED",
+           "STATES"]
 
 OUTCOME = "outcome.json"
+COMPLETE, PRUNED = "COMPLETE", "PRUNED"
+STATES = (COMPLETE, PRUNED)
+"""How a finished trial ended (``TrialResult.state``, ``outcome.json``): Optuna's ``TrialState`` names, since that
+is the state the trial takes in its study. Spelled out because this module knows nothing of Optuna;
+tests/test_package.py checks them against Optuna. A fit's own outcome (``Callback.on_fit_end``) is tlkit's
+vocabulary, ``tlkit.engine.loop.OUTCOMES``; docs/results.md ("Outcome vocabulary") maps one to the other."""
 log = logging.getLogger("tlkit")
 
 
@@ -64,7 +71,7 @@ class TrialResult:
     """How a trial ended. ``value`` is the best validation metric over its epochs (None when pruned early)."""
 
     state: str
-    """``COMPLETE`` or ``PRUNED``."""
+    """One of ``STATES``: ``COMPLETE`` or ``PRUNED`` (Optuna's names)."""
     value: float | None
     reason: str = ""
     best_epoch: int = -1
@@ -193,16 +200,16 @@ def run_trial(spec: TrialSpec, splits: Splits, device: torch.device, callbacks: 
         trainer.load_state_dict(state)
         set_rng_state(state["rng"])
         resumed_from = trainer.epoch
-    state, reason = "COMPLETE", ""
+    state, reason = COMPLETE, ""
     try:
         trainer.fit()
     except PruneTrial as err:
-        state, reason = "PRUNED", describe_error(err).removeprefix(f"{type(err).__name__}: ")
-    if state == "COMPLETE" and not math.isfinite(trainer.best_metric):
-        state, reason = "PRUNED", "no finite validation metric"
+        state, reason = PRUNED, describe_error(err).removeprefix(f"{type(err).__name__}: ")
+    if state == COMPLETE and not math.isfinite(trainer.best_metric):
+        state, reason = PRUNED, "no finite validation metric"
     history = [r.as_row() for r in trainer.history]
     result = TrialResult(
-        state=state, value=trainer.best_metric if state == "COMPLETE" else None, reason=reason,
+        state=state, value=trainer.best_metric if state == COMPLETE else None, reason=reason,
         best_epoch=trainer.best_epoch, epochs_run=trainer.epoch, history=history,
         trainable_params=max((r.trainable_params for r in trainer.history), default=0),
         total_params=sum(p.numel() for p in model.parameters()), num_groups=len(groups),
@@ -232,7 +239,7 @@ def read_outcome(folder: Path) -> TrialResult | None:
         payload = json.loads(path.read_text())
         fields = {f.name for f in dataclasses.fields(TrialResult)}
         result = TrialResult(**{k: v for k, v in payload.items() if k in fields})
-        if result.state not in ("COMPLETE", "PRUNED"):
+        if result.state not in STATES:
             raise ValueError(f"unknown state {result.state!r}")
     except (OSError, ValueError, TypeError, AttributeError) as err:  # AttributeError: JSON that is not an object
         set_aside(path, f"{path} cannot be read ({describe_error(err)})", "the trial runs again from its checkpoints")

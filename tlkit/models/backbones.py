@@ -13,10 +13,10 @@ from typing import Iterable, Iterator
 
 import timm
 import torch
-from timm.models._manipulate import group_with_matcher  # what timm's public group_parameters calls, on names
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlkit.errors import TlkitError, describe_error, did_you_mean
+from tlkit.models import _timm
 
 __all__ = ["LayerGroup", "check_backbone", "check_runs", "create_backbone", "build_model", "layer_groups",
            "preprocessing", "load_into", "adapt_weights", "hub_offline"]
@@ -73,8 +73,7 @@ def hub_offline() -> Iterator[None]:
 def model_kwargs(name: str, image_size: int | None) -> dict:
     """timm arguments for the image size: models with a fixed input size (ViTs) are built for it, and timm
     resamples pretrained position embeddings to match when it loads hub weights."""
-    cfg = timm.models.get_pretrained_cfg(name) if not name.startswith(("hf-hub:", "hf_hub:")) else None
-    return {"img_size": image_size} if image_size and cfg is not None and cfg.fixed_input_size else {}
+    return {"img_size": image_size} if image_size and _timm.fixed_input_size(name) else {}
 
 
 def create_backbone(name: str, num_classes: int, image_size: int | None = None) -> torch.nn.Module:
@@ -147,9 +146,7 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], origi
 
 def _classifier_size(name: str, state_dict: dict[str, torch.Tensor]) -> int:
     """Classes of the head a weights file was saved with (0: saved without a head)."""
-    cfg = timm.models.get_pretrained_cfg(name) if not name.startswith(("hf-hub:", "hf_hub:")) else None
-    classifier = getattr(cfg, "classifier", None) or "head"
-    for prefix in (classifier,) if isinstance(classifier, str) else tuple(classifier):
+    for prefix in _timm.classifier_names(name):
         weight = state_dict.get(f"{prefix}.weight")
         if isinstance(weight, torch.Tensor) and weight.dim() >= 1:
             return int(weight.shape[0])
@@ -162,11 +159,8 @@ def adapt_weights(name: str, state_dict: dict[str, torch.Tensor], image_size: in
     path: the architecture's checkpoint filter converts keys and resamples what depends on the input size (a ViT's
     position embeddings, saved at 224 px, for a 128 px model), exactly as for hub weights; the load is strict."""
     classes = _classifier_size(name, state_dict)
-    overlay = {"source": "", "state_dict": state_dict, "file": None, "url": None, "hf_hub_id": None,
-               "num_classes": classes}
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=classes, pretrained_cfg_overlay=overlay,
-                                  **model_kwargs(name, image_size))
+        model = _timm.create_from_state_dict(name, state_dict, classes, **model_kwargs(name, image_size))
     except Exception as err:  # noqa: BLE001 - timm and torch raise several types for weights that do not fit
         load_into(create_backbone(name, max(classes, 1), image_size), state_dict, origin)  # names the keys if it can
         raise TlkitError(f"Pretrained weights from {origin} do not fit {name!r} ({describe_error(err)}). HINT: the "
@@ -209,10 +203,9 @@ def layer_groups(model: torch.nn.Module, coarse: bool = False) -> list[LayerGrou
     head = _head_param_names(model)
     norms = _weightless_norms(model)
     names = [n for n, _ in model.named_parameters()] + list(norms)
-    grouped = group_with_matcher(((n, None) for n in names), model.group_matcher(coarse=coarse))
     groups: list[LayerGroup] = []
     orphans: list[str] = []  # weightless norms in a group with no parameters: they join the group below
-    for members in grouped.values():
+    for members in _timm.group_names(names, model.group_matcher(coarse=coarse)):
         body = tuple(n for n in members if n not in head and n not in norms)
         group_norms = tuple(norms[n] for n in members if n in norms)
         if body:

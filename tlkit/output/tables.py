@@ -154,13 +154,13 @@ def repeats_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
                                              "resumed_from_trial"])
 
 
-def load_cells(storage: Any, study: str, metric: Any) -> list[compare.Cell]:
+def load_cells(storage: Any, study: str, metric: Any) -> list[compare.CellScores]:
     """Every cell with its scored models: complete repeats of its best configuration, and its search's best trial
     (seed None), each with validation and test metric and its kept test predictions."""
     cells = []
     for s in search_studies(storage, study):
         best = _best(s)
-        cell = compare.Cell(s.user_attrs.get("backbone"), s.user_attrs.get("strategy"),
+        cell = compare.CellScores(s.user_attrs.get("backbone"), s.user_attrs.get("strategy"),
                             trainable_params=float(best.user_attrs.get("trainable_params") or math.nan)
                             if best else math.nan)
         test = s.user_attrs.get("best_test") or {}
@@ -179,7 +179,7 @@ def _predictions(payload: dict[str, str] | None) -> Predictions | None:
     return Predictions.from_json(payload) if payload else None
 
 
-def predictions_table(cells: list[compare.Cell]) -> pd.DataFrame:
+def predictions_table(cells: list[compare.CellScores]) -> pd.DataFrame:
     """One row per scored model and test example: the label, the predicted class and the label's probability
     (``model`` is ``search`` for the search's best trial, ``repeat`` for a repeat with its ``seed``)."""
     frames = []
@@ -198,7 +198,7 @@ def predictions_table(cells: list[compare.Cell]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.Cell] | None = None) -> pd.DataFrame:
+def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.CellScores] | None = None) -> pd.DataFrame:
     """One row per (backbone, strategy) cell: budget spent, the best trial and its test score, how much the
     validation metric varied over the search's trials (how forgiving the strategy is of its hyperparameters), and
     the test metric over the repeats with its 95% interval (see ``tlkit.analysis.compare``)."""

@@ -22,7 +22,7 @@ from tlkit.search import _optuna
 from tlkit.data.tensors import Splits
 from tlkit.errors import TlkitError, describe_error, did_you_mean
 from tlkit.config.experiment import Experiment
-from tlkit.engine.runner import TimeUp, TrialResult, TrialSpec, run_trial
+from tlkit.engine.runner import PRUNED, TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
 from tlkit.search.study import Cell, DuplicateRun, claim_run, reseed_sampler, worker_id
 from tlkit.engine.loop import Callback, EpochResult, PruneTrial, Trainer
@@ -155,7 +155,7 @@ def record(trial: optuna.Trial, result: TrialResult) -> None:
         trial.set_user_attr(key, getattr(result, key))
     if result.replayed:  # the dead attempt had finished; only telling Optuna was left
         trial.set_user_attr("resumed_from_epoch", result.epochs_run)
-    if result.state == "PRUNED":
+    if result.state == PRUNED:
         trial.set_user_attr("pruned_reason", result.reason)
 
 
@@ -195,7 +195,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
         result = run_trial(spec, run.splits, run.device, callbacks=[Reporter(trial, retried is not None), *extra],
                            deadline=run.deadline)
         record(trial, result)
-        if result.state == "PRUNED":
+        if result.state == PRUNED:
             raise optuna.TrialPruned(result.reason)
         return result.value
 

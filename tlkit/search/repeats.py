@@ -21,7 +21,7 @@ from tlkit.search import _optuna
 from tlkit.config.experiment import Experiment
 from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
-from tlkit.engine.runner import run_trial
+from tlkit.engine.runner import COMPLETE, run_trial
 from tlkit.search.study import NONE_LEFT, Cell, DuplicateRun, take_up_lost_trials, worker_id
 from tlkit.output.tensorboard import TRIALS_DIR, log_test_score
 from tlkit.search.objective import Reporter, SweepRun, record, requeue_on_failure, short_name, spec_for
@@ -130,7 +130,7 @@ def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
                                   *run.callbacks(cell, short_name(config_run, index), params)],
                        deadline=run.deadline)
     record(trial, result)
-    if result.state != "COMPLETE":
+    if result.state != COMPLETE:
         raise optuna.TrialPruned(result.reason)
     if "test_metric" not in frozen.user_attrs:
         test, predictions, _ = score_test(run, cell.backbone, spec.folder / "best.safetensors")

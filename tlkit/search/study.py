@@ -7,6 +7,7 @@ once by its process id, so a restarted sweep resumes immediately instead of wait
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -15,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.storages import RDBStorage
@@ -28,7 +29,7 @@ from tlkit.config.experiment import Experiment
 from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 
-__all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "open_storage", "check_identity",
+__all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "quiet_optuna", "open_storage", "check_identity",
            "open_cell_study", "finished_count", "ensure_runs", "claim_run", "DuplicateRun",
            "take_up_dead_local_trials", "take_up_lost_trials", "worker_id", "run_of", "cell_studies",
            "check_results_folder", "HEARTBEAT_S"]
@@ -42,9 +43,6 @@ GRACE_S = 90
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ATTEMPT_ATTRS = ("worker", "failure_reason", "pruned_reason", "resumed_from_trial", "resumed_from_epoch")
 """User attributes that describe one attempt at a trial; a retry starts without them."""
-
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # tlkit reports a failed trial itself, without a traceback
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -64,6 +62,23 @@ class Cell:
 
 def cells(exp: Experiment) -> list[Cell]:
     return [Cell(b, s) for b in exp.backbones for s in exp.strategies]
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's log at ERROR while a tlkit run lasts (``with quiet_optuna():`` or ``@quiet_optuna()``), then back
+    to the level it had.
+
+    tlkit says how each trial went itself (progress lines; a failed trial without a traceback): Optuna's INFO line
+    per trial and its WARNING with a traceback would say it twice. Scoped rather than set on import, because a user
+    who imports tlkit into their own process keeps the Optuna log they chose.
+    """
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
 
 
 def default_storage(out: Path) -> str:
