@@ -34,7 +34,7 @@ def main() -> None:
     from tlkit.config.experiment import load_experiment
     from tlkit.metrics import get_metric
     from tlkit.sweep import prepare
-    from tlkit.engine.loop import evaluate
+    from tlkit.engine.evaluate import evaluate
 
     exp = load_experiment(args.experiment)
     splits, _ = prepare(exp)

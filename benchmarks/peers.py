@@ -274,7 +274,7 @@ def tlkit_runner_trial(experiment: Path, folder: Path) -> dict[str, float]:
     from tlkit.metrics import get_metric
     from tlkit.engine.runner import TrialSpec, run_trial
     from tlkit.sweep import prepare
-    from tlkit.engine.loop import evaluate
+    from tlkit.engine.evaluate import evaluate
     from tlkit.models.weights import read_weights_file
 
     exp = load_experiment(experiment)

@@ -20,7 +20,7 @@ from tlkit.errors import TlkitError, describe_error
 from tlkit.metrics import Predictions, get_metric
 from tlkit.data.preprocess import Preprocess
 from tlkit.search.study import Cell
-from tlkit.engine.loop import Scores, evaluate
+from tlkit.engine.evaluate import Scores, evaluate
 from tlkit.output.tensorboard import TRIALS_DIR, log_test_score
 from tlkit.search.objective import SweepRun, short_name, trial_folder
 

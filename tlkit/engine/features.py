@@ -11,19 +11,19 @@ ones, when the images are not augmented.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from tlkit.data.tensors import Splits, cache_dir
+from tlkit.engine.evaluate import eval_mode, predict
 from tlkit.errors import describe_error
 
-__all__ = ["FeatureCache", "features_key", "feature_dir", "eval_mode"]
+__all__ = ["FeatureCache", "features_key", "feature_dir"]
 
 log = logging.getLogger("tlkit")
 
@@ -58,19 +58,6 @@ def features_key(model: torch.nn.Module, split: Any, predict_kwargs: dict[str, A
     return digest.hexdigest()[:24]
 
 
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Every module in eval mode, then each back in its own mode (``train(True)`` would also switch the frozen
-    BatchNorm layers inside a training module back to training)."""
-    training = [m for m in model.modules() if m.training]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
-
-
 class FeatureCache:
     """What the trainable part of the model sees of the un-augmented train and val splits, computed once (in memory,
     and on disk when ``on_disk``): the frozen backbone's pre-logit features while only the head trains, or the
@@ -99,8 +86,6 @@ class FeatureCache:
         self._features.clear()
 
     def _load_or_compute(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        from tlkit.engine.loop import predict
-
         key = features_key(self.model if self.prefix is None else self.prefix, data, self.predict_kwargs)
         path = feature_dir() / f"{key}.pt" if self.on_disk else None
         device = torch.device(self.predict_kwargs.get("device", "cpu"))

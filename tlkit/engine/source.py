@@ -23,7 +23,8 @@ from tlkit.errors import TlkitError
 from tlkit.config.experiment import Experiment
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import TrialSpec, run_trial
-from tlkit.engine.loop import Callback, EpochResult, Trainer, evaluate
+from tlkit.engine.evaluate import evaluate
+from tlkit.engine.loop import Callback, EpochResult, Trainer
 from tlkit.models.weights import read_weights_file, save_source
 
 __all__ = ["train_source"]
