@@ -275,7 +275,7 @@ def tlkit_runner_trial(experiment: Path, folder: Path) -> dict[str, float]:
     from tlkit.engine.runner import TrialSpec, run_trial
     from tlkit.sweep import prepare
     from tlkit.engine.evaluate import evaluate
-    from tlkit.models.weights import read_weights_file
+    from tlkit.engine.source import read_weights_file
 
     exp = load_experiment(experiment)
     splits, _ = prepare(exp)

@@ -378,10 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tlkit.rank EXPERIMENT [--data-dir DIR] [--weights B=PATH] [--set K=V] [--device D] [--out DIR]``."""
     from tlkit.data.tensors import to_device
-    from tlkit.engine.source import train_source
+    from tlkit.engine.source import resolve_pretrained
     from tlkit.sweep import _log_to, pick_device, prepare, resolve_experiment
     from tlkit.output.tables import write_csv
-    from tlkit.models.weights import resolve_pretrained, source_weights_path
+    from tlkit.models.weights import source_weights_path
 
     args = build_parser().parse_args(argv)
     _log_to(logging.StreamHandler(sys.stderr), logging.INFO)
@@ -399,9 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if missing:
                 log.info("the source task's weights of %s are not trained yet: training them first (cached, so the "
                          "sweep reuses them)", ", ".join(missing))
-        pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
-                                            lambda e, bb, p: train_source(e, bb, p, device=device))
-                      for b in exp.backbones}
+        pretrained = {b: resolve_pretrained(exp, b, splits.num_classes, device) for b in exp.backbones}
         ranking = rank_backbones(exp, splits, pretrained, device)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)

@@ -26,8 +26,10 @@ from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import (Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values,
                                      validate)
 from tlkit.metrics import get_metric
+from tlkit.models.weights import source_weights_path
 from tlkit.output.progress import SweepProgress
 from tlkit.engine.runner import TimeUp
+from tlkit.engine.source import resolve_pretrained
 from tlkit.engine.store import open_store
 from tlkit.strategies import get_strategy
 from tlkit.search import study as study_module
@@ -143,8 +145,6 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
 def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, store_url: str | None = None) -> str:
     """Everything ``run_sweep`` checks before its first trial, without training or writing anything; returns the
     plan in a few lines. A failed check raises the same TlkitError the sweep would."""
-    from tlkit.models.weights import resolve_pretrained, source_weights_path
-
     pick_device(exp.train.device)
     splits, _ = prepare(exp)
     check_results_folder(out, exp.name)
@@ -186,8 +186,6 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     deadline = time.monotonic() + timeout if timeout is not None else None
     from tlkit.report import write_report
     from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
-    from tlkit.engine.source import train_source
-    from tlkit.models.weights import resolve_pretrained
     from tlkit.rank import rank_in_sweep
 
     device = pick_device(exp.train.device)
@@ -201,9 +199,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     if storage is not None:
         check_identity(storage, exp.name, exp)
     store = open_store(store_url, exp.name, out)  # unreachable: say so before hours of source pretraining
-    pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
-                                        lambda e, bb, p: train_source(e, bb, p, device=device))
-                  for b in exp.backbones}
+    pretrained = {b: resolve_pretrained(exp, b, splits.num_classes, device) for b in exp.backbones}
     out.mkdir(parents=True, exist_ok=True)
     exp = rank_in_sweep(exp, splits, pretrained, device, out)  # ranking.csv; keep_top_backbones drops the rest
     storage = storage or open_storage(url)
