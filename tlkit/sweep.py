@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from tlkit.models.backbones import check_backbone, check_runs, create_backbone, layer_groups
 from tlkit.engine.checkpoint import write_json
 from tlkit.data.tensors import Splits, to_device
-from tlkit.data.datasets import splits_for
+from tlkit.data.datasets import get_dataset
+from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import (Experiment, apply_overrides, experiment_to_dict, load_experiment, recipe_values,
                                      validate)
@@ -127,6 +128,8 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
     for backbone in exp.backbones:
         check_backbone(backbone)
     strategies = [get_strategy(s) for s in exp.strategies]
+    if exp.source is not None:
+        get_dataset(exp.source.data.name)  # an unknown name says "did you mean" before anything is trained
     splits = splits_for(exp.data, exp.train.image_size, exp.seed)
     metric = get_metric(exp.metric)
     if splits.num_classes < metric.min_classes:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tlkit.models.backbones import adapt_weights, create_backbone, load_into, preprocessing
 from tlkit.engine.checkpoint import load_weights, save_weights, write_json
 from tlkit.data.tensors import to_device
-from tlkit.data.datasets import splits_for
+from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, describe_error
 from tlkit.config.experiment import Experiment
 from tlkit.metrics import get_metric
