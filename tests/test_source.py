@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit.config.experiment import load_experiment
-from tlkit.engine.export import load_best
+from tlkit.search.export import load_best
 import tlkit.engine.source
 from tlkit.engine.source import resolve_pretrained, train_source
 from tlkit.models.weights import source_weights_path

@@ -19,7 +19,7 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
 
 from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting
 from tlkit.config.experiment import Data, Experiment, Source, Train, load_experiment
-from tlkit.engine.export import load_best
+from tlkit.search.export import load_best
 from tlkit.data.datasets import Dataset, list_datasets, register_dataset
 from tlkit.metrics import list_metrics, register_metric
 from tlkit.engine.runner import TrialResult, TrialSpec, run_trial

@@ -29,6 +29,7 @@ from tlkit.config.experiment import (Experiment, apply_overrides, experiment_to_
 from tlkit.metrics import get_metric
 from tlkit.models.weights import source_weights_path
 from tlkit.output.progress import SweepProgress
+from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
 from tlkit.engine.runner import TimeUp
 from tlkit.engine.source import resolve_pretrained
 from tlkit.engine.store import open_store
@@ -37,9 +38,11 @@ from tlkit.search import study as study_module
 from tlkit.search.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
                                 ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
                                 take_up_lost_trials)
-from tlkit.engine.threads import configure_threads
+from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
+from tlkit.search.export import evaluate_best
 from tlkit.search.objective import SweepRun, make_objective, search_space
+from tlkit.search.repeats import open_repeats_study, run_repeats
 
 __all__ = ["main", "prepare", "run_sweep"]
 
@@ -188,7 +191,6 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
     from tlkit.report import write_report
-    from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
     from tlkit.rank import rank_in_sweep
 
     device = pick_device(exp.train.device)
@@ -211,6 +213,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     run = SweepRun(exp, out, splits, pretrained, device, num_groups, deadline=deadline, store=store)
     extra = callbacks if callbacks is not None else run.callbacks
     boards = TrialBoards(out / TRIALS_DIR, exp.metric)
+    run.on_test_score = boards.on_test_score
     searched = {name for b in exp.backbones for s in exp.strategies
                 for name in search_space(exp, get_strategy(s), num_groups[b])}
     write_hparams_config(out / TRIALS_DIR, searched, exp.metric,
@@ -248,9 +251,6 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
 
 def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, label: str) -> None:
     """After a cell's search: its repeats, then its best model scored on test and exported."""
-    from tlkit.engine.export import evaluate_best
-    from tlkit.search.repeats import open_repeats_study, run_repeats
-
     exp = run.exp
     if exp.repeats:
         run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
@@ -322,8 +322,6 @@ def run_workers(argv: list[str], args: argparse.Namespace, exp: Experiment) -> i
     queue, with the compute threads split between them and, with ``--devices``, one device each in turn. Returns
     the first non-zero exit status (a worker that failed), else 0; the last worker to finish writes the full report.
     """
-    from tlkit.engine.threads import choose_threads
-
     threads, _ = choose_threads(args.threads, args.workers)
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else [None]
     base = [a for i, a in enumerate(argv) if not _is_workers_flag(argv, i)]
