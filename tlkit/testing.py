@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tlkit.config.experiment import load_experiment
 from tlkit.engine.loop import Callback
+from tlkit.sweep import run_sweep, write_sweep_report
 
 __all__ = ["TINY_DEFAULTS", "experiment_source", "write_experiment", "run_tiny_sweep", "KillAt"]
 
@@ -53,13 +55,13 @@ def experiment_source(**fields: Any) -> str:
 def run_tiny_sweep(folder: str | Path, cache: str | Path, **fields: Any) -> Path:
     """Write a tiny experiment into ``folder`` and run it offline into ``folder/results`` (returned), with decoded
     data and source weights cached in ``cache``. For module-scoped fixtures that share one real sweep."""
-    from tlkit.config.experiment import load_experiment
-    from tlkit.sweep import run_sweep
-
     saved = {key: os.environ.get(key) for key in ("TLKIT_CACHE", "HF_HUB_OFFLINE")}
     os.environ.update(TLKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
     try:
-        return run_sweep(load_experiment(write_experiment(folder, **fields)), Path(folder) / "results")
+        exp = load_experiment(write_experiment(folder, **fields))
+        out = run_sweep(exp, Path(folder) / "results")
+        write_sweep_report(out, None, exp)  # what python -m tlkit.sweep writes when it stops
+        return out
     finally:
         for key, value in saved.items():
             if value is None:

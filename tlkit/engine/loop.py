@@ -26,8 +26,8 @@ from tlkit.metrics import Metric
 from tlkit.engine.prefix import cut_frozen_prefix, memory_budget
 from tlkit.strategies.base import Strategy, check_plan
 
-__all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "apply_plan", "set_train_mode", "lr_factor", "param_groups", "set_learning_rates",
-           "BN_POLICY", "OUTCOMES"]
+__all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "apply_plan", "set_train_mode",
+           "lr_factor", "param_groups", "set_learning_rates", "BN_POLICY", "OUTCOMES"]
 
 BN_POLICY = "BatchNorm layers run in eval mode (running statistics kept) when their weights or layer group are frozen"
 OUTCOMES = ("completed", "pruned", "failed", "interrupted")
