@@ -30,6 +30,11 @@ LAYERS: list[tuple[str, list[str]]] = [  # lowest first; "x*" is x and everythin
                   "tlkit.strategies.__main__", "tlkit.testing", "tlkit"]),
 ]
 
+PENDING = {  # (importer, imported): why it is still allowed. Each must still be there (the list only shrinks)
+    ("tlkit.config.experiment", "tlkit.engine.checkpoint"): "sha256, for file_digest: moves to tlkit.utils.files",
+    ("tlkit.data.datasets", "tlkit.engine.checkpoint"): "atomic_write and torch_save: move to tlkit.utils.files",
+}
+
 
 @dataclass(frozen=True)
 class Import:
@@ -99,18 +104,23 @@ def import_graph(root: Path = ROOT) -> dict[str, list[Import]]:
     return {module: imports_of(module, path, modules, root) for module, path in modules.items()}
 
 
-def upward_imports(graph: dict[str, list[Import]], layers: list[tuple[str, list[str]]] = LAYERS) -> list[str]:
-    """Each import of a higher layer, and each module that belongs to no layer. A package's ``__init__`` may
-    import its own submodules whatever their layer (it re-exports them)."""
-    problems = []
-    for module in sorted(graph):
-        if layer_of(module, layers) is None:
-            problems.append(f"{module} belongs to no layer: add it to LAYERS in tests/test_layers.py")
+def is_upward(imp: Import, layers: list[tuple[str, list[str]]] = LAYERS) -> bool:
+    """An import of a higher layer. A package's ``__init__`` may import its own submodules whatever their layer
+    (it re-exports them)."""
+    low, high = layer_of(imp.importer, layers), layer_of(imp.imported, layers)
+    return low is not None and high is not None and high > low and not imp.imported.startswith(imp.importer + ".")
+
+
+def upward_imports(graph: dict[str, list[Import]], layers: list[tuple[str, list[str]]] = LAYERS,
+                   pending: dict[tuple[str, str], str] | None = None) -> list[str]:
+    """Each import of a higher layer (but those in ``pending``), and each module that belongs to no layer."""
+    problems = [f"{module} belongs to no layer: add it to LAYERS in tests/test_layers.py"
+                for module in sorted(graph) if layer_of(module, layers) is None]
     for imp in (i for module in sorted(graph) for i in graph[module]):
-        low, high = layer_of(imp.importer, layers), layer_of(imp.imported, layers)
-        if low is None or high is None or high <= low or imp.imported.startswith(imp.importer + "."):
-            continue
-        problems.append(f"{imp} imports upward: layer {low} ({layers[low][0]}) -> layer {high} ({layers[high][0]})")
+        if is_upward(imp, layers) and (imp.importer, imp.imported) not in (pending or {}):
+            low, high = layer_of(imp.importer, layers), layer_of(imp.imported, layers)
+            problems.append(f"{imp} imports upward: layer {low} ({layers[low][0]}) -> layer {high} "
+                            f"({layers[high][0]})")
     return problems
 
 
@@ -189,7 +199,7 @@ def cycles(graph: dict[str, list[Import]]) -> list[str]:
 
 
 def test_no_module_imports_a_higher_layer():
-    problems = upward_imports(import_graph())
+    problems = upward_imports(import_graph(), pending=PENDING)
     if problems:
         pytest.fail(f"{len(problems)} upward import(s):\n" + "\n".join(problems), pytrace=False)
 
@@ -198,6 +208,15 @@ def test_no_import_cycle():
     problems = cycles(import_graph())
     if problems:
         pytest.fail(f"{len(problems)} import cycle(s):\n" + "\n".join(problems), pytrace=False)
+
+
+def test_every_pending_upward_import_is_still_there():
+    """An entry of PENDING whose import is gone (or no longer upward) is taken off the list, so it cannot hide the
+    import coming back."""
+    graph = import_graph()
+    stale = [f"{a} -> {b} ({why})" for (a, b), why in PENDING.items()
+             if not any(i.imported == b and is_upward(i) for i in graph.get(a, []))]
+    assert not stale, "no longer imported upward, remove from PENDING in tests/test_layers.py: " + "; ".join(stale)
 
 
 def test_every_module_is_read(tmp_path):
@@ -235,6 +254,7 @@ def test_the_checks_catch_a_planted_cycle_and_an_upward_import():
     assert upward_imports(graph, layers) == [
         "tlkit.c belongs to no layer: add it to LAYERS in tests/test_layers.py",
         "tlkit/a/y.py:8 tlkit.a.y -> tlkit.b imports upward: layer 0 (low) -> layer 1 (high)"]
+    assert len(upward_imports(graph, layers, pending={("tlkit.a.y", "tlkit.b"): "moves"})) == 1
     assert cycles(graph) == [
         "cycle tlkit.a.x -> tlkit.a.y -> tlkit.a.x (modules in it: tlkit.a.x, tlkit.a.y, tlkit.b):\n"
         "    tlkit/a/x.py:3 tlkit.a.x -> tlkit.a.y\n    tlkit/a/y.py:7 tlkit.a.y -> tlkit.a.x"]
