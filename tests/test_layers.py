@@ -31,8 +31,10 @@ LAYERS: list[tuple[str, list[str]]] = [  # lowest first; "x*" is x and everythin
 ]
 
 PENDING = {  # (importer, imported): why it is still allowed. Each must still be there (the list only shrinks)
-    ("tlkit.config.experiment", "tlkit.engine.checkpoint"): "sha256, for file_digest: moves to tlkit.utils.files",
-    ("tlkit.data.datasets", "tlkit.engine.checkpoint"): "atomic_write and torch_save: move to tlkit.utils.files",
+    ("tlkit.config.experiment", "tlkit.engine.checkpoint"): "sha256 (file_digest), a file helper for tlkit.utils, "
+                                                            "which another branch creates",
+    ("tlkit.data.datasets", "tlkit.engine.checkpoint"): "atomic_write and torch_save: another branch moves them to "
+                                                        "tlkit.utils.files",
 }
 
 
