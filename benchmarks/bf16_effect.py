@@ -33,8 +33,8 @@ def main() -> None:
     from tlkit.engine.compute import cpu_has_native_bf16, set_memory_format
     from tlkit.config.loading import load_experiment
     from tlkit.metrics import get_metric
-    from tlkit.sweep import prepare
-    from tlkit.engine.loop import evaluate
+    from tlkit.cli import prepare
+    from tlkit.engine.evaluate import evaluate
 
     exp = load_experiment(args.experiment)
     splits, _ = prepare(exp)

@@ -234,7 +234,7 @@ def hand_on_tlkit_tensors(experiment: Path) -> dict[str, float]:
     from tlkit.engine.compute import set_memory_format
     from tlkit.data.tensors import iterate_batches
     from tlkit.config.loading import load_experiment
-    from tlkit.sweep import prepare
+    from tlkit.cli import prepare
 
     exp = load_experiment(experiment)
     splits, _ = prepare(exp)
@@ -273,9 +273,9 @@ def tlkit_runner_trial(experiment: Path, folder: Path) -> dict[str, float]:
     from tlkit.config.loading import load_experiment
     from tlkit.metrics import get_metric
     from tlkit.engine.runner import TrialSpec, run_trial
-    from tlkit.sweep import prepare
-    from tlkit.engine.loop import evaluate
-    from tlkit.models.weights import read_weights_file
+    from tlkit.cli import prepare
+    from tlkit.engine.evaluate import evaluate
+    from tlkit.engine.source import read_weights_file
 
     exp = load_experiment(experiment)
     splits, _ = prepare(exp)

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from tlkit.models.backbones import create_backbone, layer_groups
-from tlkit.engine.features import eval_mode
+from tlkit.engine.evaluate import eval_mode
 from tlkit.engine.prefix import cut_frozen_prefix
 from tlkit.strategies import create_strategy
 from tlkit.engine.loop import apply_plan, set_train_mode

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkit.engine.loop
+import tlkit.engine.evaluate
+import tlkit.engine.features
 from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data.tensors import make_splits
 from tlkit.data.datasets import load_dataset
@@ -50,14 +51,15 @@ def test_the_key_follows_the_body_the_images_and_the_feeding_not_the_head(splits
 def test_a_second_trial_reads_the_features_the_first_computed(splits, tmp_path, monkeypatch):
     monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
     calls = []
-    real = tlkit.engine.loop.predict
+    real = tlkit.engine.evaluate.predict
 
     def counting(forward, data, **kwargs):
         if not isinstance(data, tuple):  # images through the body; a tuple is cached features through the head
             calls.append(len(data))
         return real(forward, data, **kwargs)
 
-    monkeypatch.setattr(tlkit.engine.loop, "predict", counting)
+    for module in (tlkit.engine.evaluate, tlkit.engine.features):  # evaluation, and the features it caches
+        monkeypatch.setattr(module, "predict", counting)
     first = _probe(splits, seed=0)
     first.fit()
     assert len(calls) == 2 and len(list(feature_dir().glob("*.pt"))) == 2  # train and val, once

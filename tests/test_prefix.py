@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkit.engine.loop
+import tlkit.engine.evaluate
+import tlkit.engine.features
 from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data.tensors import make_splits
 from tlkit.data.datasets import load_dataset
 from tlkit.config.experiment import Train
-from tlkit.engine.features import eval_mode, feature_dir
+from tlkit.engine.evaluate import eval_mode
+from tlkit.engine.features import feature_dir
 from tlkit.metrics import get_metric
 from tlkit.engine.prefix import cut_frozen_prefix
 from tlkit.strategies import create_strategy
@@ -114,14 +116,15 @@ def test_augmented_images_run_the_whole_model(splits):
 def test_a_second_trial_reads_the_prefix_output_the_first_computed(splits, tmp_path, monkeypatch):
     monkeypatch.setenv("TLKIT_CACHE", str(tmp_path))
     calls = []
-    real = tlkit.engine.loop.predict
+    real = tlkit.engine.evaluate.predict
 
     def counting(forward, data, **kwargs):
         if not isinstance(data, tuple):  # images through (part of) the model
             calls.append(len(data))
         return real(forward, data, **kwargs)
 
-    monkeypatch.setattr(tlkit.engine.loop, "predict", counting)
+    for module in (tlkit.engine.evaluate, tlkit.engine.features):  # evaluation, and the features it caches
+        monkeypatch.setattr(module, "predict", counting)
     first = _trainer(splits, n_groups=1)
     first.fit()
     assert calls == [len(splits.train), len(splits.val)]  # the prefix over each split, once for three epochs

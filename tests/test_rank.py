@@ -15,8 +15,9 @@ from scipy.stats import multivariate_normal
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Experiment
 from tlkit.metrics import get_metric
-from tlkit.rank import (agreement, h_score, keep_top, knn_accuracy, logme, logme_evidence, main, rank_table,
-                        score_features)
+from tlkit.analysis.ranking import (agreement, h_score, keep_top, knn_accuracy, logme, logme_evidence, rank_table,
+                                    score_features)
+from tlkit.rank import main
 from tlkit.testing import write_experiment
 
 
@@ -199,7 +200,7 @@ def test_a_sweep_of_one_backbone_ranks_nothing(tmp_path):
     """One backbone has no order to predict: the sweep goes straight to training (no features, no ranking.csv),
     while two backbones are ranked (the test above)."""
     from tlkit.config.loading import load_experiment
-    from tlkit.rank import rank_in_sweep
+    from tlkit.sweep import rank_in_sweep
 
     exp = load_experiment(write_experiment(tmp_path, backbones=["test_resnet"], pretrained=True))
     unused = object()  # neither the splits nor the weights may be touched

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit.config.loading import load_experiment
-from tlkit.engine.export import load_best
-from tlkit.engine.source import train_source
+from tlkit.search.export import load_best
+import tlkit.engine.source
+from tlkit.engine.source import resolve_pretrained, train_source
+from tlkit.models.weights import source_weights_path
 from tlkit.testing import write_experiment
-from tlkit.models.weights import resolve_pretrained, source_weights_path
 
 SOURCE = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4], "train_per_class": 60},
           "train": {"epochs": 3, "batch_size": 32, "image_size": 16, "augment": ["crop"], "lr": 3e-3}}
@@ -45,14 +46,15 @@ def test_a_damaged_cached_source_is_set_aside_and_trained_again(tmp_path, monkey
                                            pretrained=True))
     trained = []
 
-    def train(e, backbone, path):
+    def train(e, backbone, path, device=None):
         trained.append(backbone)
-        train_source(e, backbone, path)
+        train_source(e, backbone, path, device=device)
 
-    first = resolve_pretrained(exp, "test_resnet", 5, train)
+    monkeypatch.setattr(tlkit.engine.source, "train_source", train)
+    first = resolve_pretrained(exp, "test_resnet", 5)
     path = source_weights_path(exp, "test_resnet")
     path.write_bytes(path.read_bytes()[:64])  # truncated
-    second = resolve_pretrained(exp, "test_resnet", 5, train)
+    second = resolve_pretrained(exp, "test_resnet", 5)
     assert trained == ["test_resnet", "test_resnet"] and "set aside" in caplog.text
     assert path.with_name(path.name + ".bad").is_file()
     assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)  # same recipe

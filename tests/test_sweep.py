@@ -148,7 +148,7 @@ class CrashOnce(LastN):
 
 
 def test_optuna_is_quiet_during_a_sweep_and_as_before_after_it(tmp_path):
-    from tlkit.config.experiment import load_experiment
+    from tlkit.config.loading import load_experiment
     from tlkit.engine.loop import Callback
     from tlkit.sweep import run_sweep
 

@@ -9,7 +9,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from tlkit.search import _optuna
-from tlkit.data.datasets import splits_for
+from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Data, Experiment, Train
 from tlkit.config.identity import identity

@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 
 from tlkit.errors import TlkitError
 from tlkit.config.loading import load_experiment
-from tlkit.engine.export import load_best
+from tlkit.search.export import load_best
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
-from tlkit.models.weights import resolve_pretrained
+from tlkit.engine.source import resolve_pretrained
 
 
 def _sweep(tmp_path, *args):
@@ -83,7 +83,7 @@ def test_hub_weights_come_from_the_local_cache_when_offline(tmp_path, monkeypatc
     (repo / "snapshots" / commit).mkdir(parents=True)
     state = _random_weights(repo / "snapshots" / commit / "model.safetensors")
     exp_file = write_experiment(tmp_path, backbones=["test_resnet.r160_in1k"], pretrained=True)
-    script = ("import sys; from tlkit.models.weights import resolve_pretrained; "
+    script = ("import sys; from tlkit.engine.source import resolve_pretrained; "
               "from tlkit.config.loading import load_experiment;"
               f"exp = load_experiment({str(exp_file)!r});"
               "p = resolve_pretrained(exp, 'test_resnet.r160_in1k', 5);"

@@ -30,7 +30,7 @@ from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting; th
 _HOMES = {
     "tlkit.config.experiment": ("Data", "Experiment", "Source", "Train"),
     "tlkit.config.loading": ("load_experiment",),
-    "tlkit.engine.export": ("load_best",),
+    "tlkit.search.export": ("load_best",),
     "tlkit.data.datasets": ("Dataset", "list_datasets", "register_dataset"),
     "tlkit.metrics": ("list_metrics", "register_metric"),
     "tlkit.engine.runner": ("TrialResult", "TrialSpec", "run_trial"),
@@ -45,7 +45,8 @@ __all__ = ["Data", "Experiment", "Source", "Train", "TlkitError", "load_experime
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
-    from tlkit.config.experiment import Data, Experiment, Source, Train, load_experiment
+    from tlkit.config.experiment import Data, Experiment, Source, Train
+    from tlkit.config.loading import load_experiment
     from tlkit.data.datasets import Dataset, list_datasets, register_dataset
     from tlkit.engine.export import load_best
     from tlkit.engine.runner import TrialResult, TrialSpec, run_trial

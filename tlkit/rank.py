@@ -1,21 +1,14 @@
-"""Rank backbones in seconds, before any training: transferability estimates from frozen features.
+"""``python -m tlkit.rank EXPERIMENT``: rank the backbones in seconds, before any training.
 
 Which of 20 backbones is worth fine-tuning at all? Each backbone's pre-logit features of the target's training split
 (its starting weights, eval mode, un-augmented images: exactly what the linear probe's feature cache computes) are
-scored three ways, each higher-is-better:
+scored three ways, each higher-is-better: LogME (You et al. 2021), the validation accuracy of a k-nearest-neighbour
+vote (k = 5, cosine similarity) and the H-score (Bao et al. 2019) with Ledoit-Wolf shrinkage; the estimators are in
+``tlkit.analysis.ranking``.
 
-- ``logme``: LogME (You et al. 2021), the log evidence of a Bayesian linear model from the features to each class
-  (one-vs-rest), maximised over its two precisions by MacKay's fixed point as in the authors' code, per example and
-  averaged over classes. No hyperparameter, no training.
-- ``knn_accuracy``: the accuracy on the validation split of a k-nearest-neighbour vote (k = 5, cosine similarity:
-  features L2-normalised) over the training split's features, with scikit-learn. A small k follows the data's local
-  structure, which is what fine-tuning refines; 5 is the usual small odd choice and needs no tuning.
-- ``h_score``: the H-score (Bao et al. 2019), how much of the features' variance lies between the classes, with the
-  Ledoit-Wolf shrinkage of Ibrahim et al. (2023) so it stays stable when features outnumber examples.
-
-``python -m tlkit.rank EXPERIMENT`` prints the ranking without training. Every sweep with pretrained weights writes
-it to ``ranking.csv``, and its report says how well it predicted the fine-tuned order (Kendall's tau over backbones,
-per strategy). ``Experiment(keep_top_backbones=k)`` searches only the k best backbones by LogME.
+This command prints the ranking without training. Every sweep with pretrained weights writes it to
+``ranking.csv``, and its report says how well it predicted the fine-tuned order (Kendall's tau over backbones, per
+strategy). ``Experiment(keep_top_backbones=k)`` searches only the k best backbones by LogME.
 
 Example:
     python -m tlkit.rank experiments/digits.py
@@ -24,338 +17,27 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import math
 import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import pandas as pd
-import torch
 
-from tlkit.models.backbones import build_model, preprocessing
-from tlkit.engine.compute import set_memory_format, use_amp
-from tlkit.data.tensors import Splits
+from tlkit.analysis.ranking import ESTIMATORS, KNN_K, RANKING, rank_backbones
+from tlkit.cli import add_experiment_arguments, log_to, pick_device, prepare, resolve_experiment
+from tlkit.config.experiment import Experiment
+from tlkit.data.tensors import to_device
+from tlkit.engine.checkpoint import check_writable
+from tlkit.engine.source import resolve_pretrained
 from tlkit.errors import TlkitError
-from tlkit.config.experiment import Experiment, Train
-from tlkit.metrics import Metric
-from tlkit.engine.features import FeatureCache
+from tlkit.models.weights import source_weights_path
+from tlkit.output.tables import write_csv
 
-__all__ = ["ESTIMATORS", "KNN_K", "RANKING", "AGREEMENT", "logme", "logme_evidence", "knn_accuracy", "h_score",
-           "score_features", "rank_table", "frozen_features", "rank_backbones", "keep_top", "rank_in_sweep",
-           "agreement", "report_ranking", "main"]
+__all__ = ["build_parser", "main", "format_ranking"]
 
 log = logging.getLogger("tlkit")
 
-ESTIMATORS = {"logme": "LogME", "knn_accuracy": "kNN accuracy", "h_score": "H-score"}
-"""Column name -> display name; every estimator is higher-is-better."""
-KNN_K = 5
-RANKING = "ranking.csv"
-AGREEMENT = "rank_agreement.csv"
-_TINY = 1e-300
-
-
-# --- LogME ----------------------------------------------------------------------------------------------------------
-
-def _spectrum(features: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """The non-zero eigenvalues ``sigma`` of ``F^T F`` and a map ``y -> U^T y`` (``F = U S V^T``), from the smaller of
-    the two Gram matrices: ``N x D`` features cost ``N * min(N, D)^2``, not a full SVD."""
-    n, d = features.shape
-    if n > d:
-        sigma, v = np.linalg.eigh(features.T @ features)
-    else:
-        sigma, u = np.linalg.eigh(features @ features.T)
-    keep = sigma > max(float(sigma.max(initial=0.0)), _TINY) * max(n, d) * np.finfo(np.float64).eps
-    sigma = sigma[keep]
-    if n > d:
-        v_kept = v[:, keep] / np.sqrt(sigma)
-        return sigma, lambda y: v_kept.T @ (features.T @ y)
-    u_kept = u[:, keep]
-    return sigma, lambda y: u_kept.T @ y
-
-
-def _evidence(alpha: float, beta: float, sigma: np.ndarray, x2: np.ndarray, yy: float, n: int) -> float:
-    """Log evidence / N of ``y = F m + noise``, ``m ~ N(0, I/alpha)``, noise ``~ N(0, I/beta)``: the log density of
-    ``y`` under ``N(0, I/beta + F F^T / alpha)``, written with the spectrum (the ``D - k`` zero eigenvalues of
-    ``F^T F`` contribute ``log(alpha)`` each to ``log|A|``, cancelling all but ``k/2 log(alpha)``)."""
-    t = alpha / beta
-    m2 = float((sigma * x2 / (sigma + t) ** 2).sum())
-    res2 = float((x2 * (t / (sigma + t)) ** 2).sum()) + max(yy - float(x2.sum()), 0.0)
-    evidence = (len(sigma) / 2.0 * math.log(alpha) + n / 2.0 * math.log(beta)
-                - 0.5 * float(np.log(alpha + beta * sigma).sum()) - beta / 2.0 * res2 - alpha / 2.0 * m2
-                - n / 2.0 * math.log(2 * math.pi))
-    return evidence / n
-
-
-def _maximise(sigma: np.ndarray, x: np.ndarray, yy: float, n: int, tol: float = 1e-8,
-              max_iter: int = 1000) -> tuple[float, float, float]:
-    """MacKay's fixed point for ``(alpha, beta)`` (the thuml/LogME update), run until ``alpha / beta`` moves by less
-    than ``tol`` (the official code stops at 1% after at most 11 steps; running on makes the returned pair the
-    maximiser, which the tests check). Returns ``(evidence / N, alpha, beta)``."""
-    x2 = x ** 2
-    alpha, beta = 1.0, 1.0
-    for _ in range(max_iter):
-        t = alpha / beta
-        gamma = float((sigma / (sigma + t)).sum())
-        m2 = float((sigma * x2 / (sigma + t) ** 2).sum())
-        res2 = float((x2 * (t / (sigma + t)) ** 2).sum()) + max(yy - float(x2.sum()), 0.0)
-        alpha, beta = max(gamma, _TINY) / max(m2, _TINY), max(n - gamma, _TINY) / max(res2, _TINY)
-        if abs(alpha / beta - t) <= tol * t:
-            break
-    return _evidence(alpha, beta, sigma, x2, yy, n), alpha, beta
-
-
-def logme_evidence(features: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:
-    """LogME for one real-valued target: ``(maximum log evidence / N, alpha, beta)``."""
-    f = np.asarray(features, dtype=np.float64)
-    y = np.asarray(target, dtype=np.float64)
-    sigma, project = _spectrum(f)
-    return _maximise(sigma, project(y), float(y @ y), len(y))
-
-
-def logme(features: np.ndarray, labels: np.ndarray) -> float:
-    """LogME of features for class labels (You et al. 2021): the mean over classes of the maximum log evidence / N
-    of each class's one-vs-rest indicator. Higher: a linear model on these features explains the labels better."""
-    f = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    sigma, project = _spectrum(f)
-    evidences = []
-    for c in np.unique(labels):
-        y = (labels == c).astype(np.float64)
-        evidences.append(_maximise(sigma, project(y), float(y @ y), len(y))[0])
-    return float(np.mean(evidences))
-
-
-# --- kNN and H-score --------------------------------------------------------------------------------------------------
-
-def _unit(features: np.ndarray) -> np.ndarray:
-    f = np.asarray(features, dtype=np.float64)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _TINY)
-
-
-def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-                 val_labels: np.ndarray, k: int = KNN_K) -> float:
-    """Validation accuracy of a k-nearest-neighbour vote over the training features by cosine similarity
-    (L2-normalised features, Euclidean distance: the same neighbours). Ties go to the lower class index."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_labels)))
-    knn.fit(_unit(train_features), np.asarray(train_labels))
-    return float(np.mean(knn.predict(_unit(val_features)) == np.asarray(val_labels)))
-
-
-def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = True) -> float:
-    """The H-score ``tr(cov(f)^-1 cov(E[f|y]))`` (Bao et al. 2019): the share of the features' variance that lies
-    between classes, in the features' own metric. With ``shrinkage`` (the default), ``cov(f)`` is the Ledoit-Wolf
-    estimate ``(1 - a) S + a mu I`` and the between-class covariance is scaled by ``1 - a`` too (Ibrahim et al.
-    2023): without it, more feature dimensions than examples make ``cov(f)`` singular and the score noise."""
-    from sklearn.covariance import LedoitWolf
-
-    f = np.asarray(features, dtype=np.float64)
-    f = f - f.mean(axis=0)
-    labels = np.asarray(labels)
-    if shrinkage:
-        fitted = LedoitWolf(assume_centered=True).fit(f)
-        cov, a = fitted.covariance_, float(fitted.shrinkage_)
-    else:
-        cov, a = f.T @ f / len(f), 0.0
-    class_means = np.zeros_like(f)
-    for c in np.unique(labels):
-        class_means[labels == c] = f[labels == c].mean(axis=0)
-    between = (1.0 - a) * (class_means.T @ class_means / len(f))
-    return float(np.trace(np.linalg.pinv(cov, hermitian=True) @ between))
-
-
-def score_features(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-                   val_labels: np.ndarray) -> dict[str, float]:
-    """Every estimator of one feature set, with the seconds each took (``<name>_s``)."""
-    estimators: dict[str, Callable[[], float]] = {
-        "logme": lambda: logme(train_features, train_labels),
-        "knn_accuracy": lambda: knn_accuracy(train_features, train_labels, val_features, val_labels),
-        "h_score": lambda: h_score(train_features, train_labels),
-    }
-    scores: dict[str, float] = {}
-    for name, estimate in estimators.items():
-        started = time.perf_counter()
-        scores[name] = estimate()
-        scores[f"{name}_s"] = round(time.perf_counter() - started, 3)
-    return scores
-
-
-def rank_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per backbone with each estimator's rank beside it (1 = most promising; ties share the better rank,
-    a missing value ranks last), sorted by LogME's rank."""
-    table = pd.DataFrame(list(rows))
-    for name in ESTIMATORS:
-        table[f"{name}_rank"] = table[name].rank(ascending=False, method="min", na_option="bottom").astype(int)
-    first = ["backbone", *(c for name in ESTIMATORS for c in (name, f"{name}_rank"))]
-    table = table[first + [c for c in table.columns if c not in first]]
-    return table.sort_values(["logme_rank", "backbone"], kind="stable").reset_index(drop=True)
-
-
-# --- features of the backbones --------------------------------------------------------------------------------------
-
-def frozen_features(model: torch.nn.Module, splits: Splits, recipe: Train, device: torch.device
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(train features, train labels, val features, val labels)`` of ``model`` as it is: through the trainer's own
-    ``FeatureCache`` (eval mode, un-augmented images, the recipe's image size and batch size), so the ranking
-    scores exactly what a linear probe of these weights would see."""
-    model.to(device)
-    channels_last = set_memory_format(model, device, recipe)
-    cache = FeatureCache(model, splits, on_disk=recipe.cache_features, batch_size=recipe.batch_size * 2,
-                         device=device, amp=use_amp(recipe, device), image_size=recipe.image_size,
-                         channels_last=channels_last, **preprocessing(model))
-    (train_f, train_y), (val_f, val_y) = cache.get("train"), cache.get("val")
-    return (train_f.double().cpu().numpy(), train_y.cpu().numpy(), val_f.double().cpu().numpy(),
-            val_y.cpu().numpy())
-
-
-def rank_backbones(exp: Experiment, splits: Splits, pretrained: dict[str, Any], device: torch.device
-                   ) -> pd.DataFrame:
-    """The ranking table of ``exp.backbones`` from their starting weights (``pretrained``: backbone ->
-    ``tlkit.models.weights.Pretrained``), with the seconds each backbone's features and estimators took."""
-    rows = []
-    for backbone in exp.backbones:
-        weights = pretrained[backbone]
-        started = time.perf_counter()
-        model = build_model(backbone, splits.num_classes, weights.state_dict, exp.seed, exp.train.image_size,
-                            weights.origin)
-        train_f, train_y, val_f, val_y = frozen_features(model, splits, exp.train, device)
-        features_s = time.perf_counter() - started
-        scores = score_features(train_f, train_y, val_f, val_y)
-        seconds = time.perf_counter() - started
-        rows.append({"backbone": backbone, **scores, "feature_dim": train_f.shape[1], "train_images": len(train_y),
-                     "val_images": len(val_y), "features_s": round(features_s, 3), "seconds": round(seconds, 3),
-                     "weights": weights.origin})
-        log.info("ranked %s in %.1f s: LogME %.4f, kNN accuracy %.4f, H-score %.4f", backbone, seconds,
-                 scores["logme"], scores["knn_accuracy"], scores["h_score"])
-    return rank_table(rows)
-
-
-def keep_top(exp: Experiment, ranking: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
-    """The backbones to search (the experiment's order) and, for each dropped one, why: with
-    ``exp.keep_top_backbones = k``, only the k best by LogME are searched."""
-    k = exp.keep_top_backbones
-    if k is None or k >= len(exp.backbones):
-        return list(exp.backbones), {}
-    ordered = ranking.sort_values(["logme_rank", "backbone"], kind="stable")
-    kept = set(ordered["backbone"].head(k))
-    dropped = {r.backbone: f"LogME rank {r.logme_rank} of {len(ordered)} ({r.logme:.4f}), below the top "
-                           f"{k} (keep_top_backbones={k})" for r in ordered.itertuples() if r.backbone not in kept}
-    return [b for b in exp.backbones if b in kept], dropped
-
-
-def rank_in_sweep(exp: Experiment, splits: Splits, pretrained: dict[str, Any], device: torch.device,
-                  out: Path) -> Experiment:
-    """The sweep's step before its first trial: rank the backbones, write ``ranking.csv`` to ``out``, and return the
-    experiment with only the backbones to search (all of them unless ``keep_top_backbones`` is set). Nothing is
-    ranked with ``pretrained=False`` (random initialisations have nothing to tell apart) or with one backbone (there
-    is no order to predict, and its estimators cost a probe sweep about a tenth of its time: benchmarks/peers.py)."""
-    from tlkit.output.tables import write_csv
-
-    if not exp.pretrained or len(exp.backbones) < 2:
-        return exp
-    ranking = rank_backbones(exp, splits, pretrained, device)
-    kept, dropped = keep_top(exp, ranking)
-    ranking["searched"] = ranking["backbone"].isin(kept)
-    ranking["dropped_because"] = [dropped.get(b, "") for b in ranking["backbone"]]
-    write_csv(ranking, Path(out) / RANKING)
-    if not dropped:
-        return exp
-    log.info("keep_top_backbones=%d: searching %s; dropped without training: %s", exp.keep_top_backbones,
-             ", ".join(kept), "; ".join(f"{b} ({why})" for b, why in dropped.items()))
-    return dataclasses.replace(exp, backbones=kept, weights={b: w for b, w in exp.weights.items() if b in kept})
-
-
-# --- after the sweep: did the ranking predict the fine-tuned order? --------------------------------------------------
-
-def agreement(ranking: pd.DataFrame, summary: pd.DataFrame, metric: Metric) -> pd.DataFrame:
-    """Kendall's tau over backbones between each estimator and each strategy's mean test score (oriented so that
-    higher is better), and the same against each backbone's best strategy; with its two-sided p-value and the
-    number of backbones (at least 2 with both numbers, else no row)."""
-    from scipy.stats import kendalltau
-
-    columns = ["strategy", "estimator", "kendall_tau", "p_value", "backbones"]
-    column = next((c for c in (f"test_{metric.name}_mean", f"test_{metric.name}") if c in summary), None)
-    if column is None or summary.empty or ranking.empty:
-        return pd.DataFrame(columns=columns)
-    sign = -1.0 if metric.direction == "minimize" else 1.0
-    scores = summary[["backbone", "strategy", column]].dropna()
-    per_strategy = [(s, g.set_index("backbone")[column] * sign) for s, g in scores.groupby("strategy", sort=False)]
-    best = scores.assign(v=scores[column] * sign).groupby("backbone")["v"].max()
-    rows = []
-    for strategy, finetuned in [*per_strategy, ("best strategy of each backbone", best)]:
-        estimates = ranking.set_index("backbone").reindex(finetuned.index)
-        for name in ESTIMATORS:
-            both = pd.concat([estimates[name], finetuned], axis=1).dropna()
-            if len(both) < 2:
-                continue
-            with warnings.catch_warnings():  # a constant column (tied scores) gives NaN, which the table shows
-                warnings.simplefilter("ignore")
-                tau, p = kendalltau(both.iloc[:, 0], both.iloc[:, 1])
-            rows.append({"strategy": strategy, "estimator": name, "kendall_tau": float(tau), "p_value": float(p),
-                         "backbones": len(both)})
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _ranking_table(ranking: pd.DataFrame) -> list[str]:
-    header = ["backbone", *(f"{label} (rank)" for label in ESTIMATORS.values()), "seconds", "searched"]
-    rows = [[r["backbone"], *(f"{r[n]:.4f} ({r[f'{n}_rank']})" for n in ESTIMATORS), f"{r['seconds']:.1f}",
-             "yes" if r.get("searched", True) else "no"] for _, r in ranking.iterrows()]
-    return ["| " + " | ".join(header) + " |", "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
-            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
-
-
-def _agreement_lines(table: pd.DataFrame, m: str) -> list[str]:
-    if table.empty:
-        return ["Kendall's tau needs at least 2 backbones with a test score.", ""]
-    n = int(table["backbones"].max())
-    lines = [f"How well the ranking predicted fine-tuning: Kendall's tau over backbones between each estimate and "
-             f"each strategy's mean test {m} (1: the same order, 0: unrelated, -1: reversed), with its two-sided "
-             f"p-value (`{AGREEMENT}`). With {n} backbones the smallest p-value any tau can reach is "
-             f"{2 / math.factorial(n) if n < 20 else 0:.3g}, so read tau as a description, not as a test.", ""]
-    pivot = table.pivot_table(index="strategy", columns="estimator", values="kendall_tau", sort=False)
-    pvals = table.pivot_table(index="strategy", columns="estimator", values="p_value", sort=False)
-    header = ["strategy", *(ESTIMATORS[e] for e in ESTIMATORS if e in pivot.columns)]
-    rows = [[s, *(f"{pivot.loc[s, e]:+.2f} (p = {pvals.loc[s, e]:.2g})" if pd.notna(pivot.loc[s, e]) else "—"
-                  for e in ESTIMATORS if e in pivot.columns)] for s in pivot.index]
-    return lines + ["| " + " | ".join(header) + " |", "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
-                    *("| " + " | ".join(row) + " |" for row in rows), ""]
-
-
-def report_ranking(out: Path, summary: pd.DataFrame, metric: Metric) -> str:
-    """The report's section on the ranking before training (empty without ``ranking.csv``): the table, which
-    backbones ``keep_top_backbones`` dropped, and how well the ranking predicted the fine-tuned order. Writes that
-    agreement to ``rank_agreement.csv``."""
-    from tlkit.output.tables import write_csv
-
-    path = Path(out) / RANKING
-    if not path.is_file():
-        return ""
-    ranking = pd.read_csv(path)
-    table = agreement(ranking, summary, metric)
-    write_csv(table, Path(out) / AGREEMENT)
-    n_train = int(ranking["train_images"].iloc[0]) if "train_images" in ranking and len(ranking) else 0
-    lines = ["", "## Ranking before training", "",
-             f"Each backbone's frozen features of the {n_train} training images (its starting weights, no "
-             f"augmentation) scored before any trial (`{RANKING}`; higher is better, rank 1 the most promising): "
-             f"LogME (You et al. 2021), the accuracy of a {KNN_K}-nearest-neighbour vote on the validation split "
-             f"(cosine similarity), and the H-score (Bao et al. 2019) with Ledoit-Wolf shrinkage (Ibrahim et al. "
-             f"2023). Seconds: features and all three estimates.", ""]
-    lines += _ranking_table(ranking) + [""]
-    dropped = ranking[~ranking["searched"].astype(bool)] if "searched" in ranking else ranking.iloc[0:0]
-    if len(dropped):
-        lines += ["Not searched (`keep_top_backbones`): " + "; ".join(
-            f"{r.backbone}: {r.dropped_because}" for r in dropped.itertuples()) + ". They were never trained.", ""]
-    lines += _agreement_lines(table, metric.name)
-    return "\n".join(lines)
-
-
-# --- CLI -------------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -363,29 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rank the backbones of EXPERIMENT before training: LogME, a k-NN accuracy and the H-score of "
                     "each backbone's frozen features of the training split. Nothing is trained (except a source "
                     "task's pretraining, once, cached for the sweep).")
-    p.add_argument("experiment", help="path of an experiment file (Python defining `experiment = Experiment(...)`)")
-    p.add_argument("--data-dir", help="where the dataset is (a folder or .zip; overrides data.root)")
-    p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
-                   help="pretrained weights file for a backbone (safetensors or a state dict); repeatable")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override an experiment field with a Python literal, as for python -m tlkit.sweep")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the experiment's train.device)")
+    add_experiment_arguments(p)
     p.add_argument("--out", type=Path, help=f"also write {RANKING} into this folder")
-    p.set_defaults(trials=None, repeats=None, study=None)  # what tlkit.sweep.resolve_experiment also reads
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tlkit.rank EXPERIMENT [--data-dir DIR] [--weights B=PATH] [--set K=V] [--device D] [--out DIR]``."""
-    from tlkit.data.tensors import to_device
-    from tlkit.engine.checkpoint import check_writable
-    from tlkit.engine.source import train_source
-    from tlkit.sweep import _log_to, pick_device, prepare, resolve_experiment
-    from tlkit.output.tables import write_csv
-    from tlkit.models.weights import resolve_pretrained, source_weights_path
-
     args = build_parser().parse_args(argv)
-    _log_to(logging.StreamHandler(sys.stderr), logging.INFO)
+    log_to(logging.StreamHandler(sys.stderr), logging.INFO)
     try:
         if args.out is not None:  # before the ranking, which can take minutes, not after it
             check_writable(args.out, "The --out folder")
@@ -402,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if missing:
                 log.info("the source task's weights of %s are not trained yet: training them first (cached, so the "
                          "sweep reuses them)", ", ".join(missing))
-        pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
-                                            lambda e, bb, p: train_source(e, bb, p, device=device))
-                      for b in exp.backbones}
+        pretrained = {b: resolve_pretrained(exp, b, splits.num_classes, device) for b in exp.backbones}
         ranking = rank_backbones(exp, splits, pretrained, device)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)

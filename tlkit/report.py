@@ -25,16 +25,17 @@ import optuna
 import pandas as pd
 
 from tlkit.analysis import compare
+from tlkit.analysis.ranking import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
 from tlkit.engine.checkpoint import atomic_write, read_json
 from tlkit.errors import TlkitError
 from tlkit.metrics import Metric, get_metric
 from tlkit.output.plots import PLOTS, order, write_plots
-from tlkit.search.study import cell_studies
+from tlkit.search.study import cell_studies, default_storage, open_storage
 from tlkit.output.tensorboard import CELLS_DIR, write_cell_boards
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table,
                                  trials_table, write_csv)
 
-__all__ = ["write_report", "report_markdown", "winners", "metric_of", "main", "PLOTS"]
+__all__ = ["write_report", "report_markdown", "report_ranking", "winners", "metric_of", "main", "PLOTS"]
 
 TABLES = ("trials.csv", "history.csv", "repeats.csv", "summary.csv", "comparisons.csv", "predictions.csv")
 
@@ -276,9 +277,59 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
     write_cell_boards(out / CELLS_DIR, summary, history, metric)
     text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots)
-    from tlkit.rank import report_ranking  # the ranking before training, if the sweep made one (ranking.csv)
-    text += report_ranking(out, summary, m)
+    text += report_ranking(out, summary, m)  # the ranking before training, if the sweep made one (ranking.csv)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ ranking before training
+
+def _ranking_table(ranking: pd.DataFrame) -> list[str]:
+    header = ["backbone", *(f"{label} (rank)" for label in ESTIMATORS.values()), "seconds", "searched"]
+    rows = [[r["backbone"], *(f"{r[n]:.4f} ({r[f'{n}_rank']})" for n in ESTIMATORS), f"{r['seconds']:.1f}",
+             "yes" if r.get("searched", True) else "no"] for _, r in ranking.iterrows()]
+    return _table(header, [list(map(str, row)) for row in rows])
+
+
+def _agreement_lines(table: pd.DataFrame, m: str) -> list[str]:
+    if table.empty:
+        return ["Kendall's tau needs at least 2 backbones with a test score.", ""]
+    n = int(table["backbones"].max())
+    lines = [f"How well the ranking predicted fine-tuning: Kendall's tau over backbones between each estimate and "
+             f"each strategy's mean test {m} (1: the same order, 0: unrelated, -1: reversed), with its two-sided "
+             f"p-value (`{AGREEMENT}`). With {n} backbones the smallest p-value any tau can reach is "
+             f"{2 / math.factorial(n) if n < 20 else 0:.3g}, so read tau as a description, not as a test.", ""]
+    pivot = table.pivot_table(index="strategy", columns="estimator", values="kendall_tau", sort=False)
+    pvals = table.pivot_table(index="strategy", columns="estimator", values="p_value", sort=False)
+    header = ["strategy", *(ESTIMATORS[e] for e in ESTIMATORS if e in pivot.columns)]
+    rows = [[s, *(f"{pivot.loc[s, e]:+.2f} (p = {pvals.loc[s, e]:.2g})" if pd.notna(pivot.loc[s, e]) else "—"
+                  for e in ESTIMATORS if e in pivot.columns)] for s in pivot.index]
+    return lines + _table(header, rows) + [""]
+
+
+def report_ranking(out: Path, summary: pd.DataFrame, metric: Metric) -> str:
+    """The report's section on the ranking before training (empty without ``ranking.csv``): the table, which
+    backbones ``keep_top_backbones`` dropped, and how well the ranking predicted the fine-tuned order. Writes that
+    agreement to ``rank_agreement.csv``."""
+    path = Path(out) / RANKING
+    if not path.is_file():
+        return ""
+    ranking = pd.read_csv(path)
+    table = agreement(ranking, summary, metric)
+    write_csv(table, Path(out) / AGREEMENT)
+    n_train = int(ranking["train_images"].iloc[0]) if "train_images" in ranking and len(ranking) else 0
+    lines = ["", "## Ranking before training", "",
+             f"Each backbone's frozen features of the {n_train} training images (its starting weights, no "
+             f"augmentation) scored before any trial (`{RANKING}`; higher is better, rank 1 the most promising): "
+             f"LogME (You et al. 2021), the accuracy of a {KNN_K}-nearest-neighbour vote on the validation split "
+             f"(cosine similarity), and the H-score (Bao et al. 2019) with Ledoit-Wolf shrinkage (Ibrahim et al. "
+             f"2023). Seconds: features and all three estimates.", ""]
+    lines += _ranking_table(ranking) + [""]
+    dropped = ranking[~ranking["searched"].astype(bool)] if "searched" in ranking else ranking.iloc[0:0]
+    if len(dropped):
+        lines += ["Not searched (`keep_top_backbones`): " + "; ".join(
+            f"{r.backbone}: {r.dropped_because}" for r in dropped.itertuples()) + ". They were never trained.", ""]
+    lines += _agreement_lines(table, metric.name)
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------------------------- CLI
@@ -298,8 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _stored_metric(url: str, study: str) -> str:
     """The metric a study's cells were run with, from their stored identity (for a folder without
     experiment.json: the report of a study that ran on other machines)."""
-    from tlkit.search.study import open_storage
-
     for summary in cell_studies(open_storage(url), study).values():
         identity = summary.user_attrs.get("identity") or {}
         if identity.get("metric"):
@@ -309,8 +358,6 @@ def _stored_metric(url: str, study: str) -> str:
 
 def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
     """Study name, metric and storage URL of a results folder, or a TlkitError saying what is missing."""
-    from tlkit.search.study import default_storage
-
     folder: Path = args.results
     experiment_file = folder / "experiment.json"
     if not experiment_file.is_file() and args.storage and args.study:
@@ -334,8 +381,6 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tlkit.report RESULTS_DIR [--storage URL] [--study NAME]``."""
-    from tlkit.search.study import open_storage
-
     args = build_parser().parse_args(argv)
     try:
         study, metric, url = _resolve(args)

@@ -7,6 +7,7 @@ to the study, so bad input never leaves a half-made study or touches finished wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -18,28 +19,33 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tlkit.models.backbones import check_backbone, check_runs, create_backbone, layer_groups
+from tlkit.analysis.ranking import RANKING, keep_top, rank_backbones
+from tlkit.cli import add_experiment_arguments, log_to, pick_device, prepare, resolve_experiment
 from tlkit.engine.checkpoint import write_json
-from tlkit.data.tensors import Splits, cache_dir, to_device
-from tlkit.data.datasets import splits_for
+from tlkit.data.tensors import Splits, to_device
+from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, environment_fault
-from tlkit.config.experiment import Experiment, recipe_values, validate
+from tlkit.config.experiment import Experiment
 from tlkit.config.identity import experiment_to_dict
-from tlkit.config.loading import apply_overrides, load_experiment
 from tlkit.metrics import get_metric
+from tlkit.models.weights import source_weights_path
 from tlkit.output.progress import SweepProgress
+from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
 from tlkit.engine.runner import TimeUp
+from tlkit.engine.source import resolve_pretrained
 from tlkit.engine.store import open_store
 from tlkit.strategies import get_strategy
 from tlkit.search import study as study_module
 from tlkit.search.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
                                 ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
                                 quiet_optuna, take_up_lost_trials)
-from tlkit.engine.threads import configure_threads
+from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
+from tlkit.search.export import evaluate_best
 from tlkit.search.objective import SweepRun, make_objective, search_space
+from tlkit.search.repeats import open_repeats_study, run_repeats
 
-__all__ = ["main", "prepare", "run_sweep"]
+__all__ = ["main", "check_sweep", "rank_in_sweep", "run_sweep", "write_sweep_report"]
 
 log = logging.getLogger("tlkit")
 
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a transfer-learning study: every (backbone, strategy) cell of EXPERIMENT gets its own "
                     "Optuna study with the same trial budget, data split and sampler seed. Re-running the same "
                     "command continues the study (finished trials are kept, an interrupted one resumes).")
-    p.add_argument("experiment", help="path of an experiment file (Python defining `experiment = Experiment(...)`)")
+    add_experiment_arguments(p)
     p.add_argument("--trials", type=int, help="finished trials per cell (overrides the experiment's `trials`)")
     p.add_argument("--repeats", type=int, help="seeds each cell's best configuration is trained with again "
                                                "(overrides the experiment's `repeats`)")
@@ -60,15 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: a SQLite file study.db in the results folder)")
     p.add_argument("--store", help="where trial checkpoints and best models are mirrored for every worker to resume "
                                    "from: a shared folder or an fsspec URL such as s3://bucket/prefix")
-    p.add_argument("--data-dir", help="where the dataset is (a folder or .zip; overrides data.root)")
-    p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=PATH",
-                   help="pretrained weights file for a backbone (safetensors or a state dict); repeatable")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override an experiment field with a Python literal, e.g. --set train.lr=3e-4 "
-                        "--set backbones='[\"test_resnet\"]'; repeatable")
     p.add_argument("--threads", type=int, help="compute threads (default: the CPUs available to this process; "
                                                "or set TLKIT_THREADS / OMP_NUM_THREADS)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the experiment's train.device)")
     p.add_argument("--timeout", type=float, metavar="MINUTES",
                    help="stop after this many minutes (the epoch in progress finishes and is checkpointed; the same "
                         "command continues the study)")
@@ -83,70 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_experiment(args: argparse.Namespace) -> Experiment:
-    """The experiment file with command-line overrides applied and re-checked."""
-    exp = load_experiment(args.experiment)
-    overrides = list(args.overrides)
-    if args.trials is not None:
-        overrides.append(f"trials={args.trials}")
-    if args.repeats is not None:
-        overrides.append(f"repeats={args.repeats}")
-    if args.device:
-        overrides.append(f"train.device={args.device!r}")
-    exp = apply_overrides(exp, overrides)
-    if args.data_dir:
-        exp.data.root = args.data_dir
-        if exp.source is not None and exp.source.data.root is None:
-            exp.source.data.root = args.data_dir
-    for item in args.weights:
-        backbone, sep, path = item.partition("=")
-        if not sep or not path:
-            raise TlkitError(f"Bad --weights {item!r}: expected BACKBONE=PATH, e.g. --weights resnet18=r18.pth.")
-        exp.weights[backbone] = path
-    if args.study:
-        exp.name = args.study
-    return validate(exp)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TlkitError(f"Unknown device {name!r}. HINT: use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TlkitError(f"Device {name!r} asked for, but no CUDA GPU is available. HINT: --device cpu.")
-    return device
-
-
-def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
-    """Check names, load the data and count each backbone's layer groups: everything that can fail on bad input,
-    before the study is touched. Returns the splits and ``{backbone: number of layer groups}``."""
-    cache_dir()  # a TLKIT_CACHE that is a file fails here, not at the first cache write of some trial
-    for backbone in exp.backbones:
-        check_backbone(backbone)
-    strategies = [get_strategy(s) for s in exp.strategies]
-    splits = splits_for(exp.data, exp.train.image_size, exp.seed)
-    metric = get_metric(exp.metric)
-    if splits.num_classes < metric.min_classes:
-        raise TlkitError(f"metric {exp.metric!r} needs at least {metric.min_classes} classes but the data has "
-                         f"{splits.num_classes}. HINT: choose another metric, e.g. accuracy.")
-    num_groups = {b: len(layer_groups(create_backbone(b, splits.num_classes, exp.train.image_size),
-                                      coarse=exp.train.coarse_groups)) for b in exp.backbones}
-    for backbone in exp.backbones:
-        check_runs(backbone, splits.num_classes, recipe_values(exp.search, exp.train, "image_size"),
-                   min([*recipe_values(exp.search, exp.train, "batch_size"), len(splits.train)]))
-        for strategy in strategies:
-            search_space(exp, strategy, num_groups[backbone])
-    return splits, num_groups
-
-
 def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, store_url: str | None = None) -> str:
     """Everything ``run_sweep`` checks before its first trial, without training or writing anything; returns the
     plan in a few lines. A failed check raises the same TlkitError the sweep would."""
-    from tlkit.models.weights import resolve_pretrained, source_weights_path
-
     pick_device(exp.train.device)
     splits, _ = prepare(exp)
     check_results_folder(out, exp.name)
@@ -174,6 +112,28 @@ def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, stor
         f"  results: {out} ({'continues the existing study' if exists else 'a new study'})"])
 
 
+def rank_in_sweep(exp: Experiment, splits: Splits, pretrained: dict[str, Any], device: torch.device,
+                  out: Path) -> Experiment:
+    """The sweep's step before its first trial: rank the backbones, write ``ranking.csv`` to ``out``, and return the
+    experiment with only the backbones to search (all of them unless ``keep_top_backbones`` is set). Nothing is
+    ranked with ``pretrained=False`` (random initialisations have nothing to tell apart) or with one backbone (there
+    is no order to predict, and its estimators cost a probe sweep about a tenth of its time: benchmarks/peers.py)."""
+    from tlkit.output.tables import write_csv  # scipy, as for write_sweep_report
+
+    if not exp.pretrained or len(exp.backbones) < 2:
+        return exp
+    ranking = rank_backbones(exp, splits, pretrained, device)
+    kept, dropped = keep_top(exp, ranking)
+    ranking["searched"] = ranking["backbone"].isin(kept)
+    ranking["dropped_because"] = [dropped.get(b, "") for b in ranking["backbone"]]
+    write_csv(ranking, Path(out) / RANKING)
+    if not dropped:
+        return exp
+    log.info("keep_top_backbones=%d: searching %s; dropped without training: %s", exp.keep_top_backbones,
+             ", ".join(kept), "; ".join(f"{b} ({why})" for b, why in dropped.items()))
+    return dataclasses.replace(exp, backbones=kept, weights={b: w for b, w in exp.weights.items() if b in kept})
+
+
 @quiet_optuna()
 def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
               callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] | None = None,
@@ -183,16 +143,11 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
 
     Every trial logs to TensorBoard (``out/tb_trials``); ``progress`` shows where the sweep stands (default:
     nothing). With ``timeout`` (seconds from now) the sweep stops after the first epoch that ends past it, once that
-    epoch is checkpointed: it writes the report, says so in it, and raises :class:`tlkit.engine.runner.TimeUp`; the same
-    command continues the study.
+    epoch is checkpointed: it records that in ``experiment.json`` (so the report says so) and raises
+    :class:`tlkit.engine.runner.TimeUp`; the same command continues the study. The tables, plots and report.md are
+    the caller's to write (``write_report``; ``python -m tlkit.sweep`` writes them when it stops).
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
-    from tlkit.report import write_report
-    from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
-    from tlkit.engine.source import train_source
-    from tlkit.models.weights import resolve_pretrained
-    from tlkit.rank import rank_in_sweep
-
     device = pick_device(exp.train.device)
     splits, num_groups = prepare(exp)
     splits = to_device(splits, device)
@@ -204,9 +159,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     if storage is not None:
         check_identity(storage, exp.name, exp)
     store = open_store(store_url, exp.name, out)  # unreachable: say so before hours of source pretraining
-    pretrained = {b: resolve_pretrained(exp, b, splits.num_classes,
-                                        lambda e, bb, p: train_source(e, bb, p, device=device))
-                  for b in exp.backbones}
+    pretrained = {b: resolve_pretrained(exp, b, splits.num_classes, device) for b in exp.backbones}
     out.mkdir(parents=True, exist_ok=True)
     exp = rank_in_sweep(exp, splits, pretrained, device, out)  # ranking.csv; keep_top_backbones drops the rest
     storage = storage or open_storage(url)
@@ -215,6 +168,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     run = SweepRun(exp, out, splits, pretrained, device, num_groups, deadline=deadline, store=store)
     extra = callbacks if callbacks is not None else run.callbacks
     boards = TrialBoards(out / TRIALS_DIR, exp.metric)
+    run.on_test_score = boards.on_test_score
     searched = {name for b in exp.backbones for s in exp.strategies
                 for name in search_space(exp, get_strategy(s), num_groups[b])}
     write_hparams_config(out / TRIALS_DIR, searched, exp.metric,
@@ -244,17 +198,12 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
             waiting = held
     except TimeUp:
         write_json(out / "experiment.json", {**facts, "stopped_by_timeout_s": timeout})
-        write_report(out, storage, exp.name, exp.metric)
         raise
-    write_report(out, storage, exp.name, exp.metric)
     return out
 
 
 def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, label: str) -> None:
     """After a cell's search: its repeats, then its best model scored on test and exported."""
-    from tlkit.engine.export import evaluate_best
-    from tlkit.search.repeats import open_repeats_study, run_repeats
-
     exp = run.exp
     if exp.repeats:
         run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
@@ -312,22 +261,11 @@ def print_summary(out: Path, metric: str) -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
-def _log_to(handler: logging.Handler, level: int) -> None:
-    """tlkit's own log (not the root logger: timm's and Optuna's info lines stay out of the user's terminal)."""
-    handler.setFormatter(logging.Formatter("[tlkit] %(message)s"))
-    for old in list(log.handlers):
-        log.removeHandler(old)
-    log.addHandler(handler)
-    log.setLevel(level)
-
-
 def run_workers(argv: list[str], args: argparse.Namespace, exp: Experiment) -> int:
     """``--workers N``: N copies of this command on one study, each a worker process taking trials from the shared
     queue, with the compute threads split between them and, with ``--devices``, one device each in turn. Returns
     the first non-zero exit status (a worker that failed), else 0; the last worker to finish writes the full report.
     """
-    from tlkit.engine.threads import choose_threads
-
     threads, _ = choose_threads(args.threads, args.workers)
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else [None]
     base = [a for i, a in enumerate(argv) if not _is_workers_flag(argv, i)]
@@ -349,13 +287,20 @@ def _is_workers_flag(argv: list[str], i: int) -> bool:
     return argv[i] in flags or argv[i].startswith(tuple(f + "=" for f in flags)) or (i > 0 and argv[i - 1] in flags)
 
 
+def write_sweep_report(out: Path, storage_url: str | None, exp: Experiment) -> None:
+    """The tables, plots and report.md of the sweep's results folder, from its storage."""
+    from tlkit.report import write_report  # scipy and the report's tables: --check and --help need none of it
+
+    write_report(out, open_storage(storage_url or default_storage(out)), exp.name, exp.metric)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = SweepProgress.for_stderr(quiet=args.quiet)
-    _log_to(progress.log_handler(), logging.WARNING if args.quiet else logging.INFO)
+    log_to(progress.log_handler(), logging.WARNING if args.quiet else logging.INFO)
     started = time.perf_counter()
     try:
-        exp = resolve_experiment(args)
+        exp = resolve_experiment(args, args.trials, args.repeats, args.study)
         out = args.out or Path("results") / exp.name
         if args.workers < 1:
             raise TlkitError(f"--workers must be >= 1 but got {args.workers}.")
@@ -371,8 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code != 0:
                 return code
         else:
-            run_sweep(exp, out, args.storage, progress=progress,
-                      timeout=args.timeout * 60 if args.timeout is not None else None, store_url=args.store)
+            try:
+                run_sweep(exp, out, args.storage, progress=progress,
+                          timeout=args.timeout * 60 if args.timeout is not None else None, store_url=args.store)
+            except TimeUp:
+                write_sweep_report(out, args.storage, exp)  # it says what is done
+                raise
+            write_sweep_report(out, args.storage, exp)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)
         return 2

@@ -19,11 +19,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlkit.config.experiment import Train
+from tlkit.config.loading import load_experiment
 from tlkit.engine.loop import Callback, apply_plan, param_groups, set_learning_rates, set_train_mode
-from tlkit.errors import TlkitError, describe_error
+from tlkit.errors import describe_error
 from tlkit.models.backbones import LayerGroup, create_backbone, layer_groups
 from tlkit.strategies import Strategy, check_plan, get_strategy
 from tlkit.strategies.base import prepare
+from tlkit.sweep import run_sweep, write_sweep_report
 
 __all__ = ["check_strategy", "StrategyContractError", "CONTRACT_BACKBONES", "TINY_DEFAULTS", "experiment_source",
            "write_experiment", "run_tiny_sweep", "KillAt"]
@@ -69,13 +71,13 @@ def experiment_source(**fields: Any) -> str:
 def run_tiny_sweep(folder: str | Path, cache: str | Path, **fields: Any) -> Path:
     """Write a tiny experiment into ``folder`` and run it offline into ``folder/results`` (returned), with decoded
     data and source weights cached in ``cache``. For module-scoped fixtures that share one real sweep."""
-    from tlkit.config.loading import load_experiment
-    from tlkit.sweep import run_sweep
-
     saved = {key: os.environ.get(key) for key in ("TLKIT_CACHE", "HF_HUB_OFFLINE")}
     os.environ.update(TLKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
     try:
-        return run_sweep(load_experiment(write_experiment(folder, **fields)), Path(folder) / "results")
+        exp = load_experiment(write_experiment(folder, **fields))
+        out = run_sweep(exp, Path(folder) / "results")
+        write_sweep_report(out, None, exp)  # what python -m tlkit.sweep writes when it stops
+        return out
     finally:
         for key, value in saved.items():
             if value is None:

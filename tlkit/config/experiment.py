@@ -57,10 +57,7 @@ class Data:
 
     def validate(self, prefix: str) -> None:
         """Check every field; ``prefix`` says where this section sits (``data.`` or ``source.data.``)."""
-        from tlkit.data.datasets import get_dataset
-
         check_types(self, prefix)
-        get_dataset(self.name)  # an unknown name says "did you mean"
         if self.decode_size is not None and self.decode_size < 1:
             raise TlkitError(f"{prefix}decode_size must be None or an int >= 1 but got {self.decode_size!r}.")
         if not 0.0 < self.val_fraction < 1.0:

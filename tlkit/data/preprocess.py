@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from tlkit.data.datasets.base import decode_image, fit_image
 from tlkit.data.tensors import resize_images
 from tlkit.errors import TlkitError
 
@@ -41,8 +42,6 @@ class Preprocess:
 
     def pixels(self, image: Any) -> torch.Tensor:
         """Steps 1-2: the uint8 image ``(3, S, S)`` the model's training data would have held."""
-        from tlkit.data.datasets.base import decode_image, fit_image
-
         size = (self.decode_size, self.decode_size) if self.decode_size else None
         if isinstance(image, (str, Path)):
             array = decode_image(Path(image), size, str(image))

@@ -11,18 +11,18 @@ ones, when the images are not augmented.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from tlkit.data.tensors import Splits, cache_dir
+from tlkit.engine.evaluate import eval_mode, predict
 from tlkit.errors import describe_error
 from tlkit.utils.files import set_aside, torch_save, write_cache
 
-__all__ = ["FeatureCache", "features_key", "feature_dir", "eval_mode"]
+__all__ = ["FeatureCache", "features_key", "feature_dir"]
 
 
 def feature_dir() -> Path:
@@ -53,19 +53,6 @@ def features_key(model: torch.nn.Module, split: Any, predict_kwargs: dict[str, A
     digest.update(repr(sorted(fed.items())).encode())
     digest.update(str(torch.device(predict_kwargs.get("device", "cpu")).type).encode())
     return digest.hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Every module in eval mode, then each back in its own mode (``train(True)`` would also switch the frozen
-    BatchNorm layers inside a training module back to training)."""
-    training = [m for m in model.modules() if m.training]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
 
 
 class FeatureCache:
@@ -110,8 +97,6 @@ class FeatureCache:
         return features, labels
 
     def _compute(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        from tlkit.engine.loop import predict
-
         with eval_mode(self.model):
             return predict(self._forward, data, **self.predict_kwargs)
 

@@ -18,16 +18,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlkit.models.backbones import LayerGroup
 from tlkit.engine.compute import set_memory_format, use_amp
-from tlkit.data.tensors import ImageSet, Splits, iterate_batches
+from tlkit.data.tensors import Splits, iterate_batches
 from tlkit.config.experiment import Train
-from tlkit.engine.features import FeatureCache, eval_mode
+from tlkit.engine.evaluate import evaluate
+from tlkit.engine.features import FeatureCache
 from tlkit.metrics import Metric
 from tlkit.engine.prefix import cut_frozen_prefix, memory_budget
 from tlkit.strategies.base import Strategy, check_plan
 
-__all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "Scores", "evaluate", "predict",
-           "apply_plan", "set_train_mode", "lr_factor", "param_groups", "set_learning_rates",
-           "BN_POLICY", "OUTCOMES"]
+__all__ = ["Callback", "EpochResult", "PruneTrial", "NonFiniteError", "Trainer", "apply_plan", "set_train_mode",
+           "lr_factor", "param_groups", "set_learning_rates", "BN_POLICY", "OUTCOMES"]
 
 BN_POLICY = "BatchNorm layers run in eval mode (running statistics kept) when their weights or layer group are frozen"
 OUTCOMES = ("completed", "pruned", "failed", "interrupted")
@@ -141,49 +141,6 @@ def param_groups(model: torch.nn.Module, groups: Sequence[LayerGroup], weight_de
                 out.append({"params": [params[n] for n in names], "layer_group": g.index,
                             "weight_decay": weight_decay if decay else 0.0, "name": f"{g.name}/{'decay' * decay}"})
     return out
-
-
-# --- evaluation ---------------------------------------------------------------------------------------------------
-
-@dataclass
-class Scores:
-    """A model's predictions on a split, and what the metric and the loss make of them."""
-
-    loss: float
-    metric: float
-    logits: torch.Tensor
-    labels: torch.Tensor
-
-
-@torch.no_grad()
-def predict(forward: Callable[[torch.Tensor], torch.Tensor], data: ImageSet | tuple[torch.Tensor, torch.Tensor], *,
-            batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
-            amp: bool = False, image_size: int | None = None, channels_last: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``forward`` over ``data`` in order, without augmentation: ``(outputs, labels)`` as float32 / int64 on
-    ``device``. The one evaluation loop: scores, test predictions and cached features all go through it."""
-    outputs, labels = [], []
-    for x, y in iterate_batches(data, batch_size, mean=mean, std=std, device=device, image_size=image_size):
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outputs.append(forward(x).float())
-        labels.append(y)
-    return torch.cat(outputs), torch.cat(labels)
-
-
-def evaluate(model: torch.nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, metric: Metric,
-             batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
-             forward: Callable[[torch.Tensor], torch.Tensor] | None = None, amp: bool = False,
-             image_size: int | None = None, channels_last: bool = False) -> Scores:
-    """Mean loss, ``metric`` and logits of ``model`` on ``data``: images, or cached features (what a frozen part of
-    the model computes from them) with ``forward`` the part of the model that runs on them."""
-    with eval_mode(model):
-        logits, labels = predict(forward or model, data, batch_size=batch_size * 2, mean=mean, std=std,
-                                 device=device, amp=amp, image_size=image_size, channels_last=channels_last)
-    loss = F.cross_entropy(logits, labels, reduction="mean").item()
-    logits, labels = logits.cpu(), labels.cpu()
-    return Scores(loss, metric(labels.numpy(), logits.numpy()), logits, labels)
 
 
 # --- the loop -------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from tlkit.models.backbones import LayerGroup
 from tlkit.models._timm import notrace_functions as get_notrace_functions, notrace_modules as get_notrace_modules
 from tlkit.errors import describe_error
-from tlkit.engine.features import eval_mode
+from tlkit.engine.evaluate import eval_mode
 
 __all__ = ["Cut", "cut_frozen_prefix", "memory_budget"]
 

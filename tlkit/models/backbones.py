@@ -78,7 +78,7 @@ def model_kwargs(name: str, image_size: int | None) -> dict:
 
 def create_backbone(name: str, num_classes: int, image_size: int | None = None) -> torch.nn.Module:
     """A randomly initialised timm model with a fresh head for ``num_classes``; weights come from
-    tlkit.models.weights."""
+    tlkit.engine.source.resolve_pretrained."""
     check_backbone(name)
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs(name, image_size))
 

@@ -1,7 +1,8 @@
-"""Where a backbone's pretrained weights come from: a local file, a source task tlkit trains, or the timm/HF hub.
+"""Pretrained weights from the timm/HF hub, and where a source task's trained weights are cached.
 
-Weights are resolved for every backbone before the first trial, so a missing file or an offline machine stops the
-sweep with a message instead of failing (or, worse, silently training from random weights) hours in.
+``tlkit.engine.source.resolve_pretrained`` picks each backbone's starting weights (a local file, a source task tlkit
+trains, or the hub) before the first trial, so a missing file or an offline machine stops the sweep with a message
+instead of failing (or, worse, silently training from random weights) hours in.
 """
 from __future__ import annotations
 
@@ -10,21 +11,16 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import timm
 import torch
 
-from tlkit.models.backbones import adapt_weights, create_backbone, hub_offline, load_into, model_kwargs
-from tlkit.engine.checkpoint import load_weights, save_weights, write_json
+from tlkit.models.backbones import create_backbone, hub_offline, model_kwargs
 from tlkit.data.tensors import cache_dir
 from tlkit.errors import TlkitError, describe_error
 from tlkit.config.experiment import Experiment
 from tlkit.config.identity import experiment_to_dict, file_digest, fingerprint
-from tlkit.utils.files import set_aside
 
-__all__ = ["Pretrained", "resolve_pretrained", "hub_reachable", "source_weights_path", "read_weights_file",
-           "save_source"]
+__all__ = ["Pretrained", "hub_reachable", "from_hub", "source_weights_path"]
 
 HUB_HOST = ("huggingface.co", 443)
 
@@ -57,7 +53,7 @@ def _hub_cache_hint() -> str:
         return f"the torch hub cache ({torch.hub.get_dir()})"
 
 
-def _from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Tensor]:
+def from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Tensor]:
     """timm's own loader (so its key conversions apply), offline-only when the hub is unreachable (cache only: fail
     at once instead of retrying an unreachable hub for a minute)."""
     try:
@@ -92,79 +88,3 @@ def source_weights_path(exp: Experiment, backbone: str) -> Path:
 
 def _base_origin(exp: Experiment, backbone: str) -> str:
     return file_digest(exp.weights[backbone]) if backbone in exp.weights else "random init"
-
-
-def read_weights_file(backbone: str, path: str) -> dict[str, torch.Tensor]:
-    """A weights file given for ``backbone``, read safely; a missing or unreadable file is a TlkitError."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} does not exist. HINT: fix the path "
-                         f"in --weights {backbone}=PATH or the experiment's weights={{...}}.")
-    hint = "HINT: use safetensors or a plain state dict saved with torch.save(model.state_dict(), path)."
-    try:
-        state = load_weights(file)
-    except Exception as err:  # noqa: BLE001
-        raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} cannot be read safely "
-                         f"({describe_error(err)}). {hint}") from None
-    if not isinstance(state, dict) or not state:
-        raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} holds "
-                         f"{'an empty dict' if isinstance(state, dict) else type(state).__name__}, not a state dict "
-                         f"of named tensors. {hint}")
-    odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if odd:
-        raise TlkitError(f"Weights file {str(file)!r} for backbone {backbone!r} is not a state dict of named tensors "
-                         f"(e.g. {odd[0]!r} -> {type(state[odd[0]]).__name__}). {hint}")
-    return state
-
-
-def resolve_pretrained(exp: Experiment, backbone: str, num_classes: int,
-                       train_source: Callable[[Experiment, str, Path], None] | None = None) -> Pretrained:
-    """The starting weights of ``backbone`` for this experiment, checked against the architecture.
-
-    With ``exp.pretrained=False`` every cell starts from random weights. Otherwise: a source task (trained once via
-    ``train_source``, starting from ``exp.weights[backbone]`` if given, and cached), else an explicit file
-    (``exp.weights``), else the timm hub by pretrained tag.
-    """
-    if not exp.pretrained:
-        return Pretrained(None, "random init (pretrained=False)")
-    size = exp.train.image_size
-    if exp.source is not None:
-        origin = f"source task {_source_label(exp)}"
-        state = adapt_weights(backbone, _source_state(exp, backbone, train_source), size, origin)
-    elif backbone in exp.weights:
-        origin = f"file {exp.weights[backbone]}"
-        state = adapt_weights(backbone, read_weights_file(backbone, exp.weights[backbone]), size, origin)
-    else:
-        origin = f"timm hub ({backbone})"
-        state = _from_hub(backbone, hub_reachable(), size)
-    model = create_backbone(backbone, num_classes, size)
-    load_into(model, state, origin)  # fail early, before any trial
-    return Pretrained(state, origin)
-
-
-def _source_state(exp: Experiment, backbone: str, train_source: Callable[[Experiment, str, Path], None] | None
-                  ) -> dict[str, torch.Tensor]:
-    """The cached source-task weights, trained first if missing; a cached file that cannot be read is set aside
-    (renamed ``*.bad``) and trained again, so a damaged cache never blocks a study."""
-    path = source_weights_path(exp, backbone)
-    if path.is_file():
-        try:
-            return load_weights(path)
-        except Exception as err:  # noqa: BLE001 - truncated or corrupt: retrain rather than trust it
-            set_aside(path, f"cached source weights {path} cannot be read ({describe_error(err)})", "trained again")
-    if train_source is None:
-        raise TlkitError(f"Source weights for {backbone!r} are not trained yet ({path}).")
-    train_source(exp, backbone, path)
-    return load_weights(path)
-
-
-def _source_label(exp: Experiment) -> str:
-    assert exp.source is not None
-    classes = exp.source.data.classes
-    return f"{exp.source.data.name}" + (f"[classes {classes}]" if classes else "")
-
-
-def save_source(path: Path, model: torch.nn.Module, meta: dict) -> None:
-    save_weights(path, model)
-    write_json(path.with_suffix(".json"), meta)
-

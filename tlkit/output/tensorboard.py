@@ -147,6 +147,10 @@ class TrialBoards:
     def __call__(self, cell: Cell, name: str, params: dict[str, Any]) -> TensorBoardLogger:
         return TensorBoardLogger(self.root, cell, name, params, self.metric)
 
+    def on_test_score(self, cell: Cell, name: str, value: float, epoch: int) -> None:
+        """``SweepRun.on_test_score``: the trial's test score in its run."""
+        log_test_score(self.root, cell, name, self.metric, value, epoch)
+
 
 def write_cell_boards(root: Path, summary: pd.DataFrame, history: pd.DataFrame, metric: str) -> None:
     """``tb/``: one run per cell, rebuilt from the report's tables: the epochs of its best search trial, and in

@@ -53,6 +53,10 @@ class SweepRun:
     """``time.monotonic()`` when ``--timeout`` runs out (None: no time budget)."""
     store: Any = None
     """A ``tlkit.engine.store.Store`` every worker reaches (``--store``), or None."""
+    on_test_score: Callable[[Cell, str, float, int], None] = field(default=lambda cell, name, value, epoch: None)
+    """Called when a trial's best model has been scored on the test split: ``on_test_score(cell, name, value,
+    epoch)``, ``name`` as for ``callbacks`` and ``epoch`` the trial's last (TensorBoard adds the score to the trial's
+    run)."""
 
     def check_time(self) -> None:
         """Before a trial starts: stop the sweep if its time budget is spent."""

@@ -22,8 +22,8 @@ from tlkit.config.experiment import Experiment
 from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
+from tlkit.search.export import score_test
 from tlkit.search.study import NONE_LEFT, Cell, DuplicateRun, take_up_lost_trials, worker_id
-from tlkit.output.tensorboard import TRIALS_DIR, log_test_score
 from tlkit.search.objective import Reporter, SweepRun, record, requeue_on_failure, short_name, spec_for
 
 __all__ = ["repeat_seed", "repeats_study_name", "open_repeats_study", "run_repeats", "current_repeats",
@@ -103,8 +103,6 @@ def run_repeats(run: SweepRun, search: optuna.Study, repeats: optuna.Study, cell
 
 
 def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
-    from tlkit.engine.export import score_test
-
     frozen = _optuna.frozen_trial(trial)
     if "repeat" not in frozen.user_attrs:  # the queue ran dry: another worker took the last seed (see claim_run)
         trial.set_user_attr("duplicate_of", NONE_LEFT)
@@ -137,6 +135,5 @@ def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
         trial.set_user_attr("test_metric", test.metric)
         trial.set_user_attr("test_loss", test.loss)
         trial.set_user_attr("predictions", predictions.to_json())
-        log_test_score(run.out / TRIALS_DIR, cell, short_name(config_run, index), run.exp.metric, test.metric,
-                       result.epochs_run - 1)
+        run.on_test_score(cell, short_name(config_run, index), test.metric, result.epochs_run - 1)
     return result.value

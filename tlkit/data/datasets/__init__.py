@@ -1,17 +1,17 @@
 """Datasets as plugins: ``@register_dataset`` on a small class, one file each (see ``base.Dataset``).
 
-``load_dataset`` decodes a dataset once and caches the uint8 tensors under ``$TLKIT_CACHE/datasets``; ``splits_for``
-turns an experiment's ``Data`` section into the train/val/test splits every cell shares. Third-party packages add
+``load_dataset`` decodes a dataset once and caches the uint8 tensors under ``$TLKIT_CACHE/datasets``
+(``tlkit.engine.splits.splits_for`` turns an experiment's ``Data`` section into the splits every cell shares). Third-party packages add
 datasets through the ``tlkit.data.datasets`` entry-point group; an experiment file can register its own.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from tlkit.data.tensors import ImageSet, Splits, cache_dir, make_splits
+from tlkit.data.tensors import ImageSet, cache_dir
 from tlkit.data.datasets.base import (DATASETS, Dataset, decode_image, get_dataset, list_datasets,  # noqa: F401
                                  register_dataset)
 from tlkit.errors import TlkitError, describe_error
@@ -20,11 +20,8 @@ from tlkit.utils.files import set_aside, torch_save, write_cache
 # Built-ins, imported explicitly so `ls tlkit/datasets` is the list.
 from tlkit.data.datasets import cifar10, cifar100, digits, imagefolder, table, torchvision_sets  # noqa: F401, E402
 
-if TYPE_CHECKING:
-    from tlkit.config.experiment import Data
-
 __all__ = ["Dataset", "DATASETS", "register_dataset", "list_datasets", "get_dataset", "create_dataset",
-           "load_dataset", "splits_for"]
+           "load_dataset"]
 
 
 def create_dataset(name: str, root: Any = None, download: bool = True, decode_size: int | None = None,
@@ -83,12 +80,3 @@ def _save(path: Any, train: ImageSet, test: ImageSet) -> None:
     blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
             "test_labels": test.labels, "classes": train.classes}
     write_cache(path, lambda tmp: torch_save(blob, tmp), "the decoded data")
-
-
-def splits_for(data: "Data", image_size: int, seed: int, prefix: str = "data.") -> Splits:
-    """The splits an experiment's ``Data`` section describes (decoded once, then cached); ``prefix`` names the
-    section in errors (``source.data.`` for a source task)."""
-    train, test = load_dataset(data.name, data.root, data.download, data.decode_size, data.options)
-    return make_splits(train, test, classes=data.classes, val_fraction=data.val_fraction, seed=seed,
-                       image_size=image_size, train_per_class=data.train_per_class,
-                       test_per_class=data.test_per_class, prefix=prefix)

@@ -21,8 +21,7 @@ from tlkit.errors import TlkitError, describe_error
 from tlkit.metrics import Predictions, get_metric
 from tlkit.data.preprocess import Preprocess
 from tlkit.search.study import Cell
-from tlkit.engine.loop import Scores, evaluate
-from tlkit.output.tensorboard import TRIALS_DIR, log_test_score
+from tlkit.engine.evaluate import Scores, evaluate
 from tlkit.search.objective import SweepRun, short_name, trial_folder
 
 __all__ = ["evaluate_best", "score_test", "load_best"]
@@ -64,8 +63,7 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
         run.store.push(export_dir)
     study.set_user_attr("best_test", {**result, "predictions": predictions.to_json()})
     run_number = best.user_attrs.get("run", best.number)
-    log_test_score(run.out / TRIALS_DIR, cell, short_name(run_number), run.exp.metric, test.metric,
-                   best.user_attrs.get("epochs_run", 1) - 1)
+    run.on_test_score(cell, short_name(run_number), test.metric, best.user_attrs.get("epochs_run", 1) - 1)
     return result
 
 
