@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from tlkit.config.experiment import Data, Experiment, Source, Train
     from tlkit.config.loading import load_experiment
     from tlkit.data.datasets import Dataset, list_datasets, register_dataset
-    from tlkit.engine.export import load_best
+    from tlkit.search.export import load_best
     from tlkit.engine.runner import TrialResult, TrialSpec, run_trial
     from tlkit.metrics import list_metrics, register_metric
     from tlkit.strategies import Strategy, create_strategy, list_strategies, register_strategy
