@@ -200,3 +200,36 @@ def test_an_error_in_the_file_is_one_line_with_its_line_number_whatever_it_says(
         load_experiment(path)
     assert str(caught.value) == (f"{path}:3: ValueError: first line HINT: fix that line of the experiment file and "
                                  f"run again.")
+
+
+def test_runtime_settings_are_apart_from_the_recipe_and_out_of_the_identity(exp):
+    """Issue 21: device and checkpoints moved from Train to Runtime, and the identity is read from field metadata."""
+    from tlkit.config.experiment import Runtime
+    from tlkit.config.identity import not_identity_paths
+
+    assert not_identity_paths() == {"trials", "repeats", "name", "backbones", "strategies", "keep_top_backbones",
+                                    "runtime", "data.root", "data.download", "source.data.root",
+                                    "source.data.download"}
+    other = apply_overrides(exp, ["runtime.device='cpu'", "runtime.keep_checkpoints='last'",
+                                  "runtime.checkpoint_every_s=0", "trials=9", "data.root='/elsewhere'"])
+    assert other.runtime == Runtime("cpu", "last", 0.0) and identity(other) == identity(exp)
+    assert not [k for k in identity(exp) if k.startswith(("runtime", "trials", "data.root"))]
+    assert identity(apply_overrides(exp, ["train.amp=False"])) != identity(exp)  # a recipe field is identity
+
+
+@pytest.mark.parametrize("override", ["train.device=cpu", "train.keep_checkpoints=last",
+                                      "train.checkpoint_every_s=0"])
+def test_a_moved_runtime_field_says_where_it_went(exp, override):
+    key = override.split("=")[0].split(".")[1]
+    with pytest.raises(TlkitError, match=rf"train\.{key} is now runtime\.{key}.*--set runtime\.{key}="):
+        apply_overrides(exp, [override])
+
+
+def test_an_experiment_file_with_train_device_says_where_it_went(tmp_path):
+    path = tmp_path / "old.py"
+    path.write_text("from tlkit import Data, Experiment, Train\n"
+                    "experiment = Experiment(backbones=['test_resnet'], strategies=['linear_probe'],\n"
+                    "                        train=Train(device='cpu'))\n")
+    with pytest.raises(TlkitError, match=r"old\.py:3: TypeError: train\.device is now runtime\.device.*"
+                                         r"Runtime\(device=\.\.\.\)"):
+        load_experiment(path)

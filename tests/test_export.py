@@ -25,7 +25,7 @@ STRATEGIES = ["linear_probe", "last_n"]
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     exp = write_experiment(tmp, name="export", strategies=STRATEGIES, trials=2,
-                           train={"epochs": 2, "keep_checkpoints": "last"})
+                           train={"epochs": 2}, runtime={"keep_checkpoints": "last"})
     out = tmp / "results"
     assert main([str(exp), "--out", str(out), "--quiet"]) == 0
     return exp, out

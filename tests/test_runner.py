@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 import tlkit
 from tlkit.data.tensors import make_splits
 from tlkit.data.datasets import load_dataset
-from tlkit.config.experiment import Train
+from tlkit.config.experiment import Runtime, Train
 from tlkit.engine.runner import TrialSpec, read_outcome, run_trial
 from tlkit.engine.loop import Callback, PruneTrial
 from tlkit.testing import KillAt
@@ -120,7 +121,9 @@ def test_a_kill_between_the_last_epoch_and_its_outcome_reruns_only_that_epoch(tm
 
 
 def test_the_best_weights_are_a_second_name_for_their_epoch_checkpoint_not_a_second_write(tmp_path, splits):
-    result = run_trial(_spec(tmp_path / "t", strategy="full_finetune", epochs=2, keep_checkpoints="last"), splits, CPU)
+    spec = dataclasses.replace(_spec(tmp_path / "t", strategy="full_finetune", epochs=2),
+                               runtime=Runtime(keep_checkpoints="last"))
+    result = run_trial(spec, splits, CPU)
     best = tmp_path / "t" / "best.safetensors"
     assert best.samefile(tmp_path / "t" / f"epoch_{result.best_epoch:04d}.safetensors")
     with open(best, "rb") as fh:  # and it says which epoch it is, as before

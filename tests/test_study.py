@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from tlkit.search import _optuna
 from tlkit.errors import TlkitError
-from tlkit.config.experiment import Experiment
+from tlkit.config.experiment import Data, Experiment, Source
 from tlkit.search.study import (MOVED, Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run,
                                 ensure_runs, finished_count, open_cell_study, open_storage, reseed_sampler,
                                 retries_first, run_of, take_up_dead_local_trials, worker_id)
@@ -172,3 +172,15 @@ def test_a_retry_runs_before_the_later_runs_queued_ahead_of_it(storage):
     assert finished_count(study) == 3 and not study.get_trials(states=(TrialState.WAITING,))
     moved = [t for t in study.get_trials() if t.user_attrs.get("duplicate_of") == MOVED]
     assert len(moved) == 1 and moved[0].state == TrialState.FAIL and "run 1" in moved[0].user_attrs["failure_reason"]
+
+
+def test_a_study_recorded_before_runtime_moved_out_of_train_continues(storage):
+    """Its stored identity holds source.train.device/keep_checkpoints (in Train then, now Runtime's): not a change."""
+    source = {"source": Source(data=Data("digits", classes=[0, 1, 2]))}
+    study = open_cell_study(storage, "s", _exp(**source), Cell("test_resnet", "bitfit"))
+    old = {**study.user_attrs["identity"], "source.train.device": "auto", "source.train.keep_checkpoints": "best"}
+    study.set_user_attr("identity", old)
+    check_identity(storage, "s", _exp(**source))
+    study.set_user_attr("identity", {**old, "source.train.epochs": 99})  # a real change is still one
+    with pytest.raises(TlkitError, match=r"source\.train\.epochs: 99 -> 10"):
+        check_identity(storage, "s", _exp(**source))

@@ -28,7 +28,7 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
 from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting; the standard library only
 
 _HOMES = {
-    "tlkit.config.experiment": ("Data", "Experiment", "Source", "Train"),
+    "tlkit.config.experiment": ("Data", "Experiment", "Runtime", "Source", "Train"),
     "tlkit.config.loading": ("load_experiment",),
     "tlkit.search.export": ("load_best",),
     "tlkit.data.datasets": ("Dataset", "list_datasets", "register_dataset"),
@@ -39,13 +39,13 @@ _HOMES = {
 _LAZY = {name: module for module, names in _HOMES.items() for name in names}
 """Where each public name lives; ``tests/test_package.py`` checks every name of ``__all__`` resolves."""
 
-__all__ = ["Data", "Experiment", "Source", "Train", "TlkitError", "load_experiment", "load_best", "Strategy",
+__all__ = ["Data", "Experiment", "Runtime", "Source", "Train", "TlkitError", "load_experiment", "load_best", "Strategy",
            "register_strategy", "list_strategies", "create_strategy", "Dataset", "register_dataset",
            "list_datasets", "register_metric", "list_metrics", "TrialSpec", "TrialResult", "run_trial"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
-    from tlkit.config.experiment import Data, Experiment, Source, Train
+    from tlkit.config.experiment import Data, Experiment, Runtime, Source, Train
     from tlkit.config.loading import load_experiment
     from tlkit.data.datasets import Dataset, list_datasets, register_dataset
     from tlkit.search.export import load_best

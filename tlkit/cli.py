@@ -34,7 +34,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override an experiment field with a Python literal, e.g. --set train.lr=3e-4 "
                         "--set backbones='[\"test_resnet\"]'; repeatable")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the experiment's train.device)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the experiment's runtime.device)")
 
 
 def resolve_experiment(args: argparse.Namespace, trials: int | None = None, repeats: int | None = None,
@@ -48,7 +48,7 @@ def resolve_experiment(args: argparse.Namespace, trials: int | None = None, repe
     if repeats is not None:
         overrides.append(f"repeats={repeats}")
     if args.device:
-        overrides.append(f"train.device={args.device!r}")
+        overrides.append(f"runtime.device={args.device!r}")
     exp = apply_overrides(exp, overrides)
     if args.data_dir:
         exp.data.root = args.data_dir

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise TlkitError(f"Experiment {exp.name!r} has pretrained=False: every backbone would start from random "
                              f"weights, and ranking random initialisations tells nothing. HINT: rank with pretrained "
                              f"weights (--set pretrained=True, with weights files, a source task or hub names).")
-        device = pick_device(exp.train.device)
+        device = pick_device(exp.runtime.device)
         splits, _ = prepare(exp)
         splits = to_device(splits, device)
         if exp.source is not None:

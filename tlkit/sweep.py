@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, store_url: str | None = None) -> str:
     """Everything ``run_sweep`` checks before its first trial, without training or writing anything; returns the
     plan in a few lines. A failed check raises the same TlkitError the sweep would."""
-    pick_device(exp.train.device)
+    pick_device(exp.runtime.device)
     splits, _ = prepare(exp)
     check_results_folder(out, exp.name)
     exists = storage_url is not None or (out / "study.db").exists()
@@ -148,7 +148,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     the caller's to write (``write_report``; ``python -m tlkit.sweep`` writes them when it stops).
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
-    device = pick_device(exp.train.device)
+    device = pick_device(exp.runtime.device)
     splits, num_groups = prepare(exp)
     splits = to_device(splits, device)
     check_results_folder(out, exp.name)

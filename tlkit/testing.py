@@ -34,8 +34,8 @@ TINY_DEFAULTS: dict[str, Any] = {
     "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_per_class": 40, "val_fraction": 0.25},
     "backbones": ["test_resnet"],
     "strategies": ["last_n"],
-    "train": {"epochs": 2, "batch_size": 32, "image_size": 16, "augment": ["crop"],
-              "checkpoint_every_s": 0},  # a checkpoint every epoch: the kill-and-resume tests aim at epochs
+    "train": {"epochs": 2, "batch_size": 32, "image_size": 16, "augment": ["crop"]},
+    "runtime": {"checkpoint_every_s": 0},  # a checkpoint every epoch: the kill-and-resume tests aim at epochs
     "trials": 1,
     "repeats": 0,
     "pretrained": False,
@@ -55,7 +55,7 @@ def experiment_source(**fields: Any) -> str:
             else value
     args = []
     for key, value in merged.items():
-        if key in ("data", "train"):
+        if key in ("data", "train", "runtime"):
             value = f"{key.capitalize()}(**{value!r})"
         elif key == "source" and isinstance(value, dict):
             value = f"Source(data=Data(**{value['data']!r}), train=Train(**{value.get('train', {})!r}))"
@@ -63,7 +63,7 @@ def experiment_source(**fields: Any) -> str:
             value = repr(value)
         args.append(f"    {key}={value},")
     body = "\n".join(args)
-    return (f"from tlkit import Data, Experiment, Source, Train, Strategy, register_strategy\n"
+    return (f"from tlkit import Data, Experiment, Runtime, Source, Train, Strategy, register_strategy\n"
             f"from optuna.distributions import FloatDistribution, IntDistribution, CategoricalDistribution\n"
             f"{prelude}\n\nexperiment = Experiment(\n{body}\n)\n")
 

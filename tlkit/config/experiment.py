@@ -19,12 +19,18 @@ from tlkit.config.types import check_types, check_value
 from tlkit.errors import TlkitError, close_matches, did_you_mean
 from tlkit.metrics import get_metric
 
-__all__ = ["Data", "Train", "Source", "Experiment", "validate", "recipe_values", "check_search", "check_study_name"]
+__all__ = ["Data", "Train", "Runtime", "Source", "Experiment", "NOT_IDENTITY", "validate", "recipe_values", "check_search", "check_study_name"]
 
 AUGMENTATIONS = ("crop", "hflip")
 PRUNERS = ("median", "hyperband", "none")
 MAX_SEED = 400_000
 """Derived seeds must stay below 2**32 (NumPy's limit): the sampler of a cell is seeded with seed x 10007 + trials."""
+
+
+NOT_IDENTITY = {"identity": False}
+"""Field metadata of what does not change what a trial computes (where the data lies, how many trials or cells, how
+this machine runs it): a study may grow, move or change machines without becoming another study. The identity
+(``tlkit.config.identity``) is every other field, so a new field is part of it unless it says otherwise here."""
 
 
 @dataclass
@@ -33,7 +39,7 @@ class Data:
     print(tlkit.list_datasets())"`` lists them (digits, cifar10, cifar100, imagefolder, table, flowers102, ...)."""
 
     name: str = "digits"
-    root: Union[str, None] = None
+    root: Union[str, None] = field(default=None, metadata=NOT_IDENTITY)
     """Folder or ``.zip`` for ``imagefolder``, the file for ``table``, the data dir for downloadable datasets
     (default ``$TLKIT_CACHE/data``). ``--data-dir`` overrides it."""
     classes: Union[list[int], None] = None
@@ -43,7 +49,7 @@ class Data:
     train_per_class: Union[int, None] = None
     """Cap on training images per class (before the validation split), for budget studies."""
     test_per_class: Union[int, None] = None
-    download: bool = True
+    download: bool = field(default=True, metadata=NOT_IDENTITY)
     """Allow torchvision to download the dataset when it is not under the data dir."""
     decode_size: Union[int, None] = None
     """Square size images are stored at when decoded (shorter side resized, centre crop). None: the dataset's own
@@ -107,7 +113,6 @@ class Train:
     output of the frozen layer groups below the trainable ones (``tlkit.engine.prefix``). False recomputes them every
     epoch, with
     augmentation."""
-    device: str = "auto"
     amp: bool = True
     """bfloat16 autocast on CUDA (on CPU only with ``cpu_amp``)."""
     cpu_amp: Union[bool, None] = None
@@ -120,12 +125,6 @@ class Train:
     measurements (``tlkit.engine.compute``: every CNN on CUDA; on CPU the architectures it speeds up)."""
     max_batches: Union[int, None] = None
     """Stop each epoch after this many batches: a fast real run for smoke tests."""
-    keep_checkpoints: str = "best"
-    """``best``: once a trial ends keep only its best weights; ``last``: also keep its last two epoch checkpoints."""
-    checkpoint_every_s: Union[float, None] = None
-    """Seconds of training between a trial's epoch checkpoints (None: ``tlkit.engine.runner.CHECKPOINT_EVERY_S``, 10 s;
-    0: every epoch). A kill re-runs at most this much training, to the same numbers; short epochs (a probe on
-    cached features takes a fraction of a second) are cheaper to re-run than to save."""
 
     def __post_init__(self) -> None:
         self.validate("train.")
@@ -145,8 +144,7 @@ class Train:
 
 
 # What each recipe value must be. Fixed values and every value a search space can give pass the same test.
-RECIPE_CHOICES = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant"),
-                  "keep_checkpoints": ("best", "last")}
+RECIPE_CHOICES = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant")}
 RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
@@ -158,7 +156,6 @@ RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "crop_padding": (lambda v: v >= 0, ">= 0"),
     "max_batches": (lambda v: v is None or v >= 1, "None or an int >= 1"),
-    "checkpoint_every_s": (lambda v: v is None or 0 <= v < math.inf, "None or a finite number of seconds >= 0"),
 }
 
 
@@ -176,6 +173,37 @@ def recipe_problem(name: str, value: Any, path: str) -> str | None:
     if name in RECIPE_RANGES and not RECIPE_RANGES[name][0](value):
         return f"{path} must be {RECIPE_RANGES[name][1]} but got {value!r}."
     return None
+
+
+@dataclass
+class Runtime:
+    """How this run executes on this machine, not what it computes: changing any of it (another device, another
+    checkpoint cadence) continues the same study."""
+
+    device: str = "auto"
+    """cpu, cuda, cuda:1 ...; auto: CUDA when there is one (``--device`` sets it)."""
+    keep_checkpoints: str = "best"
+    """``best``: once a trial ends keep only its best weights; ``last``: also keep its last two epoch checkpoints."""
+    checkpoint_every_s: Union[float, None] = None
+    """Seconds of training between a trial's epoch checkpoints (None: ``tlkit.engine.runner.CHECKPOINT_EVERY_S``, 10 s;
+    0: every epoch). A kill re-runs at most this much training, to the same numbers; short epochs (a probe on
+    cached features takes a fraction of a second) are cheaper to re-run than to save."""
+
+    def __post_init__(self) -> None:
+        self.validate("runtime.")
+
+    def validate(self, prefix: str) -> None:
+        check_types(self, prefix)
+        if self.keep_checkpoints not in ("best", "last"):
+            raise TlkitError(did_you_mean(self.keep_checkpoints, ("best", "last"), f"{prefix}keep_checkpoints"))
+        every = self.checkpoint_every_s
+        if every is not None and not 0 <= every < math.inf:
+            raise TlkitError(f"{prefix}checkpoint_every_s must be None or a finite number of seconds >= 0 but got "
+                             f"{every!r}.")
+
+
+MOVED_TO_RUNTIME = ("device", "keep_checkpoints", "checkpoint_every_s")
+"""Former ``Train`` fields, now ``Runtime``'s: an experiment file or ``--set`` naming them gets a message saying so."""
 
 
 @dataclass
@@ -207,8 +235,8 @@ class Experiment:
         )
     """
 
-    backbones: list[str]
-    strategies: list[str]
+    backbones: list[str] = field(metadata=NOT_IDENTITY)
+    strategies: list[str] = field(metadata=NOT_IDENTITY)
     data: Data = field(default_factory=Data)
     train: Train = field(default_factory=Train)
     search: dict[str, BaseDistribution] = field(default_factory=default_search)
@@ -217,15 +245,15 @@ class Experiment:
     """Per strategy, its own hyperparameters fixed (``{"last_n": {"n_groups": 1}}``) or searched in another range
     (``{"last_n": {"n_groups": IntDistribution(1, 2)}}``) instead of the strategy's own search space; with --set:
     ``--set strategy_params.last_n.n_groups=1``. Checked against each backbone's layer groups before any trial."""
-    name: str = ""
+    name: str = field(default="", metadata=NOT_IDENTITY)
     """The study name; defaults to the experiment file's name."""
     metric: str = "accuracy"
     """Validation metric that selects epochs, trials and winners, in its own direction: accuracy,
     balanced_accuracy, macro_f1, top5_accuracy (maximised), error_rate, log_loss (minimised), or your own
     (``tlkit.register_metric``)."""
-    trials: int = 4
+    trials: int = field(default=4, metadata=NOT_IDENTITY)
     """Finished trials per cell."""
-    repeats: int = 3
+    repeats: int = field(default=3, metadata=NOT_IDENTITY)
     """Seeds each cell's best configuration is trained with again after its search (shared by every cell, so the
     comparisons are paired); the intervals and tests of the report come from them (3 or more: tests over seeds).
     0 skips them: the report then tests each cell's best search trial over test examples."""
@@ -237,7 +265,9 @@ class Experiment:
     weights: dict[str, str] = field(default_factory=dict)
     """Backbone name -> local weights file (safetensors or a state dict), used instead of the hub."""
     source: Union[Source, None] = None
-    keep_top_backbones: Union[int, None] = None
+    runtime: Runtime = field(default_factory=Runtime, metadata=NOT_IDENTITY)
+    """How this machine runs the study (device, checkpoints): never part of its identity."""
+    keep_top_backbones: Union[int, None] = field(default=None, metadata=NOT_IDENTITY)
     """Search only the k backbones that LogME ranks best before training (``tlkit.rank``); the log and the report
     name the dropped ones and why. None searches every backbone."""
 
@@ -252,6 +282,7 @@ class Experiment:
                                  f"the comparison. HINT: list each {what[:-1]} once.")
         self.data.validate("data.")
         self.train.validate("train.")
+        self.runtime.validate("runtime.")
         if self.source is not None:
             self.source.data.validate("source.data.")
             self.source.train.validate("source.train.")

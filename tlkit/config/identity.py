@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,24 @@ def experiment_to_dict(exp: Experiment) -> dict[str, Any]:
     return out
 
 
-# Fields that do not change what a trial computes: a study may grow or move without being a different study.
-# Each cell is its own study, so adding a backbone or a strategy adds cells without touching the others.
-_NOT_IDENTITY = {"trials", "repeats", "name", "backbones", "strategies", "data.root", "data.download",
-                 "source.data.root", "source.data.download", "train.device", "train.keep_checkpoints",
-                 "train.checkpoint_every_s", "source.train.checkpoint_every_s",
-                 "keep_top_backbones"}
+RETIRED = frozenset({"source.train.device", "source.train.keep_checkpoints"})
+"""Keys a study's stored identity may hold that are no longer part of it (fields moved to ``Runtime``): a study
+recorded before the move continues."""
+
+
+def not_identity_paths(cls: type = Experiment, prefix: str = "") -> set[str]:
+    """The dotted paths whose field metadata says ``NOT_IDENTITY`` (``trials``, ``data.root``, ``runtime``, ...),
+    read from the dataclasses themselves, so no list is kept by hand."""
+    paths = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("identity", True):
+            paths.add(prefix + f.name)
+            continue
+        for tp in (hints[f.name], *typing.get_args(hints[f.name])):  # Source | None: Source's fields too
+            if dataclasses.is_dataclass(tp):
+                paths |= not_identity_paths(tp, f"{prefix}{f.name}.")
+    return paths
 
 
 def identity(exp: Experiment) -> dict[str, Any]:
@@ -44,10 +57,13 @@ def identity(exp: Experiment) -> dict[str, Any]:
                 walk(v, f"{path}.{k}" if path else k)
         elif path.startswith("weights."):
             flat[path] = file_digest(value)  # the file's content, not where it lies
-        elif path not in _NOT_IDENTITY:
+        else:
             flat[path] = value
 
-    walk(experiment_to_dict(exp), "")
+    excluded = not_identity_paths()
+    walk({k: v for k, v in experiment_to_dict(exp).items() if k not in excluded}, "")
+    for path in excluded:
+        flat.pop(path, None)
     return flat
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tlkit.config.experiment import Data, Experiment, Source, Train, check_study_name, validate
+from tlkit.config.experiment import (MOVED_TO_RUNTIME, Data, Experiment, Runtime, Source, Train, check_study_name,
+                                     validate)
 from tlkit.config.types import check_value
 from tlkit.errors import TlkitError, describe_error, did_you_mean
 
@@ -79,10 +80,18 @@ def _explain(err: Exception) -> str:
     if isinstance(err, TypeError) and "unexpected keyword argument" in text:
         cls_name = text.removeprefix("TypeError: ").split(".")[0].split("(")[0]
         key = text.rsplit("'", 2)[-2]
-        cls = {c.__name__: c for c in (Data, Train, Source, Experiment)}.get(cls_name)
+        if cls_name == "Train" and key in MOVED_TO_RUNTIME:
+            return f"TypeError: {_moved(key)}"
+        cls = {c.__name__: c for c in (Data, Train, Runtime, Source, Experiment)}.get(cls_name)
         if cls is not None:
             return "TypeError: " + did_you_mean(key, [f.name for f in dataclasses.fields(cls)], f"{cls_name} field")
     return text
+
+
+def _moved(key: str) -> str:
+    return (f"train.{key} is now runtime.{key}: how a machine runs the study, not what it computes (changing it "
+            f"continues the same study). HINT: Experiment(runtime=Runtime({key}=...)) in the experiment file, or "
+            f"--set runtime.{key}=...")
 
 
 def _parse_literal(text: str) -> Any:
@@ -139,6 +148,8 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
         if parents[:1] == ["strategy_params"] and len(parents) == 2:
             exp.strategy_params.setdefault(parents[1], {})[leaf] = _strategy_value(value, key)
             continue
+        if parents[-1:] == ["train"] and leaf in MOVED_TO_RUNTIME:
+            raise TlkitError(f"Bad --set {item!r}: {_moved(leaf)}")
         if parents == ["train"] and leaf in exp.search:
             raise TlkitError(f"Bad --set {item!r}: the experiment searches {leaf!r} (search.{leaf}), so every trial "
                              f"overrides train.{leaf} and this would change nothing. HINT: set the searched range, "

@@ -26,7 +26,7 @@ from tlkit.models.backbones import build_model, layer_groups, preprocessing
 from tlkit.engine.checkpoint import load_latest, prune_epochs, save_epoch, save_tensors, set_rng_state, write_json
 from tlkit.data.tensors import Splits
 from tlkit.errors import describe_error
-from tlkit.config.experiment import Train
+from tlkit.config.experiment import Runtime, Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import get_strategy
 from tlkit.strategies.base import prepare
@@ -64,6 +64,8 @@ class TrialSpec:
     weights_origin: str = "random init"
     store: Any = field(default=None, repr=False, compare=False)
     """A ``tlkit.engine.store.Store`` the folder is mirrored to (None: local only)."""
+    runtime: Runtime = field(default_factory=Runtime, compare=False)
+    """How the trial runs here (checkpoint cadence and retention), not what it computes."""
 
 
 @dataclass
@@ -91,7 +93,7 @@ class TrialResult:
 
 
 CHECKPOINT_EVERY_S = 10.0
-"""Seconds of training between a trial's epoch checkpoints, unless ``Train.checkpoint_every_s`` says otherwise."""
+"""Seconds of training between a trial's epoch checkpoints, unless ``Runtime.checkpoint_every_s`` says otherwise."""
 
 
 class _Checkpointer(Callback):
@@ -106,11 +108,12 @@ class _Checkpointer(Callback):
     after every other callback has seen the epoch, so what they log is never behind the checkpoint a resume starts
     from (a resumed TensorBoard writer purges the steps it re-runs)."""
 
-    def __init__(self, folder: Path, recipe: Train, store: Any = None, deadline: float | None = None) -> None:
+    def __init__(self, folder: Path, runtime: Runtime, store: Any = None, deadline: float | None = None) -> None:
         self.folder = folder
         self.store = store
         self.deadline = deadline
-        self.every_s = CHECKPOINT_EVERY_S if recipe.checkpoint_every_s is None else recipe.checkpoint_every_s
+        self.keep = runtime.keep_checkpoints
+        self.every_s = CHECKPOINT_EVERY_S if runtime.checkpoint_every_s is None else runtime.checkpoint_every_s
         self.saved_at = 0.0  # the trainer's elapsed training time at the last checkpoint (or at the resume)
         self.pending: tuple[int, dict[str, torch.Tensor]] | None = None  # (epoch, weights) of a best not yet saved
 
@@ -124,7 +127,7 @@ class _Checkpointer(Callback):
         stopping = not last and self.deadline is not None and time.monotonic() >= self.deadline
         # A trial's last epoch under keep_checkpoints='best' gets no checkpoint: its outcome, written next, ends the
         # trial, and retention would delete the checkpoint at once.
-        due = trainer.recipe.keep_checkpoints == "last" if last else (
+        due = self.keep == "last" if last else (
             stopping or trainer.elapsed - self.saved_at >= self.every_s)
         if not due:
             if improved:
@@ -189,7 +192,7 @@ def run_trial(spec: TrialSpec, splits: Splits, device: torch.device, callbacks: 
         "recipe": dataclasses.asdict(spec.recipe), "metric": spec.metric, "seed": spec.seed,
         "groups": [g.name for g in groups], "weights": spec.weights_origin, "bn_policy": BN_POLICY})
     trainer = Trainer(model, groups, strategy, splits, spec.recipe, get_metric(spec.metric), seed=spec.seed,
-                      device=device, callbacks=[*callbacks, _Checkpointer(spec.folder, spec.recipe, spec.store,
+                      device=device, callbacks=[*callbacks, _Checkpointer(spec.folder, spec.runtime, spec.store,
                                                                           deadline)],
                       **preprocessing(model))
     resumed_from = None
@@ -223,7 +226,7 @@ def _finish(spec: TrialSpec, result: TrialResult) -> None:
     ``train.keep_checkpoints='last'``). The outcome is written first: if the process dies before whoever runs the
     trial hears of it, the next attempt reads it instead of training the trial again."""
     write_json(spec.folder / OUTCOME, result.to_json())
-    if spec.recipe.keep_checkpoints == "best":
+    if spec.runtime.keep_checkpoints == "best":
         prune_epochs(spec.folder, keep=0)
     if spec.store is not None:
         spec.store.push(spec.folder)

@@ -57,7 +57,7 @@ def train_source(exp: Experiment, backbone: str, path: Path, device: torch.devic
              splits.num_classes, src.train.epochs)
     work = path.with_name(path.stem + ".run")
     spec = TrialSpec(backbone=backbone, strategy="full_finetune", params={}, recipe=src.train, metric=exp.metric,
-                     seed=exp.seed, folder=work, weights=base,
+                     runtime=exp.runtime, seed=exp.seed, folder=work, weights=base,
                      weights_origin=f"file {exp.weights[backbone]}" if base is not None else "random init")
     result = run_trial(spec, splits, device, callbacks=[_LogEpochs(backbone)])
     if result.state != "COMPLETE":

@@ -175,7 +175,7 @@ def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folde
                      metric=exp.metric, seed=seed, folder=folder,
                      weights=pretrained.state_dict if pretrained else None,
                      weights_origin=pretrained.origin if pretrained else "random init (from scratch)",
-                     store=run.store)
+                     store=run.store, runtime=exp.runtime)
 
 
 def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]:

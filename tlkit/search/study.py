@@ -26,7 +26,7 @@ from tlkit.search import _optuna
 from tlkit.engine.checkpoint import check_writable
 from tlkit.errors import TlkitError, describe_error
 from tlkit.config.experiment import Experiment
-from tlkit.config.identity import identity
+from tlkit.config.identity import RETIRED, identity
 from tlkit.metrics import get_metric
 
 __all__ = ["NONE_LEFT", "MOVED", "retries_first", "Cell", "cells", "quiet_optuna", "open_storage", "check_identity",
@@ -146,7 +146,8 @@ def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
     mine = identity(exp)
     for name, summary in cell_studies(storage, study).items():
         theirs = summary.user_attrs.get("identity")
-        changed = _changes(theirs, mine) if theirs is not None else []
+        changed = [c for c in _changes(theirs, mine) if not (c[0] in RETIRED and c[2] is None)] \
+            if theirs is not None else []
         if not changed:  # a field added since (absent there, None here) changes nothing
             continue
         shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:6])
