@@ -133,3 +133,10 @@ def test_a_name_tlkit_does_not_have_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'Experimnet'"):
         tlkit.Experimnet  # noqa: B018
     assert tlkit.Experiment is importlib.import_module("tlkit.config.experiment").Experiment
+
+
+def test_short_number_is_what_a_reader_expects():
+    from tlkit.utils.text import short_number
+
+    assert [short_number(x) for x in (300, 1000, 1234567, 2500, 0.5, 9876, 45000, 3.25e9, 0.123456)] == [
+        "300", "1k", "1.23M", "2.5k", "0.5", "9.88k", "45k", "3.25G", "0.123"]

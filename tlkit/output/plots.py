@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from tlkit.engine.checkpoint import atomic_write
+from tlkit.utils.text import short_number
 
 __all__ = ["PLOTS", "write_plots", "order"]
 
@@ -45,14 +46,6 @@ def _colors(strategies: Sequence[str]) -> dict[str, Any]:
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
-
-
-def _short(v: float) -> str:
-    """Tick labels people read: 300, 1k, 2.5M, 0.5."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= scale:
-            return f"{v / scale:g}{suffix}"
-    return f"{v:g}"
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -226,7 +219,7 @@ def plot_scatter(summary: pd.DataFrame, metric: str, backbones: list[str], strat
     log = bool(xs.min() > 0 and xs.max() / xs.min() >= 20)
     if log:  # spans orders of magnitude: log scale, with plain tick labels (1k, 100k) rather than 10^3
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: short_number(v)))
     ax.set_xlabel(", ".join([f"{what} ({unit}" if unit else what] + (["log scale"] if log else []))
                   + (")" if unit else ""))
     ax.set_ylabel(f"test {metric}")

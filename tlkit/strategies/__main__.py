@@ -16,6 +16,7 @@ from tlkit.models.backbones import LayerGroup, create_backbone, layer_groups
 from tlkit.errors import TlkitError
 from tlkit.strategies import create_strategy, get_strategy, list_strategies
 from tlkit.strategies.base import Strategy, prepare
+from tlkit.utils.text import short_number
 
 
 def plan_table(strategy: Strategy, model: torch.nn.Module, groups: list[LayerGroup]) -> str:
@@ -40,14 +41,10 @@ def plan_table(strategy: Strategy, model: torch.nn.Module, groups: list[LayerGro
                      + " ".join(f"{c:>6}" for c in cells))
     lines.append("-" * len(header))
     lines.append(f"{'':>2} {'trainable parameters':<28} {sum(sizes.values()):>10,}  "
-                 + " ".join(f"{_short(t):>6}" for t in trainable))
+                 + " ".join(f"{short_number(t):>6}" for t in trainable))
     if partial:
         lines.append("* only some of the group's parameters train (e.g. BitFit: biases only)")
     return "\n".join(lines)
-
-
-def _short(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else str(n)
 
 
 def _parse_params(items: Sequence[str]) -> dict:
