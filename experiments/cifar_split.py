@@ -6,14 +6,12 @@ next to a from-scratch control. Tiny timm models keep it to well under an hour o
 
     python -m tlkit.sweep experiments/cifar_split.py --data-dir ../shared/datasets
 """
-from tlkit import Data, Experiment, Source, Train
+import cifar_task  # beside this file: the task both CIFAR experiments share
+from tlkit import Experiment, Train
 
 experiment = Experiment(
-    data=Data("cifar10", classes=[5, 6, 7, 8, 9], train_per_class=1000, val_fraction=0.2),
-    source=Source(
-        data=Data("cifar10", classes=[0, 1, 2, 3, 4], val_fraction=0.1),
-        train=Train(epochs=15, batch_size=128, lr=2e-3, weight_decay=0.05, image_size=32),
-    ),
+    data=cifar_task.target(),
+    source=cifar_task.source(),
     backbones=["test_resnet", "test_efficientnet", "test_convnext", "test_vit"],
     strategies=["linear_probe", "last_n", "gradual", "lp_ft", "layer_decay", "bitfit", "full_finetune",
                 "from_scratch"],

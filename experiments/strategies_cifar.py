@@ -8,14 +8,12 @@ that ranking predicted the fine-tuned order.
     python -m tlkit.sweep experiments/strategies_cifar.py --data-dir ../shared/datasets
     python -m tlkit.rank experiments/strategies_cifar.py --data-dir ../shared/datasets   # the ranking alone
 """
-from tlkit import Data, Experiment, Source, Train
+import cifar_task  # beside this file: the task both CIFAR experiments share
+from tlkit import Experiment, Train
 
 experiment = Experiment(
-    data=Data("cifar10", classes=[5, 6, 7, 8, 9], train_per_class=1000, val_fraction=0.2),
-    source=Source(
-        data=Data("cifar10", classes=[0, 1, 2, 3, 4], val_fraction=0.1),
-        train=Train(epochs=15, batch_size=128, lr=2e-3, weight_decay=0.05, image_size=32),
-    ),
+    data=cifar_task.target(),
+    source=cifar_task.source(),
     backbones=["test_resnet", "test_efficientnet", "test_convnext", "test_vit"],
     strategies=["linear_probe", "last_n", "full_finetune",  # freezing, for reference (all of them: cifar_split.py)
                 "l2_sp", "lora", "surgical"],  # beyond freezing: a penalty, adapters, one chosen block

@@ -233,3 +233,23 @@ def test_an_experiment_file_with_train_device_says_where_it_went(tmp_path):
     with pytest.raises(TlkitError, match=r"old\.py:3: TypeError: train\.device is now runtime\.device.*"
                                          r"Runtime\(device=\.\.\.\)"):
         load_experiment(path)
+
+
+def test_an_experiment_file_imports_a_module_beside_it(tmp_path):
+    """As `python file.py` does; the shipped CIFAR experiments share one task definition this way."""
+    (tmp_path / "shared_task.py").write_text("from tlkit import Data\n\ndef target():\n    return Data('digits')\n")
+    (tmp_path / "uses_it.py").write_text("import shared_task\nfrom tlkit import Experiment\n"
+                                         "experiment = Experiment(backbones=['test_resnet'], "
+                                         "strategies=['linear_probe'], data=shared_task.target())\n")
+    assert load_experiment(tmp_path / "uses_it.py").data.name == "digits"
+    import sys
+    assert str(tmp_path) not in sys.path  # put back as it was
+
+
+def test_the_offline_cifar_experiments_share_one_source_task():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    split, strategies = load_experiment(root / "cifar_split.py"), load_experiment(root / "strategies_cifar.py")
+    assert split.source == strategies.source and split.data == strategies.data
+    assert split.source is not strategies.source  # each its own copy: --data-dir changes one only

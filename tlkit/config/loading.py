@@ -42,6 +42,8 @@ def load_experiment(path: str | Path) -> Experiment:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # as `python file.py` does: the file may import a module beside it
     try:
         spec.loader.exec_module(module)
         exp = module.get_experiment() if hasattr(module, "get_experiment") else getattr(module, "experiment", None)
@@ -56,6 +58,8 @@ def load_experiment(path: str | Path) -> Experiment:
     except Exception as err:  # noqa: BLE001 - any error in user code is reported, with its line
         raise TlkitError(f"{path}:{_line_in(path, err)}: {_explain(err)} HINT: fix that line of the experiment file "
                          f"and run again.") from None
+    finally:
+        sys.path.remove(folder)
     if not isinstance(exp, Experiment):
         raise TlkitError(f"{path} defines no `experiment = Experiment(...)` nor `get_experiment()` "
                          f"(found {type(exp).__name__}). HINT: see experiments/digits.py for the shape.")
