@@ -140,3 +140,34 @@ def test_short_number_is_what_a_reader_expects():
 
     assert [short_number(x) for x in (300, 1000, 1234567, 2500, 0.5, 9876, 45000, 3.25e9, 0.123456)] == [
         "300", "1k", "1.23M", "2.5k", "0.5", "9.88k", "45k", "3.25G", "0.123"]
+
+
+def test_one_trial_outside_a_sweep_needs_only_the_top_level_api(tmp_path):
+    """run_trial and everything it needs (the splits, the starting weights, a Callback) come from ``tlkit``
+    itself, not from its submodules; so does each registry's get_*."""
+    exp = tlkit.Experiment(backbones=["test_resnet"], strategies=["last_n"], pretrained=False,
+                           data=tlkit.Data("digits", classes=[5, 6, 7], train_per_class=20),
+                           train=tlkit.Train(epochs=1, batch_size=16, image_size=16))
+    splits = tlkit.splits_for(exp.data, exp.train.image_size, exp.seed)
+    weights = tlkit.resolve_pretrained(exp, "test_resnet", splits.num_classes)
+    seen = []
+
+    class Count(tlkit.Callback):
+        def on_epoch_end(self, trainer, result):  # noqa: ANN001
+            seen.append(result.epoch)
+
+    spec = tlkit.TrialSpec(backbone="test_resnet", strategy="last_n", params={"n_groups": 1}, recipe=exp.train,
+                           metric=exp.metric, seed=0, folder=tmp_path / "trial", weights=weights.state_dict)
+    result = tlkit.run_trial(spec, splits, "cpu", callbacks=[Count()])
+    assert result.state == "COMPLETE" and seen == [0]
+    assert tlkit.get_strategy("last_n").name == "last_n" and tlkit.get_metric("accuracy").direction == "maximize"
+    assert tlkit.get_dataset("digits").__name__ and isinstance(tlkit.get_metric("log_loss"), tlkit.Metric)
+
+
+def test_public_functions_have_type_hints():
+    for name in tlkit.__all__:
+        obj = getattr(tlkit, name)
+        if inspect.isfunction(obj):
+            hints = obj.__annotations__
+            assert "return" in hints and all(p in hints for p in inspect.signature(obj).parameters
+                                             if p not in ("self", "cls")), name

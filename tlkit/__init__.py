@@ -1,12 +1,13 @@
 """tlkit: which pretrained backbone, which freezing strategy, which hyperparameters — answered with evidence.
 
 Public API:
-    Experiment, Data, Train, Source       what a study compares (see experiments/*.py)
+    Experiment, Data, Train, Source, Runtime   what a study compares (see experiments/*.py), how a machine runs it
     load_experiment                       load an experiment file
-    Strategy, register_strategy           add a freezing strategy (list_strategies, create_strategy)
-    Dataset, register_dataset             add a dataset (list_datasets)
-    register_metric                       add a validation metric with its direction (list_metrics)
-    TrialSpec, run_trial                  run one trial outside a sweep (what every sweep trial goes through)
+    Strategy, register_strategy           add a freezing strategy (get_strategy, list_strategies, create_strategy)
+    Dataset, register_dataset             add a dataset (get_dataset, list_datasets)
+    Metric, register_metric               add a validation metric with its direction (get_metric, list_metrics)
+    TrialSpec, run_trial, Callback        run one trial outside a sweep (what every sweep trial goes through),
+    splits_for, resolve_pretrained        with the splits and starting weights a sweep would give it
     load_best                             the best model of a cell, ready for inference
 
 Each name is imported from its module on first use (PEP 562 ``__getattr__``, as SciPy and scikit-image do), so
@@ -31,27 +32,34 @@ _HOMES = {
     "tlkit.config.experiment": ("Data", "Experiment", "Runtime", "Source", "Train"),
     "tlkit.config.loading": ("load_experiment",),
     "tlkit.search.export": ("load_best",),
-    "tlkit.data.datasets": ("Dataset", "list_datasets", "register_dataset"),
-    "tlkit.metrics": ("list_metrics", "register_metric"),
+    "tlkit.data.datasets": ("Dataset", "get_dataset", "list_datasets", "register_dataset"),
+    "tlkit.metrics": ("Metric", "get_metric", "list_metrics", "register_metric"),
     "tlkit.engine.runner": ("TrialResult", "TrialSpec", "run_trial"),
-    "tlkit.strategies": ("Strategy", "create_strategy", "list_strategies", "register_strategy"),
+    "tlkit.engine.loop": ("Callback",),
+    "tlkit.engine.splits": ("splits_for",),
+    "tlkit.engine.source": ("resolve_pretrained",),
+    "tlkit.strategies": ("Strategy", "create_strategy", "get_strategy", "list_strategies", "register_strategy"),
 }
 _LAZY = {name: module for module, names in _HOMES.items() for name in names}
 """Where each public name lives; ``tests/test_package.py`` checks every name of ``__all__`` resolves."""
 
-__all__ = ["Data", "Experiment", "Runtime", "Source", "Train", "TlkitError", "load_experiment", "load_best", "Strategy",
-           "register_strategy", "list_strategies", "create_strategy", "Dataset", "register_dataset",
-           "list_datasets", "register_metric", "list_metrics", "TrialSpec", "TrialResult", "run_trial"]
+__all__ = ["Data", "Experiment", "Runtime", "Source", "Train", "TlkitError", "load_experiment", "load_best",
+           "Strategy", "register_strategy", "get_strategy", "list_strategies", "create_strategy", "Dataset",
+           "register_dataset", "get_dataset", "list_datasets", "Metric", "register_metric", "get_metric",
+           "list_metrics", "TrialSpec", "TrialResult", "run_trial", "Callback", "splits_for", "resolve_pretrained"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
     from tlkit.config.experiment import Data, Experiment, Runtime, Source, Train
     from tlkit.config.loading import load_experiment
-    from tlkit.data.datasets import Dataset, list_datasets, register_dataset
-    from tlkit.search.export import load_best
+    from tlkit.data.datasets import Dataset, get_dataset, list_datasets, register_dataset
+    from tlkit.engine.loop import Callback
     from tlkit.engine.runner import TrialResult, TrialSpec, run_trial
-    from tlkit.metrics import list_metrics, register_metric
-    from tlkit.strategies import Strategy, create_strategy, list_strategies, register_strategy
+    from tlkit.engine.source import resolve_pretrained
+    from tlkit.engine.splits import splits_for
+    from tlkit.metrics import Metric, get_metric, list_metrics, register_metric
+    from tlkit.search.export import load_best
+    from tlkit.strategies import Strategy, create_strategy, get_strategy, list_strategies, register_strategy
 
 
 def __getattr__(name: str) -> Any:

@@ -170,12 +170,14 @@ class TimeUp(Exception):
     from there on the next run."""
 
 
-def run_trial(spec: TrialSpec, splits: Splits, device: torch.device, callbacks: Sequence[Callback] = (),
+def run_trial(spec: TrialSpec, splits: Splits, device: torch.device | str, callbacks: Sequence[Callback] = (),
               deadline: float | None = None) -> TrialResult:
     """Run (or resume, or replay) the trial ``spec`` describes, and record its outcome in ``spec.folder``.
 
-    ``deadline`` (``time.monotonic()`` seconds) stops the trial with :class:`TimeUp` after the first epoch that
-    ends past it, once that epoch is checkpointed."""
+    ``device`` is a torch.device or its name (``"cpu"``, ``"cuda:0"``). ``deadline`` (``time.monotonic()``
+    seconds) stops the trial with :class:`TimeUp` after the first epoch that ends past it, once that epoch is
+    checkpointed."""
+    device = torch.device(device)
     if spec.store is not None:
         spec.store.pull(spec.folder)  # another worker may have started (or finished) this trial
     done = read_outcome(spec.folder)
