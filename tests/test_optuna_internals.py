@@ -59,3 +59,19 @@ def test_failing_a_finished_trial_is_refused():
     study.tell(trial, 0.9)
     assert not _optuna.fail_trial(study, study.trials[0], ("failure_reason", "too late"))
     assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_a_waiting_trial_is_taken_off_the_queue_once_untrained():
+    """take_off_queue claims a WAITING trial the way ``ask`` does (WAITING -> RUNNING is the lock), notes it and
+    fails it; a second claim, or a claim on a trial another worker took, is refused."""
+    study = _study()
+    study.enqueue_trial({"lr": 1e-3})
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert _optuna.take_off_queue(study, waiting, {"duplicate_of": "MOVED"})
+    done = study.trials[0]
+    assert done.state == TrialState.FAIL and done.user_attrs == {"duplicate_of": "MOVED"}
+    assert not _optuna.take_off_queue(study, waiting, {"duplicate_of": "again"})  # already taken: refused
+    study.enqueue_trial({"lr": 2e-3})
+    taken = study.ask()  # another worker claims it first
+    assert not _optuna.take_off_queue(study, study.trials[1], {"x": 1})
+    assert study.trials[1].state == TrialState.RUNNING and taken.number == 1

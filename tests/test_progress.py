@@ -117,8 +117,8 @@ def test_quiet_keeps_the_answer_and_ctrl_c_prints_only_tlkits_message(tmp_path: 
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
     lines = quiet.stdout.splitlines()
-    assert lines[0].split() == ["backbone", "strategy", "done", "pruned", "seeds", "val_accuracy", "test_accuracy",
-                                "95%", "CI", "vs", "best"]
+    assert lines[0].split() == ["backbone", "strategy", "done", "pruned", "seeds", "val_accuracy_mean",
+                                "test_accuracy_mean", "95%", "CI", "vs", "best"]
     assert lines[-1].startswith(f"Results in {tmp_path / 'q'}/ (")
     interrupt = ("import os, signal\nimport tlkit.engine.loop\n_real = tlkit.engine.loop.Trainer._run_epoch\n"
                  "def _run_epoch(self, epoch):\n    if epoch == 1:\n        os.kill(os.getpid(), signal.SIGINT)\n"

@@ -149,3 +149,12 @@ def test_every_readme_python_block_runs(workspace: Path, monkeypatch: pytest.Mon
             for registry in (STRATEGIES, DATASETS):
                 for name in ("head_and_stem", "my_scans"):
                     registry._entries.pop(name, None)
+
+
+def test_the_sweep_synopsis_names_every_flag():
+    from tlkit.sweep import build_parser
+
+    start = README.index("python -m tlkit.sweep EXPERIMENT [")
+    synopsis = README[start:README.index("```", start)]
+    flags = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    assert len(flags) >= 15 and [f for f in flags if f"[{f}" not in synopsis] == []

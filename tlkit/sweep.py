@@ -242,8 +242,9 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
 
 def print_summary(out: Path, metric: str) -> None:
     """The comparison at a glance, one line per cell: the test metric's mean and 95% interval, and whether the
-    cell is its backbone's best (on validation), tied with it, or significantly worse (all in summary.csv and
-    comparisons.csv)."""
+    cell is its backbone's best (on validation), tied with it, significantly worse or better (all in summary.csv
+    and comparisons.csv). The columns carry summary.csv's names (``val_accuracy_mean`` is the repeats' mean, not
+    the search's ``best_val_accuracy``), so a reader cannot take one for the other."""
     import pandas as pd
 
     summary = pd.read_csv(out / "summary.csv")
@@ -254,8 +255,8 @@ def print_summary(out: Path, metric: str) -> None:
     table = pd.DataFrame({
         "backbone": summary["backbone"], "strategy": summary["strategy"],
         "done": summary["trials_complete"], "pruned": summary["trials_pruned"], "seeds": summary["repeats"],
-        f"val_{metric}": summary[f"val_{metric}_mean"],
-        f"test_{metric}": summary[f"test_{metric}_mean"],
+        f"val_{metric}_mean": summary[f"val_{metric}_mean"],
+        f"test_{metric}_mean": summary[f"test_{metric}_mean"],
         "95% CI": [f"[{a:.4f}, {b:.4f}]" if pd.notna(a) else "-" for a, b in zip(low, high)],
         "vs best": [verdict.get((b, s), "-") for b, s in zip(summary["backbone"], summary["strategy"])]})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

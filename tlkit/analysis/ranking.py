@@ -241,10 +241,26 @@ def keep_top(exp: Experiment, ranking: pd.DataFrame) -> tuple[list[str], dict[st
 
 # --- after the sweep: did the ranking predict the fine-tuned order? --------------------------------------------------
 
+BEST_ROW = "best strategy of each backbone (chosen on validation)"
+
+
+def _best_on_validation(summary: pd.DataFrame, column: str, metric: Metric, sign: float
+                        ) -> list[tuple[str, pd.Series]]:
+    """``[(BEST_ROW, test score of each backbone's validation pick)]``, or ``[]`` without validation scores."""
+    val = f"val_{metric.name}_mean"
+    if val not in summary:
+        return []
+    rows = summary.dropna(subset=[column, val]).assign(
+        _val=lambda d: -sign * d[val], _params=lambda d: d["trainable_params"] if "trainable_params" in d else 0)
+    picked = rows.sort_values(["backbone", "_val", "_params", "strategy"], kind="stable").groupby("backbone").head(1)
+    return [(BEST_ROW, picked.set_index("backbone")[column] * sign)]
+
 def agreement(ranking: pd.DataFrame, summary: pd.DataFrame, metric: Metric) -> pd.DataFrame:
     """Kendall's tau over backbones between each estimator and each strategy's mean test score (oriented so that
-    higher is better), and the same against each backbone's best strategy; with its two-sided p-value and the
-    number of backbones (at least 2 with both numbers, else no row)."""
+    higher is better), and the same against the test score of each backbone's best strategy, chosen on validation
+    as everywhere else (``val_<metric>_mean``; ties: fewer trainable parameters, then the name), never on the test
+    scores it is then read from; with its two-sided p-value and the number of backbones (at least 2 with both
+    numbers, else no row)."""
     from scipy.stats import kendalltau
 
     columns = ["strategy", "estimator", "kendall_tau", "p_value", "backbones"]
@@ -254,9 +270,8 @@ def agreement(ranking: pd.DataFrame, summary: pd.DataFrame, metric: Metric) -> p
     sign = -1.0 if metric.direction == "minimize" else 1.0
     scores = summary[["backbone", "strategy", column]].dropna()
     per_strategy = [(s, g.set_index("backbone")[column] * sign) for s, g in scores.groupby("strategy", sort=False)]
-    best = scores.assign(v=scores[column] * sign).groupby("backbone")["v"].max()
     rows = []
-    for strategy, finetuned in [*per_strategy, ("best strategy of each backbone", best)]:
+    for strategy, finetuned in [*per_strategy, *_best_on_validation(summary, column, metric, sign)]:
         estimates = ranking.set_index("backbone").reindex(finetuned.index)
         for name in ESTIMATORS:
             both = pd.concat([estimates[name], finetuned], axis=1).dropna()
