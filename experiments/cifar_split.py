@@ -2,8 +2,8 @@
 
 Each backbone is pretrained by tlkit on classes 0-4 (airplane, automobile, bird, cat, deer) and transferred to
 classes 5-9 (dog, frog, horse, ship, truck) with 1,000 training images per class, under every built-in strategy,
-next to a from-scratch control. Tiny timm models keep it to about 75 minutes on 2 CPU cores (73 min 44 s measured,
-the README says on which host):
+next to a from-scratch control. Tiny timm models keep it to about 75 minutes on 2 CPU cores (73 min 44 s measured on
+a 2-core development host: results/cifar_split/README.md):
 
     python -m tlkit.sweep experiments/cifar_split.py --data-dir ../shared/datasets
 """
