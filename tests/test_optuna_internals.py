@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tlkit.search import _optuna
-from tlkit.search.study import open_storage
+from tlkit.search.storage import open_storage
 
 # study.ask() on a storage with heartbeats: fine here, Optuna only recommends optimize().
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

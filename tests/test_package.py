@@ -43,7 +43,7 @@ def _fresh_python(code: str) -> str:
 
 def test_importing_tlkit_leaves_optunas_log_level_alone():
     """A library user imports tlkit into their own process: their Optuna log level is theirs (tlkit quiets Optuna
-    only while its own sweep runs, tlkit.search.study.quiet_optuna)."""
+    only while its own sweep runs, tlkit.search.storage.quiet_optuna)."""
     out = _fresh_python(
         "import importlib, pkgutil, optuna\n"
         "optuna.logging.set_verbosity(optuna.logging.DEBUG)\n"
@@ -55,7 +55,7 @@ def test_importing_tlkit_leaves_optunas_log_level_alone():
 
 
 def test_quiet_optuna_restores_the_level_even_on_error():
-    from tlkit.search.study import quiet_optuna
+    from tlkit.search.storage import quiet_optuna
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.INFO)

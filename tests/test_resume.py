@@ -21,7 +21,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tlkit.search.study import MOVED, open_storage, take_up_dead_local_trials
+from tlkit.search.queue import MOVED
+from tlkit.search.storage import open_storage
+from tlkit.search.workers import take_up_dead_local_trials
 from tlkit.testing import write_experiment
 
 KILL_PRELUDE = '''
@@ -275,7 +277,7 @@ def test_a_trial_left_running_by_a_lost_worker_is_taken_up_once_after_the_heartb
     assert study.get_trials()[lost.number].state == TrialState.RUNNING, "within the grace period it may be alive"
     time.sleep(3)  # past a 2-second grace period
 
-    driver = ("import sys, tlkit.search.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; from tlkit.sweep import main; "
+    driver = ("import sys, tlkit.search.storage as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; from tlkit.sweep import main; "
               "sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", driver, str(exp), "--out", str(out), "--quiet"],
                           capture_output=True, text=True, env=_env(tmp_path, ""), timeout=300)

@@ -12,9 +12,11 @@ from optuna.trial import TrialState
 from tlkit.search import _optuna
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Data, Experiment, Source
-from tlkit.search.study import (MOVED, Cell, DuplicateRun, cells, check_identity, check_results_folder, claim_run,
-                                ensure_runs, finished_count, open_cell_study, open_storage, reseed_sampler,
-                                retries_first, run_of, take_up_dead_local_trials, worker_id)
+from tlkit.search.queue import (MOVED, DuplicateRun, claim_run, ensure_runs, finished_count, reseed_sampler,
+                                retries_first, run_of)
+from tlkit.search.storage import open_storage
+from tlkit.search.study import Cell, cells, check_identity, check_results_folder, open_cell_study
+from tlkit.search.workers import take_up_dead_local_trials, worker_id
 
 # study.ask() on a storage with heartbeats: fine here, Optuna only recommends optimize().
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

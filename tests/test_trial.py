@@ -15,7 +15,9 @@ from tlkit.config.experiment import Data, Experiment, Train
 from tlkit.config.identity import identity
 from tlkit.config.loading import apply_overrides
 from tlkit.strategies import get_strategy
-from tlkit.search.study import Cell, ensure_runs, open_cell_study, open_storage
+from tlkit.search.queue import ensure_runs
+from tlkit.search.storage import open_storage
+from tlkit.search.study import Cell, open_cell_study
 from tlkit.search.objective import SweepRun, make_objective, search_space, spec_for, trial_folder
 
 

@@ -30,7 +30,8 @@ from tlkit.engine.checkpoint import atomic_write, read_json
 from tlkit.errors import TlkitError
 from tlkit.metrics import Metric, get_metric
 from tlkit.output.plots import PLOTS, order, write_plots
-from tlkit.search.study import cell_studies, default_storage, open_storage
+from tlkit.search.storage import default_storage, open_storage
+from tlkit.search.study import cell_studies
 from tlkit.output.tensorboard import CELLS_DIR, write_cell_boards
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table,
                                  trials_table, write_csv)

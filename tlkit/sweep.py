@@ -35,10 +35,11 @@ from tlkit.engine.runner import TimeUp
 from tlkit.engine.source import resolve_pretrained
 from tlkit.engine.store import open_store
 from tlkit.strategies import get_strategy
-from tlkit.search import study as study_module
-from tlkit.search.study import (Cell, DuplicateRun, cells, check_identity, check_results_folder, default_storage,
-                                ensure_runs, finished_count, open_cell_study, open_storage, retries_first,
-                                quiet_optuna, take_up_lost_trials)
+from tlkit.search import queue as queue_module
+from tlkit.search.queue import DuplicateRun, ensure_runs, finished_count, retries_first
+from tlkit.search.storage import default_storage, open_storage, quiet_optuna
+from tlkit.search.study import Cell, cells, check_identity, check_results_folder, open_cell_study
+from tlkit.search.workers import take_up_lost_trials
 from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
 from tlkit.search.export import evaluate_best
@@ -190,7 +191,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
                 else:
                     held.append((i, cell))
             if held:
-                pause = study_module.POLL_S  # a live worker finishes them; a dead one's go stale by heartbeat
+                pause = queue_module.POLL_S  # a live worker finishes them; a dead one's go stale by heartbeat
                 log.info("%d cell%s wait%s for trials other workers hold; checking again in %d s", len(held),
                          "s" * (len(held) != 1), "" if len(held) != 1 else "s", pause)
                 run.check_time()

@@ -29,7 +29,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tlkit.metrics import get_metric
-from tlkit.search.study import Cell, finished_count
+from tlkit.search.queue import finished_count
+from tlkit.search.study import Cell
 from tlkit.engine.loop import Callback, EpochResult, Trainer
 
 __all__ = ["SweepProgress", "format_duration"]

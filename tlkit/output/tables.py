@@ -22,7 +22,8 @@ from tlkit.search import _optuna
 from tlkit.engine.checkpoint import atomic_write
 from tlkit.metrics import Predictions
 from tlkit.search.repeats import current_repeats, repeats_study_name
-from tlkit.search.study import NONE_LEFT, Cell, cell_studies
+from tlkit.search.queue import NONE_LEFT
+from tlkit.search.study import Cell, cell_studies
 
 __all__ = ["write_csv", "trials_table", "history_table", "repeats_table", "predictions_table", "summary_table",
            "load_cells", "search_studies"]

@@ -24,7 +24,9 @@ from tlkit.errors import TlkitError, describe_error, did_you_mean
 from tlkit.config.experiment import Experiment
 from tlkit.engine.runner import PRUNED, TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
-from tlkit.search.study import Cell, DuplicateRun, claim_run, reseed_sampler, worker_id
+from tlkit.search.queue import DuplicateRun, claim_run, reseed_sampler
+from tlkit.search.study import Cell
+from tlkit.search.workers import worker_id
 from tlkit.engine.loop import Callback, EpochResult, PruneTrial, Trainer
 from tlkit.models.weights import Pretrained
 

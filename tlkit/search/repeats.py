@@ -23,7 +23,9 @@ from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
 from tlkit.search.export import score_test
-from tlkit.search.study import NONE_LEFT, Cell, DuplicateRun, take_up_lost_trials, worker_id
+from tlkit.search.queue import NONE_LEFT, DuplicateRun
+from tlkit.search.study import Cell
+from tlkit.search.workers import take_up_lost_trials, worker_id
 from tlkit.search.objective import Reporter, SweepRun, record, requeue_on_failure, short_name, spec_for
 
 __all__ = ["repeat_seed", "repeats_study_name", "open_repeats_study", "run_repeats", "current_repeats",
