@@ -1,4 +1,4 @@
-"""Where tlkit cuts each architecture's frozen prefix (``tlkit/prefix.py``), for every depth of ``last_n``.
+"""Where tlkit cuts each architecture's frozen prefix (``tlkit/engine/prefix.py``), for every depth of ``last_n``.
 
 For each backbone and each ``n_groups`` (top groups training), the model is set up as a ``last_n`` trial at epoch 0
 and ``cut_frozen_prefix`` is asked for the cut; the script prints the graph node whose output would be cached (or

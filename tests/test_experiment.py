@@ -84,14 +84,14 @@ def test_setting_a_searched_field_is_refused_with_the_way_to_do_it(exp):
 
 
 def test_override_never_evaluates_code(exp, tmp_path, monkeypatch):
-    marker = tmp_path / "pwned"
-    with pytest.raises(TlkitError, match="cannot name a results folder"):  # a path is not a study name either
-        apply_overrides(exp, [f"name=__import__('pathlib').Path('{marker}').touch()"])
-    assert not marker.exists()
     monkeypatch.chdir(tmp_path)
-    new = apply_overrides(exp, ["name=__import__('pathlib').Path('pwned').touch()"])
-    assert not marker.exists()
-    assert new.name.startswith("__import__")  # taken as a plain string, never run
+    for override in ["name=__import__('pathlib').Path('pwned').touch()",  # refused: not a study name
+                     "train.optimizer=__import__('pathlib').Path('pwned').touch()"]:  # refused: not an optimizer
+        with pytest.raises(TlkitError):
+            apply_overrides(exp, [override])
+    new = apply_overrides(exp, ["data.name=__import__('pathlib').Path('pwned').touch()"])
+    assert new.data.name.startswith("__import__")  # taken as a plain string (checked later, by the sweep), never run
+    assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -212,11 +212,11 @@ def test_a_sweep_of_one_backbone_ranks_nothing(tmp_path):
 
 
 def test_an_out_that_is_a_file_is_refused_before_any_ranking(tmp_path, capsys, monkeypatch):
-    import tlkit.sweep
+    import tlkit.rank
 
     exp, taken = write_experiment(tmp_path, pretrained=True), tmp_path / "ranking.txt"
     taken.write_text("mine")
-    monkeypatch.setattr(tlkit.sweep, "prepare", lambda *a, **k: pytest.fail("the data was loaded first"))
+    monkeypatch.setattr(tlkit.rank, "prepare", lambda *a, **k: pytest.fail("the data was loaded first"))
     assert main([str(exp), "--out", str(taken)]) == 2
     err = capsys.readouterr().err
     assert f"The --out folder '{taken}' cannot be made: '{taken}' is a file, not a folder" in err

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tlkit.analysis.ranking import rank_table
 from tlkit.config.experiment import check_study_name
-from tlkit.errors import TlkitError, describe_error, mask_secrets
+from tlkit.errors import TlkitError, describe_error, mask_secrets, url_password
 from tlkit.report import main as report_main
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
@@ -31,10 +32,20 @@ def _files(folder: Path) -> set[str]:
     ("host=h password=S3cretPW dbname=x", "host=h password=*** dbname=x"),
     ("postgresql://h/db?password=S3cretPW&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
     ("sqlite:////tmp/a/study.db", "sqlite:////tmp/a/study.db"),
+    ("postgresql://u:pa/ss@h/db and more", "postgresql://u:***@h/db and more"),  # unescaped '/': SQLAlchemy takes it
+    ("'postgresql://u:pa ss@h:5432/db'", "'postgresql://u:***@h:5432/db'"),
     ("https://user@host/x", "https://user@host/x"),  # no password: nothing to hide
 ])
 def test_mask_secrets_hides_passwords_and_nothing_else(text, masked):
     assert mask_secrets(text) == masked
+
+
+def test_the_password_a_url_parser_reads_is_masked_wherever_it_appears():
+    url = "postgresql://tlkit:we!rd;pass@127.0.0.1/test"
+    assert url_password(url) == "we!rd;pass"
+    assert mask_secrets(f"driver said: bad password we!rd;pass for {url}", [url_password(url)]) == (
+        "driver said: bad password *** for postgresql://tlkit:***@127.0.0.1/test")
+    assert mask_secrets("the log of postgres", ["pw"]) == "the log of postgres"  # too short to replace safely
 
 
 def test_every_tlkit_error_and_described_error_is_masked():
@@ -64,7 +75,7 @@ def test_the_report_never_prints_the_storage_password(tmp_path, capfd):
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/tlkit-absolute-study", "a/b", "..", ".hidden", "a:b",
-                                  "tab\there"])
+                                  "tab\there", "*", "study?", "[ab]", "-x"])  # globs: the store's rm expands them
 def test_a_study_name_that_is_not_one_folder_name_is_refused_before_anything_is_written(tmp_path, capfd, name):
     work, store = tmp_path / "work", tmp_path / "store"
     work.mkdir(), store.mkdir()
@@ -73,7 +84,7 @@ def test_a_study_name_that_is_not_one_folder_name_is_refused_before_anything_is_
     cwd = os.getcwd()
     os.chdir(work)  # the default results folder is results/<name> under the working directory
     try:
-        assert main([str(exp), "--study", name, "--store", str(store), "--quiet"]) == 2
+        assert main([str(exp), f"--study={name}", "--store", str(store), "--quiet"]) == 2
     finally:
         os.chdir(cwd)
     err = capfd.readouterr().err
@@ -109,6 +120,10 @@ def test_a_results_folder_from_before_the_refusal_still_gets_a_report(tmp_path, 
     facts["backbones"] *= 2
     facts["strategies"] *= 2
     (out / "experiment.json").write_text(json.dumps(facts))
+    row = {"backbone": "test_resnet", "logme": 0.1, "knn_accuracy": 0.5, "h_score": 1.0, "seconds": 0.1}
+    ranked_twice = rank_table([row, row]).assign(searched=True, train_images=100)  # as such a sweep wrote it
+    ranked_twice.to_csv(out / "ranking.csv", index=False)
     capfd.readouterr()
     assert report_main([str(out)]) == 0, capfd.readouterr().err
-    assert "Partial results" not in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "Partial results" not in text and "## Ranking before training" in text

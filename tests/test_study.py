@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from tlkit.search import _optuna
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Data, Experiment, Source
+from tlkit.config.identity import identity
 from tlkit.search.queue import (MOVED, DuplicateRun, claim_run, ensure_runs, finished_count, reseed_sampler,
                                 retries_first, run_of)
 from tlkit.search.storage import open_storage
@@ -186,3 +187,31 @@ def test_a_study_recorded_before_runtime_moved_out_of_train_continues(storage):
     study.set_user_attr("identity", {**old, "source.train.epochs": 99})  # a real change is still one
     with pytest.raises(TlkitError, match=r"source\.train\.epochs: 99 -> 10"):
         check_identity(storage, "s", _exp(**source))
+
+
+def test_a_cells_identity_holds_only_its_own_weights_and_strategy_params(storage, tmp_path):
+    """Adding a strategy with its own parameters, or a weights file for another backbone (or one keep_top_backbones
+    dropped), changes no other cell: each cell records and is checked on what bears on it."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    open_cell_study(storage, "s", _exp(), Cell("test_resnet", "bitfit"))
+    grown = _exp(strategies=["last_n", "bitfit", "lora"], strategy_params={"lora": {"rank": 4}},
+                 weights={"hf-hub:timm/a:b": str(weights)})
+    check_identity(storage, "s", grown)  # bitfit on test_resnet is untouched
+    open_cell_study(storage, "s", grown, Cell("test_resnet", "lora"))
+    changed = _exp(strategies=["last_n", "bitfit", "lora"], strategy_params={"lora": {"rank": 8}})
+    with pytest.raises(TlkitError, match=r"strategy_params\.lora\.rank: 4 -> 8"):
+        check_identity(storage, "s", changed)
+    mine = _exp(weights={"test_resnet": str(weights)})
+    with pytest.raises(TlkitError, match=r"weights\.test_resnet: None -> "):
+        check_identity(storage, "s", mine)
+
+
+def test_a_study_recorded_with_every_backbones_weights_continues(storage, tmp_path):
+    """Before identities were per cell, a cell recorded every backbone's weights digest."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    exp = _exp(weights={"hf-hub:timm/a:b": str(weights)})
+    study = open_cell_study(storage, "s", exp, Cell("test_resnet", "bitfit"))
+    study.set_user_attr("identity", identity(exp))  # the old, whole-experiment identity
+    check_identity(storage, "s", _exp())  # the other backbone's file is gone: not this cell's business

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from optuna.distributions import IntDistribution
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tlkit.search import _optuna
@@ -22,9 +22,9 @@ from tlkit.search.objective import SweepRun, make_objective, search_space, spec_
 
 
 def _run(tmp_path, **fields) -> SweepRun:
-    exp = Experiment(backbones=["test_resnet"], strategies=["last_n"], name="t", pretrained=False,
-                     data=Data("digits", classes=[5, 6, 7], train_per_class=30, val_fraction=0.25),
-                     train=Train(epochs=2, batch_size=16, image_size=16), **fields)
+    exp = Experiment(**{"backbones": ["test_resnet"], "strategies": ["last_n"], "name": "t", "pretrained": False,
+                        "data": Data("digits", classes=[5, 6, 7], train_per_class=30, val_fraction=0.25),
+                        "train": Train(epochs=2, batch_size=16, image_size=16), **fields})
     return SweepRun(exp, tmp_path, splits_for(exp.data, 16, 0), {}, torch.device("cpu"), {"test_resnet": 6})
 
 
@@ -123,7 +123,39 @@ def test_strategy_params_from_set_and_in_the_identity(tmp_path):
     one = apply_overrides(exp, ["strategy_params.last_n.n_groups=1"])
     assert one.strategy_params == {"last_n": {"n_groups": 1}} and identity(one)["strategy_params.last_n.n_groups"] == 1
     ranged = apply_overrides(exp, ["strategy_params.last_n.n_groups=[1, 2]"])
-    assert ranged.strategy_params == {"last_n": {"n_groups": IntDistribution(1, 2)}}
+    assert ranged.strategy_params == {"last_n": {"n_groups": [1, 2]}}
+    assert search_space(ranged, get_strategy("last_n"), 6)["n_groups"] == IntDistribution(1, 2)
     assert identity(ranged) != identity(one) != identity(exp)
     with pytest.raises(TlkitError, match=r"strategy_params names 'lastn'.*Did you mean 'last_n'"):
         apply_overrides(exp, ["strategy_params.lastn.n_groups=1"])
+
+
+def test_a_strategy_range_from_set_keeps_the_strategys_own_scale(tmp_path):
+    """``--set strategy_params.l2_sp.alpha=[1e-4, 1]`` narrows l2_sp's log-scale range, as search.lr=[...] does."""
+    run = _run(tmp_path, strategies=["l2_sp", "lp_ft"], strategy_params={"l2_sp": {"alpha": [1e-3, 1]},
+                                                                        "lp_ft": {"probe_fraction": [0.3, 0.5]}})
+    assert search_space(run.exp, get_strategy("l2_sp"), 6)["alpha"] == FloatDistribution(1e-3, 1.0, log=True)
+    assert search_space(run.exp, get_strategy("lp_ft"), 6)["probe_fraction"] == FloatDistribution(0.3, 0.5)
+
+
+@pytest.mark.parametrize("strategy, params, message", [
+    ("last_n", {"n_groups": True}, r"strategy_params\['last_n'\]\['n_groups'\] must be int \(its default is 1\) "
+                                   r"but got True"),
+    ("last_n", {"n_groups": 1.5}, r"must be int \(its default is 1\) but got 1\.5"),
+    ("lp_ft", {"probe_fraction": "abc"}, r"must be float \(its default is 0\.5\) but got 'abc'"),
+    ("lp_ft", {"probe_fraction": 7.0}, r"can be 7\.0, which lp_ft refuses"),
+    ("linear_probe", {"x": 1}, r"linear_probe takes no hyperparameters\. HINT"),
+])
+def test_a_strategy_value_of_the_wrong_kind_is_a_message_not_a_traceback(tmp_path, strategy, params, message):
+    run = _run(tmp_path, strategies=[strategy], strategy_params={strategy: params})
+    with pytest.raises(TlkitError, match=message):
+        search_space(run.exp, get_strategy(strategy), 6)
+
+
+def test_fixed_strategy_values_show_in_the_tables(tmp_path):
+    from tlkit.search.objective import all_params
+
+    run = _run(tmp_path, strategy_params={"last_n": {"n_groups": 2}})
+    (trial,) = _optimize(run, Cell("test_resnet", "last_n")).trials
+    assert trial.user_attrs["fixed_params"] == {"n_groups": 2} and "n_groups" not in trial.params
+    assert all_params(trial) == {"n_groups": 2, **trial.params}

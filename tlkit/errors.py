@@ -6,18 +6,42 @@ import errno
 import re
 from typing import Iterable, Iterator
 
-__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error", "environment_fault", "mask_secrets"]
+__all__ = ["TlkitError", "did_you_mean", "close_matches", "describe_error", "environment_fault", "mask_secrets",
+           "url_password"]
 
-# user:PASSWORD@ in a URL (greedy up to the authority's last '@': an unescaped '@' in a password stays hidden), and
-# password=/token=/secret= parameters, as SQLAlchemy, psycopg and fsspec URLs carry them
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@'\"]*:)[^/\s'\"]*@")
+# user:PASSWORD@ in a URL, and password=/token=/secret= parameters, as SQLAlchemy, psycopg and fsspec URLs carry
+# them. The password runs to the '@' after which a host follows (no further '@' before a '/', a space, a quote or the
+# end), so an unescaped '@', '/' or space in it stays hidden too (SQLAlchemy accepts them unescaped).
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@'\"]*:).+?@(?=[^@\s'\"/]*(?:[/\s'\"]|$))")
 _SECRET_PARAMETER = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd|secret|token|secret_access_key)=)[^&;\s'\"]+")
 
 
-def mask_secrets(text: str) -> str:
-    """``text`` with every password in a URL (``postgresql://user:***@host/db``) and every ``password=...``
-    parameter replaced by ``***``: a storage or store URL appears in messages and logs, its password must not."""
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every password in a URL (``postgresql://user:***@host/db``), every ``password=...`` parameter
+    and each of ``secrets`` (a password parsed from the URL itself, however it is written) replaced by ``***``: a
+    storage or store URL appears in messages and logs, its password must not."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:  # a shorter one would garble the message; the URL pattern still hides it
+            text = text.replace(secret, "***")
     return _SECRET_PARAMETER.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", text))
+
+
+def url_password(url: str) -> str | None:
+    """The password in ``url`` as a URL parser reads it (SQLAlchemy's for a database URL, else the standard
+    library's), unquoted and quoted, or None: for ``mask_secrets(text, secrets=...)``."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password or password
+    except Exception:  # noqa: BLE001 - not a database URL, or SQLAlchemy cannot parse it: the regex still applies
+        pass
+    return unquote(password) if password else None
 
 
 class TlkitError(Exception):

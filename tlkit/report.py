@@ -4,8 +4,9 @@ The storage is the source of truth, so ``python -m tlkit.report results/<study>`
 report, even while a sweep is still running or after it ran on other machines; running it twice gives byte-identical
 files (sorted rows, fixed number formats, no timestamps, PNGs without a software stamp, seeded bootstraps).
 
-The report never declares a winner the data does not support: every strategy not significantly worse than a
-backbone's best (Holm-corrected, 5% level) is listed as tied with it.
+The report never declares a winner the data does not support: every strategy neither significantly worse nor
+significantly better than a backbone's best on validation (Holm-corrected, 5% level) is listed as tied with it, and
+one significantly better on test says the validation pick did not hold up.
 
 Example:
     python -m tlkit.report results/digits
@@ -27,7 +28,7 @@ import pandas as pd
 from tlkit.analysis import compare
 from tlkit.analysis.ranking import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
 from tlkit.engine.checkpoint import atomic_write, read_json
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, mask_secrets, url_password
 from tlkit.metrics import Metric, get_metric
 from tlkit.output.plots import PLOTS, order, write_plots
 from tlkit.search.storage import default_storage, open_storage
@@ -314,7 +315,7 @@ def report_ranking(out: Path, summary: pd.DataFrame, metric: Metric) -> str:
     path = Path(out) / RANKING
     if not path.is_file():
         return ""
-    ranking = pd.read_csv(path)
+    ranking = pd.read_csv(path).drop_duplicates("backbone")  # a backbone listed twice (before that was refused)
     table = agreement(ranking, summary, metric)
     write_csv(table, Path(out) / AGREEMENT)
     n_train = int(ranking["train_images"].iloc[0]) if "train_images" in ranking and len(ranking) else 0
@@ -354,7 +355,8 @@ def _stored_metric(url: str, study: str) -> str:
         identity = summary.user_attrs.get("identity") or {}
         if identity.get("metric"):
             return identity["metric"]
-    raise TlkitError(f"No study {study!r} in {url}. HINT: check --study and --storage.")
+    raise TlkitError(mask_secrets(f"No study {study!r} in {url}. HINT: check --study and --storage.",
+                                  [url_password(url)]))
 
 
 def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -390,8 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage = open_storage(url)
         if not cell_studies(storage, study):
             names = sorted({s.study_name.split("/")[0] for s in optuna.get_all_study_summaries(storage, False)})
-            raise TlkitError(f"No study {study!r} in {url}. Studies there: {', '.join(names) or 'none'}. "
-                             f"HINT: pass --study NAME.")
+            raise TlkitError(mask_secrets(f"No study {study!r} in {url}. Studies there: "
+                                          f"{', '.join(names) or 'none'}. HINT: pass --study NAME.",
+                                          [url_password(url)]))
         write_report(args.results, storage, study, metric)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)

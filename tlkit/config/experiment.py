@@ -19,7 +19,8 @@ from tlkit.config.types import check_types, check_value
 from tlkit.errors import TlkitError, close_matches, did_you_mean
 from tlkit.metrics import get_metric
 
-__all__ = ["Data", "Train", "Runtime", "Source", "Experiment", "NOT_IDENTITY", "validate", "recipe_values", "check_search", "check_study_name"]
+__all__ = ["Data", "Train", "Runtime", "Source", "Experiment", "NOT_IDENTITY", "validate", "recipe_values",
+           "check_search", "check_study_name"]
 
 AUGMENTATIONS = ("crop", "hflip")
 PRUNERS = ("median", "hyperband", "none")
@@ -354,18 +355,19 @@ def recipe_values(search: dict[str, BaseDistribution], recipe: Train, name: str)
     return _possible_values(search[name]) if name in search else [getattr(recipe, name)]
 
 
-_UNSAFE_NAME = re.compile(r"[/\\:\x00-\x1f\x7f]")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_. -]*")
 
 
 def check_study_name(name: str, what: str = "") -> str:
     """``name``, refused unless it is one safe path segment: it becomes ``results/<name>/`` and ``<store>/<name>/``,
-    whose push deletes remote files it does not have, so ``../x`` or ``/abs`` must never reach a path. No ``/``,
-    ``\\``, ``:`` (Optuna's study names use ``/`` and ``:`` as separators) or control characters; not ``.``-led
-    (``..``, hidden folders); at most 100 characters."""
+    whose push deletes remote files it does not have, so ``../x``, ``/abs`` or a glob (``*``, ``?``, ``[``: fsspec's
+    ``rm`` expands them on object stores) must never reach a path. Letters, digits, ``_``, ``-``, ``.`` and spaces,
+    starting with a letter, digit or ``_`` (not ``..``, a hidden folder or a flag); at most 100 characters. No ``/``
+    or ``:`` either: Optuna's study names use them as separators."""
     what = what or f"The study name {name!r}"
-    if not name or name.startswith(".") or len(name) > 100 or _UNSAFE_NAME.search(name):
-        raise TlkitError(f"{what} cannot name a results folder: a study name is one folder name (not starting with "
-                         f"'.', no '/', '\\', ':' or control characters, at most 100 characters), so "
+    if len(name) > 100 or not _SAFE_NAME.fullmatch(name):
+        raise TlkitError(f"{what} cannot name a results folder: a study name is one folder name (letters, digits, "
+                         f"'_', '-', '.' and spaces, starting with a letter, digit or '_', at most 100 characters), so "
                          f"that nothing is written outside results/ or the --store. HINT: pass --study NAME (or set "
                          f"name='...' in the experiment file), e.g. --study my_study; use --out for another folder.")
     return name

@@ -47,8 +47,12 @@ def not_identity_paths(cls: type = Experiment, prefix: str = "") -> set[str]:
     return paths
 
 
-def identity(exp: Experiment) -> dict[str, Any]:
-    """The flattened fields that make two runs comparable; a change to any of them means a new study."""
+def identity(exp: Experiment, backbone: str | None = None, strategy: str | None = None) -> dict[str, Any]:
+    """The flattened fields that make two runs comparable; a change to any of them means a new study.
+
+    For one cell (``backbone``, ``strategy``) only its own backbone's weights file and its own strategy's
+    ``strategy_params`` count: another cell's do not change what this one computes, so adding a strategy with its
+    own parameters, or a backbone with a weights file, adds cells without touching the others."""
     flat: dict[str, Any] = {}
 
     def walk(value: Any, path: str) -> None:
@@ -64,7 +68,14 @@ def identity(exp: Experiment) -> dict[str, Any]:
     walk({k: v for k, v in experiment_to_dict(exp).items() if k not in excluded}, "")
     for path in excluded:
         flat.pop(path, None)
-    return flat
+    return {k: v for k, v in flat.items() if concerns(k, backbone, strategy)}
+
+
+def concerns(key: str, backbone: str | None, strategy: str | None) -> bool:
+    """Whether identity ``key`` bears on the cell (``backbone``, ``strategy``); None: on every cell."""
+    if backbone is not None and key.startswith("weights.") and key != f"weights.{backbone}":
+        return False
+    return strategy is None or not key.startswith("strategy_params.") or key.startswith(f"strategy_params.{strategy}.")
 
 
 def file_digest(path: str) -> str:

@@ -22,7 +22,7 @@ from tlkit.config.experiment import (MOVED_TO_RUNTIME, Data, Experiment, Runtime
 from tlkit.config.types import check_value
 from tlkit.errors import TlkitError, describe_error, did_you_mean
 
-__all__ = ["load_experiment", "apply_overrides"]
+__all__ = ["load_experiment", "apply_overrides", "distribution_like"]
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -147,10 +147,10 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
             if value is None:
                 del target[leaf]
             else:
-                target[leaf] = _distribution_like(target[leaf], value, key)
+                target[leaf] = distribution_like(target[leaf], value, key)
             continue
         if parents[:1] == ["strategy_params"] and len(parents) == 2:
-            exp.strategy_params.setdefault(parents[1], {})[leaf] = _strategy_value(value, key)
+            exp.strategy_params.setdefault(parents[1], {})[leaf] = list(value) if isinstance(value, tuple) else value
             continue
         if parents[-1:] == ["train"] and leaf in MOVED_TO_RUNTIME:
             raise TlkitError(f"Bad --set {item!r}: {_moved(leaf)}")
@@ -170,19 +170,9 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
     return exp
 
 
-def _strategy_value(value: Any, key: str) -> Any:
-    """``--set strategy_params.S.P=VALUE``: a number, bool or string fixes P; ``[low, high]`` of numbers searches
-    that range (ints: IntDistribution, else FloatDistribution); another list searches those choices."""
-    if not isinstance(value, (list, tuple)):
-        return value
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    if len(value) == 2 and numbers:
-        ints = all(isinstance(v, int) for v in value)
-        return _distribution_like(IntDistribution(0, 1) if ints else FloatDistribution(0.0, 1.0), value, key)
-    return _distribution_like(CategoricalDistribution([None]), value, key)
-
-
-def _distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistribution:
+def distribution_like(old: BaseDistribution, value: Any, key: str) -> BaseDistribution:
+    """``value`` (``[low, high]``, or a list of choices) as a distribution of ``old``'s kind and scale: a range keeps
+    its int or float type and its log scale; ``key`` names it in errors."""
     if isinstance(old, (FloatDistribution, IntDistribution)):
         if not (isinstance(value, (list, tuple)) and len(value) == 2
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):

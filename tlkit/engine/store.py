@@ -17,7 +17,7 @@ import os
 import posixpath
 from pathlib import Path
 from tlkit.config.experiment import check_study_name
-from tlkit.errors import TlkitError, describe_error
+from tlkit.errors import TlkitError, describe_error, mask_secrets, url_password
 from tlkit.utils.files import atomic_write
 
 __all__ = ["Store", "open_store"]
@@ -101,10 +101,12 @@ def open_store(url: str | None, study: str, local_root: Path, create: bool = Tru
         else:
             store.fs.exists(store.root)
     except ImportError as err:
-        raise TlkitError(f"The store {url!r} needs a package that is not installed ({describe_error(err)}). HINT: "
-                         f"for S3, pip install 'tlkit[s3]' (s3fs).") from None
+        raise TlkitError(mask_secrets(
+            f"The store {url!r} needs a package that is not installed ({describe_error(err)}). HINT: for S3, pip "
+            f"install 'tlkit[s3]' (s3fs).", [url_password(url)])) from None
     except Exception as err:  # noqa: BLE001 - fsspec backends raise many types for the same problem
-        raise TlkitError(f"The store {url!r} cannot be reached or written ({describe_error(err)}). HINT: check the "
-                         f"URL, the credentials (AWS_* environment variables for S3) and that the folder or bucket "
-                         f"exists.") from None
+        raise TlkitError(mask_secrets(
+            f"The store {url!r} cannot be reached or written ({describe_error(err)}). HINT: check the URL, the "
+            f"credentials (AWS_* environment variables for S3) and that the folder or bucket exists.",
+            [url_password(url)])) from None
     return store

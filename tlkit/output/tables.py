@@ -24,6 +24,7 @@ from tlkit.metrics import Predictions
 from tlkit.search.repeats import current_repeats, repeats_study_name
 from tlkit.search.queue import NONE_LEFT
 from tlkit.search.study import Cell, cell_studies
+from tlkit.search.objective import all_params
 
 __all__ = ["write_csv", "trials_table", "history_table", "repeats_table", "predictions_table", "summary_table",
            "load_cells", "search_studies"]
@@ -65,7 +66,7 @@ def trials_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
             rows.append({
                 "backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
                 "trial": t.number, "state": t.state.name, f"val_{metric}": t.value,
-                **{f"params_{k}": v for k, v in sorted(t.params.items())},
+                **{f"params_{k}": v for k, v in sorted(all_params(t).items())},
                 "epochs_run": u.get("epochs_run", 0), "best_epoch": u.get("best_epoch"),
                 "trainable_params": u.get("trainable_params"), "total_params": u.get("total_params"),
                 "wall_time_s": u.get("wall_time"), "resumed_from_trial": u.get("resumed_from_trial"),
@@ -225,7 +226,7 @@ def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.Cel
             "total_params": best.user_attrs.get("total_params") if best else None,
             "train_time_s": best.user_attrs.get("wall_time") if best else None,
             "cell_time_s": round(sum(t.user_attrs.get("wall_time") or 0.0 for t in trials), 3),
-            "best_params": json.dumps(best.params, sort_keys=True) if best else "",
+            "best_params": json.dumps(all_params(best), sort_keys=True) if best else "",
             "weights": best.user_attrs.get("weights") if best else None,
             "best_epoch": best.user_attrs.get("best_epoch") if best else None,
             f"val_{name}_sd_trials": _sd([t.value for t in trials if t.state == TrialState.COMPLETE]),

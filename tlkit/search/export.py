@@ -22,7 +22,7 @@ from tlkit.metrics import Predictions, get_metric
 from tlkit.data.preprocess import Preprocess
 from tlkit.search.study import Cell
 from tlkit.engine.evaluate import Scores, evaluate
-from tlkit.search.objective import SweepRun, short_name, trial_folder
+from tlkit.search.objective import all_params, SweepRun, short_name, trial_folder
 
 __all__ = ["evaluate_best", "score_test", "load_best"]
 
@@ -58,7 +58,7 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
         "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
         "classes": run.splits.train.classes, "image_size": run.exp.train.image_size,
         "decode_size": run.exp.data.decode_size, **prep,
-        "params": best.params, "metric": run.exp.metric, **result})
+        "params": all_params(best), "metric": run.exp.metric, **result})
     if run.store is not None:
         run.store.push(export_dir)
     study.set_user_attr("best_test", {**result, "predictions": predictions.to_json()})

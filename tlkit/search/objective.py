@@ -17,11 +17,13 @@ from typing import Any, Callable
 import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial
 
 from tlkit.search import _optuna
 from tlkit.data.tensors import Splits
 from tlkit.errors import TlkitError, describe_error, did_you_mean
 from tlkit.config.experiment import Experiment
+from tlkit.config.loading import distribution_like
 from tlkit.engine.runner import PRUNED, TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
 from tlkit.search.queue import DuplicateRun, claim_run, reseed_sampler
@@ -96,22 +98,59 @@ def search_space(exp: Experiment, strategy: type[Strategy], num_groups: int) -> 
 
 
 def strategy_params(exp: Experiment, strategy: type[Strategy], num_groups: int) -> dict[str, Any]:
-    """``exp.strategy_params`` of ``strategy`` (fixed values and distributions), each checked by building the
-    strategy with it, every end or choice of a distribution included, so no trial can get a value it refuses."""
-    given = exp.strategy_params.get(strategy.name, {})
-    for key, value in given.items():
+    """``exp.strategy_params`` of ``strategy``: fixed values as given, searched ones as distributions (a list is
+    shaped like the strategy's own distribution of that name, keeping its log scale, as ``--set search.lr=[a, b]``
+    does; else ``[low, high]`` of numbers is a range, another list a choice). Each value, every end or choice of a
+    distribution included, is checked against the type of the strategy's default and by building the strategy with
+    it, so no trial can get a value it refuses."""
+    own = strategy.search_space(num_groups, exp.train.epochs)
+    out = {}
+    for key, value in exp.strategy_params.get(strategy.name, {}).items():
         where = f"strategy_params[{strategy.name!r}][{key!r}]"
         if key not in strategy.defaults:
-            raise TlkitError(f"{where}: " + did_you_mean(key, strategy.defaults, f"{strategy.name} hyperparameter") +
-                             " HINT: python -m tlkit.strategies lists each strategy's hyperparameters.")
-        values = _ends(value) if isinstance(value, BaseDistribution) else [value]
-        for v in values:
-            try:
-                strategy(num_groups, exp.train.epochs, **{key: v})
-            except TlkitError as err:
-                raise TlkitError(f"{where} can be {v!r}, which {strategy.name} refuses with {num_groups} layer "
-                                 f"groups: {err}") from None
-    return dict(given)
+            known = did_you_mean(key, strategy.defaults, f"{strategy.name} hyperparameter") if strategy.defaults \
+                else f"{strategy.name} takes no hyperparameters."
+            raise TlkitError(f"{where}: {known} HINT: python -m tlkit.strategies list shows each strategy's.")
+        if isinstance(value, (list, tuple)):
+            value = distribution_like(own.get(key) or _shape_of(value), value, where)
+        for v in _ends(value) if isinstance(value, BaseDistribution) else [value]:
+            _check_param(strategy, key, v, num_groups, exp.train.epochs, where)
+        out[key] = value
+    return out
+
+
+def _shape_of(value: list[Any] | tuple[Any, ...]) -> BaseDistribution:
+    """The distribution a bare list asks for: two ints a range of ints, two numbers a float range, else choices."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if len(value) == 2 and numbers:
+        return IntDistribution(0, 1) if all(isinstance(v, int) for v in value) else FloatDistribution(0.0, 1.0)
+    return CategoricalDistribution([None])
+
+
+def _check_param(strategy: type[Strategy], key: str, value: Any, num_groups: int, epochs: int, where: str) -> None:
+    default = strategy.defaults[key]
+    kind = type(default)
+    wrong = (default is not None and not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+             and not (kind is float and isinstance(value, int) and not isinstance(value, bool)))
+    if wrong:
+        raise TlkitError(f"{where} must be {kind.__name__} (its default is {default!r}) but got {value!r}.")
+    try:
+        strategy(num_groups, epochs, **{key: value})
+    except Exception as err:  # noqa: BLE001 - a strategy's own check may raise anything: it is bad input here
+        raise TlkitError(f"{where} can be {value!r}, which {strategy.name} refuses with {num_groups} layer groups: "
+                         f"{describe_error(err) if not isinstance(err, TlkitError) else err}") from None
+
+
+def fixed_params(exp: Experiment, strategy: str) -> dict[str, Any]:
+    """The strategy hyperparameters ``exp.strategy_params`` fixes (not searched): every trial of the cell uses them."""
+    return {k: v for k, v in exp.strategy_params.get(strategy, {}).items()
+            if not isinstance(v, (BaseDistribution, list, tuple))}
+
+
+def all_params(trial: FrozenTrial | optuna.Trial) -> dict[str, Any]:
+    """A trial's hyperparameters: the sampled ones and the fixed ones it ran with (``fixed_params`` user attribute),
+    so tables, reports and exported models show every value, not only what Optuna sampled."""
+    return {**trial.user_attrs.get("fixed_params", {}), **trial.params}
 
 
 def _ends(dist: BaseDistribution) -> list[Any]:
@@ -170,7 +209,7 @@ def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folde
     are the strategy's; the starting weights are the backbone's unless the strategy trains from scratch."""
     exp = run.exp
     pretrained = run.pretrained.get(cell.backbone) if get_strategy(cell.strategy).pretrained else None
-    fixed = {k: v for k, v in exp.strategy_params.get(cell.strategy, {}).items() if not isinstance(v, BaseDistribution)}
+    fixed = fixed_params(exp, cell.strategy)
     return TrialSpec(backbone=cell.backbone, strategy=cell.strategy,
                      params={**fixed, **{k: v for k, v in params.items() if k not in exp.search}},
                      recipe=dataclasses.replace(exp.train, **{k: v for k, v in params.items() if k in exp.search}),
@@ -192,8 +231,9 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
         reseed_sampler(trial.study, exp.seed, exp.trials, run_number)
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}
         spec = spec_for(run, cell, params, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number))
+        fixed = fixed_params(exp, cell.strategy)
         for key, value in {"backbone": cell.backbone, "strategy": cell.strategy, "run": run_number,
-                           "weights": spec.weights_origin}.items():
+                           "weights": spec.weights_origin, **({"fixed_params": fixed} if fixed else {})}.items():
             trial.set_user_attr(key, value)
         if retried is not None:
             trial.set_user_attr("resumed_from_trial", retried)

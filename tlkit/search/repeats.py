@@ -54,7 +54,8 @@ def open_repeats_study(storage: Any, study: str, exp: Experiment, cell: Cell) ->
     s = optuna.create_study(storage=storage, study_name=repeats_study_name(study, cell), load_if_exists=True,
                             direction=get_metric(exp.metric).direction, pruner=optuna.pruners.NopPruner())
     if "identity" not in s.user_attrs:
-        for key, value in {"identity": identity(exp), "backbone": cell.backbone, "strategy": cell.strategy}.items():
+        for key, value in {"identity": identity(exp, cell.backbone, cell.strategy), "backbone": cell.backbone,
+                           "strategy": cell.strategy}.items():
             s.set_user_attr(key, value)
     return s
 

@@ -15,7 +15,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from tlkit.search import _optuna
-from tlkit.errors import TlkitError, describe_error
+from tlkit.errors import TlkitError, describe_error, mask_secrets, url_password
 
 __all__ = ["HEARTBEAT_S", "CREATION_RACE", "GRACE_S", "ATTEMPT_ATTRS", "quiet_optuna", "default_storage",
            "SQLITE_BUSY_TIMEOUT_S", "open_storage"]
@@ -95,11 +95,12 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                 time.sleep(1.0)  # two workers created the tables of a new database at once; the other one won
                 continue
             if url.startswith("sqlite") and ("not a database" in str(err) or "malformed" in str(err)):
-                raise TlkitError(f"The study storage {url!r} is not a SQLite database, or is damaged "
-                                 f"({describe_error(err)}). HINT: move the file aside (sqlite3's .recover may save "
-                                 f"its trials) and run again to start the study anew, or pass --storage.") from None
-            raise TlkitError(f"Cannot open the study storage {url!r} ({describe_error(err)}). HINT: check the URL, "
-                             f"that the database server "
-                             f"is running, and for PostgreSQL that psycopg is installed "
-                             f"(pip install 'tlkit[postgres]').") from None
+                raise TlkitError(mask_secrets(
+                    f"The study storage {url!r} is not a SQLite database, or is damaged ({describe_error(err)}). "
+                    f"HINT: move the file aside (sqlite3's .recover may save its trials) and run again to start the "
+                    f"study anew, or pass --storage.", [url_password(url)])) from None
+            raise TlkitError(mask_secrets(
+                f"Cannot open the study storage {url!r} ({describe_error(err)}). HINT: check the URL, that the "
+                f"database server is running, and for PostgreSQL that psycopg is installed (pip install "
+                f"'tlkit[postgres]').", [url_password(url)])) from None
     raise AssertionError("unreachable")

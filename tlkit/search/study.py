@@ -18,7 +18,7 @@ from optuna.storages import RDBStorage
 from tlkit.engine.checkpoint import check_writable
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Experiment
-from tlkit.config.identity import RETIRED, identity
+from tlkit.config.identity import RETIRED, concerns, identity
 from tlkit.metrics import get_metric
 
 __all__ = ["Cell", "cells", "cell_studies", "check_identity", "check_results_folder", "make_pruner", "open_cell_study"]
@@ -52,9 +52,12 @@ def cell_studies(storage: RDBStorage | str, study: str) -> dict[str, Any]:
 
 def check_identity(storage: RDBStorage, study: str, exp: Experiment) -> None:
     """Refuse to mix trials of a changed experiment into an existing study; name what changed."""
-    mine = identity(exp)
     for name, summary in cell_studies(storage, study).items():
+        backbone, strategy = summary.user_attrs.get("backbone"), summary.user_attrs.get("strategy")
+        mine = identity(exp, backbone, strategy)
         theirs = summary.user_attrs.get("identity")
+        if theirs is not None:  # recorded before identities were per cell: another cell's weights did not count
+            theirs = {k: v for k, v in theirs.items() if concerns(k, backbone, strategy)}
         changed = [c for c in _changes(theirs, mine) if not (c[0] in RETIRED and c[2] is None)] \
             if theirs is not None else []
         if not changed:  # a field added since (absent there, None here) changes nothing
@@ -109,7 +112,7 @@ def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell
     s = optuna.create_study(storage=storage, study_name=cell.study_name(study),
                             direction=get_metric(exp.metric).direction, load_if_exists=True, pruner=pruner)
     if "identity" not in s.user_attrs:
-        s.set_user_attr("identity", identity(exp))
+        s.set_user_attr("identity", identity(exp, cell.backbone, cell.strategy))
         s.set_user_attr("backbone", cell.backbone)
         s.set_user_attr("strategy", cell.strategy)
     return s
