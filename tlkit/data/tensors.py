@@ -26,18 +26,68 @@ RESIZE_IN_MEMORY_BYTES = 2 << 30
 
 @dataclass
 class ImageSet:
-    """Images as one uint8 tensor ``(N, 3, H, W)`` and labels as int64 ``(N,)``."""
+    """Images as uint8 ``(N, 3, H, W)`` and labels as int64 ``(N,)``.
 
-    images: torch.Tensor
+    ``images`` is either one tensor in memory or, for data too big for memory, a read-only ``np.memmap`` of the
+    decoded-data store (``tlkit.data.store``) with ``index``, the rows of it this set is: a subset composes the index
+    instead of copying, and a batch gathers its rows from the map (``rows``), resized to ``size`` when that is set.
+    """
+
+    images: torch.Tensor | np.ndarray
     labels: torch.Tensor
     classes: list[str]
+    index: torch.Tensor | None = None
+    size: int | None = None
+    source: str | None = None
+    """For a mapped set: what identifies the store (its folder name holds the dataset's key)."""
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def mapped(self) -> bool:
+        return not isinstance(self.images, torch.Tensor)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu") if self.mapped else self.images.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(3, H, W)`` of the images this set serves."""
+        c, h, w = self.images.shape[1:]
+        return (c, self.size, self.size) if self.size is not None else (c, h, w)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images this set serves, held in memory."""
+        return len(self) * math.prod(self.image_shape)
+
     def subset(self, index: torch.Tensor | np.ndarray) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index], self.classes)
+        if not self.mapped:  # in memory: a copy keeps the tensor contiguous, the fast path for slicing and GPUs
+            return ImageSet(self.images[index], self.labels[index], self.classes)
+        rows = self.index[index] if self.index is not None else index
+        return ImageSet(self.images, self.labels[index], self.classes, rows, self.size, self.source)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at positions ``idx`` of this set, in that order (a batch)."""
+        if not self.mapped:
+            return self.images[idx]
+        base = (self.index[idx] if self.index is not None else torch.as_tensor(idx)).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(self.images[base]))
+        return resize_images(x, self.size) if self.size is not None else x
+
+    def in_memory(self, device: torch.device | str = "cpu", chunk: int = 4096) -> "ImageSet":
+        """This set as one tensor on ``device``, gathered chunk by chunk (a mapped set never passes through a
+        second full copy)."""
+        if not self.mapped:
+            return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+        out = torch.empty((len(self), *self.image_shape), dtype=torch.uint8, device=device)
+        for start in range(0, len(self), chunk):
+            idx = torch.arange(start, min(start + chunk, len(self)))
+            out[start:start + len(idx)] = self.rows(idx).to(device)
+        return ImageSet(out, self.labels.to(device), self.classes)
 
 
 @dataclass
@@ -81,7 +131,9 @@ def _select_classes(s: ImageSet, classes: list[int] | None, prefix: str = "data.
     keep = torch.isin(s.labels, torch.tensor(classes))
     remap = torch.full((len(s.classes),), -1, dtype=torch.long)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
-    return ImageSet(s.images[keep], remap[s.labels[keep]], [s.classes[c] for c in classes])
+    picked = s.subset(torch.nonzero(keep).flatten())
+    picked.labels, picked.classes = remap[picked.labels], [s.classes[c] for c in classes]
+    return picked
 
 
 def _cap_per_class(s: ImageSet, cap: int | None, seed: int) -> ImageSet:
@@ -133,7 +185,9 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
         if short:
             raise _split_error(train, val_fraction, short[0], side, prefix)
     for s in (splits.train, splits.val, splits.test):
-        if len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
+        if s.mapped:  # never a whole-set resize of mapped data: each batch is resized as it is gathered
+            s.size = image_size if s.images.shape[-2:] != (image_size, image_size) else None
+        elif len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
             s.images = resize_images(s.images, image_size)
         # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
     return splits
@@ -214,10 +268,10 @@ def to_device(splits: Splits, device: torch.device, max_share: float = 0.25) -> 
     if device.type != "cuda":
         return splits
     parts = (splits.train, splits.val, splits.test)
-    size = sum(s.images.numel() + s.labels.numel() * 8 for s in parts)
+    size = sum(s.nbytes + s.labels.numel() * 8 for s in parts)
     if size > max_share * torch.cuda.mem_get_info(device)[0]:
         return splits
-    moved = [ImageSet(s.images.to(device), s.labels.to(device), s.classes) for s in parts]
+    moved = [s.in_memory(device) for s in parts]
     return Splits(*moved)
 
 
@@ -234,10 +288,12 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
     same order and the same augmentation every time, which is what makes resumed trials repeat exactly.
     Images not already at ``image_size`` are resized per batch, on the device.
     """
-    inputs, labels = (data.images, data.labels) if isinstance(data, ImageSet) else data
+    images = data if isinstance(data, ImageSet) else None
+    inputs, labels = (None, data.labels) if images is not None else data
     n = len(labels)
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).to(inputs.device)
+    order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n))
+    order = order.to(images.device if images is not None else inputs.device)
     stop = n - n % batch_size if drop_last and n > batch_size else n
     if isinstance(data, ImageSet):
         mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
@@ -246,7 +302,7 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
         if max_batches is not None and i >= max_batches:
             return
         idx = order[start:start + batch_size]
-        x, y = inputs[idx], labels[idx]
+        x, y = (images.rows(idx) if images is not None else inputs[idx]), labels[idx]
         if isinstance(data, ImageSet):
             if augment and gen is not None:
                 x = augment_batch(x, augment, padding, gen)
