@@ -299,6 +299,9 @@ def _build(dataset: Dataset, name: str, folder: Path, key: str, on_chunk: OnChun
                 _fsync(folder / f"{s}.npy")
         _write_json(folder / "complete.json", {"key": key, "shapes": shapes, "dtype": "uint8"})
         (folder / "progress.json").unlink(missing_ok=True)
+        seconds = time.monotonic() - progress_log.start
+        log.info("decoded %d images of %s into %s in %.1f s (%.0f images/s, %d threads)", len(encoded), name, folder,
+                 seconds, (progress_log.done - progress_log.start_done) / max(seconds, 1e-9), cpu_count())
     finally:
         encoded.close()
 
