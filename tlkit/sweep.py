@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -274,7 +275,9 @@ def run_workers(argv: list[str], args: argparse.Namespace, exp: Experiment) -> i
         command = [sys.executable, "-m", "tlkit.sweep", *base, "--threads", str(threads), "--quiet"]
         if devices[i % len(devices)] is not None:
             command += ["--device", devices[i % len(devices)]]
-        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        # each worker may hold the data in memory only within its share (tlkit.data.store.in_memory_limit)
+        env = {**os.environ, "TLKIT_LOCAL_WORKERS": str(args.workers)}
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env))
     log.info("started %d workers (%d compute thread%s each%s)", args.workers, threads, "s" * (threads != 1),
              f", devices {', '.join(devices)}" if args.devices else "")
     codes = [p.wait() for p in procs]

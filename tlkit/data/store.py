@@ -78,10 +78,12 @@ def available_memory() -> int:
 
 def in_memory_limit() -> int:
     """The most decoded bytes read into memory rather than mapped: ``IN_MEMORY_SHARE`` of the available memory,
-    or ``$TLKIT_IN_MEMORY_LIMIT`` bytes when set (0 always maps)."""
+    shared by the ``$TLKIT_LOCAL_WORKERS`` worker processes ``--workers N`` starts on the machine (each would hold
+    its own copy), or ``$TLKIT_IN_MEMORY_LIMIT`` bytes when set (0 always maps)."""
     if os.environ.get("TLKIT_IN_MEMORY_LIMIT"):
         return int(float(os.environ["TLKIT_IN_MEMORY_LIMIT"]))
-    return int(IN_MEMORY_SHARE * available_memory())
+    workers = max(1, int(os.environ.get("TLKIT_LOCAL_WORKERS") or 1))
+    return int(IN_MEMORY_SHARE * available_memory() / workers)
 
 
 def _gib(n: float) -> str:

@@ -22,6 +22,12 @@ __all__ = ["ImageSet", "Splits", "make_splits", "iterate_batches", "augment_batc
            "resize_images"]
 
 RESIZE_IN_MEMORY_BYTES = 2 << 30
+CHUNK_BYTES = 256 << 20
+"""About how many bytes of floats a whole-set resize or gather works on at a time."""
+
+
+def _chunk_for(images: torch.Tensor | np.ndarray) -> int:
+    return max(1, CHUNK_BYTES // (4 * math.prod(images.shape[1:])))
 
 
 @dataclass
@@ -78,12 +84,13 @@ class ImageSet:
         x = torch.from_numpy(np.ascontiguousarray(self.images[base]))
         return resize_images(x, self.size) if self.size is not None else x
 
-    def in_memory(self, device: torch.device | str = "cpu", chunk: int = 4096) -> "ImageSet":
+    def in_memory(self, device: torch.device | str = "cpu", chunk: int | None = None) -> "ImageSet":
         """This set as one tensor on ``device``, gathered chunk by chunk (a mapped set never passes through a
         second full copy)."""
         if not self.mapped:
             return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
         out = torch.empty((len(self), *self.image_shape), dtype=torch.uint8, device=device)
+        chunk = chunk or _chunk_for(self.images)
         for start in range(0, len(self), chunk):
             idx = torch.arange(start, min(start + chunk, len(self)))
             out[start:start + len(idx)] = self.rows(idx).to(device)
@@ -146,10 +153,15 @@ def _cap_per_class(s: ImageSet, cap: int | None, seed: int) -> ImageSet:
     return s.subset(np.sort(keep))
 
 
-def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Resize a uint8 image tensor once (bilinear, antialiased) so epochs never pay for it."""
+def resize_images(images: torch.Tensor, size: int, chunk: int | None = None) -> torch.Tensor:
+    """Resize a uint8 image tensor once (bilinear, antialiased) so epochs never pay for it.
+
+    Each image is resized on its own, so the result does not depend on ``chunk``; by default a chunk's float copy
+    stays near ``CHUNK_BYTES`` (4,096 images at 256 px were 3 GiB of floats at once).
+    """
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    chunk = chunk or _chunk_for(images)
     parts = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
                            align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
              for i in range(0, len(images), chunk)]
