@@ -70,8 +70,10 @@ class ImageSet:
         return len(self) * math.prod(self.image_shape)
 
     def subset(self, index: torch.Tensor | np.ndarray) -> "ImageSet":
+        """The images at ``index``: a copy for a plain tensor in memory, a view (the composed index) for a mapped
+        set or a view made by ``view()``."""
         index = torch.as_tensor(index, dtype=torch.long)
-        if not self.mapped:  # in memory: a copy keeps the tensor contiguous, the fast path for slicing and GPUs
+        if not self.mapped and self.index is None:  # a copy keeps the tensor contiguous, the fast path on GPUs
             return ImageSet(self.images[index], self.labels[index], self.classes)
         rows = self.index[index] if self.index is not None else index
         return ImageSet(self.images, self.labels[index], self.classes, rows, self.size, self.source)
@@ -79,7 +81,8 @@ class ImageSet:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images at positions ``idx`` of this set, in that order (a batch)."""
         if not self.mapped:
-            return self.images[idx]
+            x = self.images[self.index[idx] if self.index is not None else idx]
+            return resize_images(x, self.size) if self.size is not None else x
         base = (self.index[idx] if self.index is not None else torch.as_tensor(idx)).numpy()
         x = torch.from_numpy(np.ascontiguousarray(self.images[base]))
         return resize_images(x, self.size) if self.size is not None else x
@@ -87,7 +90,9 @@ class ImageSet:
     def in_memory(self, device: torch.device | str = "cpu", chunk: int | None = None) -> "ImageSet":
         """This set as one tensor on ``device``, gathered chunk by chunk (a mapped set never passes through a
         second full copy)."""
-        if not self.mapped:
+        whole = self.index is None or (len(self.index) == len(self.images)
+                                       and torch.equal(self.index, torch.arange(len(self.images))))
+        if not self.mapped and whole and self.size is None:  # nothing to gather: the tensor itself
             return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
         out = torch.empty((len(self), *self.image_shape), dtype=torch.uint8, device=device)
         chunk = chunk or _chunk_for(self.images)
@@ -95,6 +100,12 @@ class ImageSet:
             idx = torch.arange(start, min(start + chunk, len(self)))
             out[start:start + len(idx)] = self.rows(idx).to(device)
         return ImageSet(out, self.labels.to(device), self.classes)
+
+    def view(self) -> "ImageSet":
+        """This set as a view of its rows: later subsets compose the index instead of copying."""
+        if self.index is not None or self.mapped:
+            return self
+        return ImageSet(self.images, self.labels, self.classes, torch.arange(len(self)), self.size, self.source)
 
 
 @dataclass
@@ -179,8 +190,10 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
     """
     from sklearn.model_selection import train_test_split
 
-    train = _cap_per_class(_select_classes(train, classes, prefix), train_per_class, seed)
-    test = _cap_per_class(_select_classes(test, classes, prefix), test_per_class, seed)
+    # Views until the end: class subset, caps and the validation split copy nothing; in memory, each split is then
+    # gathered (and resized) once, chunk by chunk, so the decoded data is never held twice at full size.
+    train = _cap_per_class(_select_classes(train.view(), classes, prefix), train_per_class, seed)
+    test = _cap_per_class(_select_classes(test.view(), classes, prefix), test_per_class, seed)
     _check_classes(train, test, prefix)
     _check_counts(train, "training", minimum=2, hint=f"add images of that class, raise {prefix}train_per_class, or "
                                                      f"leave the class out with {prefix}classes")
@@ -196,13 +209,18 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
         short = _short_classes(part, 1)
         if short:
             raise _split_error(train, val_fraction, short[0], side, prefix)
+    resize = tuple(train.images.shape[-2:]) != (image_size, image_size)
+    parts = []
     for s in (splits.train, splits.val, splits.test):
         if s.mapped:  # never a whole-set resize of mapped data: each batch is resized as it is gathered
-            s.size = image_size if s.images.shape[-2:] != (image_size, image_size) else None
-        elif len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
-            s.images = resize_images(s.images, image_size)
+            s.size = image_size if resize else None
+            parts.append(s)
+            continue
+        if resize and len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
+            s.size = image_size
         # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
-    return splits
+        parts.append(s.in_memory(s.device))
+    return Splits(*parts)
 
 
 def _check_classes(train: ImageSet, test: ImageSet, prefix: str) -> None:
