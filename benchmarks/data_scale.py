@@ -208,7 +208,8 @@ def main() -> None:
         return
     args.bench.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, __file__, "--image-size", str(args.image_size), "--one"]
-    print(f"{'images':>7} {'run':<16} {'wall s':>8} {'decode s':>8} {'RSS GiB':>8} {'PSS GiB':>8} {'anon GiB':>8}  note")
+    print(f"{'images':>7} {'run':<16} {'wall s':>8} {'decode s':>8} {'RSS GiB':>8} {'PSS GiB':>8} {'anon GiB':>8}"
+          f"  note")
     for n in args.sizes:
         folder = make_folder(args.bench, n)
         exp = experiment_file(args.bench, folder, args.backbone, args.image_size)

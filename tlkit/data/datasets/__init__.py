@@ -2,7 +2,8 @@
 
 ``load_dataset`` decodes a dataset once per machine into a memory-mapped store under ``$TLKIT_CACHE/datasets``
 (``tlkit.engine.splits.splits_for`` turns an experiment's ``Data`` section into the splits every cell shares).
-Third-party packages add datasets through the ``tlkit.data.datasets`` entry-point group; an experiment file can register its own.
+Third-party packages add datasets through the ``tlkit.data.datasets`` entry-point group; an experiment file can
+register its own.
 """
 from __future__ import annotations
 
