@@ -213,3 +213,24 @@ def test_a_plugin_dataset_is_stored_from_what_load_returns(tmp_path, monkeypatch
     assert np.array_equal(np.asarray(second.images), np.asarray(first.images))
     assert torch.equal(second.subset(torch.tensor([5, 1])).rows(torch.tensor([1, 0])),
                        torch.from_numpy(np.asarray(second.images)[[1, 5]]))
+
+
+def test_a_long_decode_logs_its_rate_and_a_large_jpeg_decodes_in_draft_mode(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="tlkit")
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(store, "CHUNK", 4)
+    monkeypatch.setattr(store, "LOG_EVERY_S", 0.0)
+    root = _imagefolder(tmp_path / "big", train=4, test=2, classes=("a", "b"), size=128)
+    train, _ = load_dataset("imagefolder", root, decode_size=32)
+    assert train.images.shape == (8, 3, 32, 32)
+    assert "images/s" in caplog.text and "s left" in caplog.text and "decoded 12 images" in caplog.text
+    from tlkit.data.datasets.base import fit_image
+
+    path = next((root / "train" / "a").iterdir())
+    with Image.open(path) as img:
+        drafted = fit_image(img, (32, 32)).astype(int)
+        assert img.size == (32, 32)  # the JPEG was decoded at 1/4 scale, not in full
+    with Image.open(path) as img:
+        img.load()  # decoded in full: draft mode no longer applies
+        full = fit_image(img, (32, 32)).astype(int)
+    assert drafted.shape == full.shape == (32, 32, 3) and np.abs(drafted - full).mean() < 20
