@@ -133,12 +133,14 @@ def test_the_decoded_cache_sees_a_replaced_image_and_sets_a_damaged_one_aside(tm
     Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(root / "train" / "cat" / "000.png")
     second, _ = load_dataset("imagefolder", root)
     assert int(second.images[0].sum()) == 0 and int(first.images[0].sum()) > 0
-    newest = max((tmp_path / "cache" / "datasets").glob("imagefolder-*.pt"), key=lambda p: p.stat().st_mtime_ns)
-    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    stores = [p for p in (tmp_path / "cache" / "datasets").glob("imagefolder-*") if p.is_dir()]
+    newest = max(stores, key=lambda p: p.stat().st_mtime_ns)
+    npy = newest / "train.npy"
+    npy.write_bytes(npy.read_bytes()[:100])  # truncated, as by a full disk
     third, _ = load_dataset("imagefolder", root)
     assert torch.equal(third.images, second.images)
-    assert "cannot be read" in caplog.text and "set aside" in caplog.text
-    assert newest.with_name(newest.name + ".bad").is_file() and newest.is_file()
+    assert "cannot be used" in caplog.text and "set aside" in caplog.text
+    assert newest.with_name(newest.name + ".bad").is_dir() and (newest / "complete.json").is_file()
 
 
 def test_a_table_of_paths_and_labels_from_csv_and_parquet(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -276,7 +277,9 @@ def run_workers(argv: list[str], args: argparse.Namespace, exp: Experiment) -> i
         command = [sys.executable, "-m", "tlkit.sweep", *base, "--threads", str(threads), "--quiet"]
         if devices[i % len(devices)] is not None:
             command += ["--device", devices[i % len(devices)]]
-        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        # each worker holds the data in memory only within its share (tlkit.data.store.in_memory_limit)
+        env = {**os.environ, "TLKIT_LOCAL_WORKERS": str(args.workers)}
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env))
     log.info("started %d workers (%d compute thread%s each%s)", args.workers, threads, "s" * (threads != 1),
              f", devices {', '.join(devices)}" if args.devices else "")
     codes = [p.wait() for p in procs]
@@ -313,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.timeout is not None and not args.timeout > 0:
             raise TlkitError(f"--timeout must be a number of minutes > 0 but got {args.timeout}.")
         if args.workers > 1:
+            os.environ["TLKIT_LOCAL_WORKERS"] = str(args.workers)  # this check holds the data as a worker would
             check_sweep(exp, out, args.storage, args.store)  # bad input is reported once, not by every worker
             code = run_workers(list(argv if argv is not None else sys.argv[1:]), args, exp)
             if code != 0:

@@ -22,22 +22,90 @@ __all__ = ["ImageSet", "Splits", "make_splits", "iterate_batches", "augment_batc
            "resize_images"]
 
 RESIZE_IN_MEMORY_BYTES = 2 << 30
+CHUNK_BYTES = 256 << 20
+"""About how many bytes of floats a whole-set resize or gather works on at a time."""
+
+
+def _chunk_for(images: torch.Tensor | np.ndarray) -> int:
+    return max(1, CHUNK_BYTES // (4 * math.prod(images.shape[1:])))
 
 
 @dataclass
 class ImageSet:
-    """Images as one uint8 tensor ``(N, 3, H, W)`` and labels as int64 ``(N,)``."""
+    """Images as uint8 ``(N, 3, H, W)`` and labels as int64 ``(N,)``.
 
-    images: torch.Tensor
+    ``images`` is either one tensor in memory or, for data too big for memory, a read-only ``np.memmap`` of the
+    decoded-data store (``tlkit.data.store``) with ``index``, the rows of it this set is: a subset composes the index
+    instead of copying, and a batch gathers its rows from the map (``rows``), resized to ``size`` when that is set.
+    """
+
+    images: torch.Tensor | np.ndarray
     labels: torch.Tensor
     classes: list[str]
+    index: torch.Tensor | None = None
+    size: int | None = None
+    source: str | None = None
+    """For a mapped set: what identifies the store (its folder name holds the dataset's key)."""
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def mapped(self) -> bool:
+        return not isinstance(self.images, torch.Tensor)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu") if self.mapped else self.images.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(3, H, W)`` of the images this set serves."""
+        c, h, w = self.images.shape[1:]
+        return (c, self.size, self.size) if self.size is not None else (c, h, w)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images this set serves, held in memory."""
+        return len(self) * math.prod(self.image_shape)
+
     def subset(self, index: torch.Tensor | np.ndarray) -> "ImageSet":
+        """The images at ``index``: a copy for a plain tensor in memory, a view (the composed index) for a mapped
+        set or a view made by ``view()``."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index], self.classes)
+        if not self.mapped and self.index is None:  # a copy keeps the tensor contiguous, the fast path on GPUs
+            return ImageSet(self.images[index], self.labels[index], self.classes)
+        rows = self.index[index] if self.index is not None else index
+        return ImageSet(self.images, self.labels[index], self.classes, rows, self.size, self.source)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at positions ``idx`` of this set, in that order (a batch)."""
+        if not self.mapped:
+            x = self.images[self.index[idx] if self.index is not None else idx]
+            return resize_images(x, self.size) if self.size is not None else x
+        base = (self.index[idx] if self.index is not None else torch.as_tensor(idx)).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(self.images[base]))
+        return resize_images(x, self.size) if self.size is not None else x
+
+    def in_memory(self, device: torch.device | str = "cpu", chunk: int | None = None) -> "ImageSet":
+        """This set as one tensor on ``device``, gathered chunk by chunk (a mapped set never passes through a
+        second full copy)."""
+        whole = self.index is None or (len(self.index) == len(self.images)
+                                       and torch.equal(self.index, torch.arange(len(self.images))))
+        if not self.mapped and whole and self.size is None:  # nothing to gather: the tensor itself
+            return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+        out = torch.empty((len(self), *self.image_shape), dtype=torch.uint8, device=device)
+        chunk = chunk or _chunk_for(self.images)
+        for start in range(0, len(self), chunk):
+            idx = torch.arange(start, min(start + chunk, len(self)))
+            out[start:start + len(idx)] = self.rows(idx).to(device)
+        return ImageSet(out, self.labels.to(device), self.classes)
+
+    def view(self) -> "ImageSet":
+        """This set as a view of its rows: later subsets compose the index instead of copying."""
+        if self.index is not None or self.mapped:
+            return self
+        return ImageSet(self.images, self.labels, self.classes, torch.arange(len(self)), self.size, self.source)
 
 
 @dataclass
@@ -81,7 +149,9 @@ def _select_classes(s: ImageSet, classes: list[int] | None, prefix: str = "data.
     keep = torch.isin(s.labels, torch.tensor(classes))
     remap = torch.full((len(s.classes),), -1, dtype=torch.long)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
-    return ImageSet(s.images[keep], remap[s.labels[keep]], [s.classes[c] for c in classes])
+    picked = s.subset(torch.nonzero(keep).flatten())
+    picked.labels, picked.classes = remap[picked.labels], [s.classes[c] for c in classes]
+    return picked
 
 
 def _cap_per_class(s: ImageSet, cap: int | None, seed: int) -> ImageSet:
@@ -94,10 +164,15 @@ def _cap_per_class(s: ImageSet, cap: int | None, seed: int) -> ImageSet:
     return s.subset(np.sort(keep))
 
 
-def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Resize a uint8 image tensor once (bilinear, antialiased) so epochs never pay for it."""
+def resize_images(images: torch.Tensor, size: int, chunk: int | None = None) -> torch.Tensor:
+    """Resize a uint8 image tensor once (bilinear, antialiased) so epochs never pay for it.
+
+    Each image is resized on its own, so the result does not depend on ``chunk``; by default a chunk's float copy
+    stays near ``CHUNK_BYTES`` (4,096 images at 256 px were 3 GiB of floats at once).
+    """
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    chunk = chunk or _chunk_for(images)
     parts = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
                            align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
              for i in range(0, len(images), chunk)]
@@ -115,8 +190,10 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
     """
     from sklearn.model_selection import train_test_split
 
-    train = _cap_per_class(_select_classes(train, classes, prefix), train_per_class, seed)
-    test = _cap_per_class(_select_classes(test, classes, prefix), test_per_class, seed)
+    # Views until the end: class subset, caps and the validation split copy nothing; in memory, each split is then
+    # gathered (and resized) once, chunk by chunk, so the decoded data is never held twice at full size.
+    train = _cap_per_class(_select_classes(train.view(), classes, prefix), train_per_class, seed)
+    test = _cap_per_class(_select_classes(test.view(), classes, prefix), test_per_class, seed)
     _check_classes(train, test, prefix)
     _check_counts(train, "training", minimum=2, hint=f"add images of that class, raise {prefix}train_per_class, or "
                                                      f"leave the class out with {prefix}classes")
@@ -132,11 +209,18 @@ def make_splits(train: ImageSet, test: ImageSet, *, classes: list[int] | None, v
         short = _short_classes(part, 1)
         if short:
             raise _split_error(train, val_fraction, short[0], side, prefix)
+    resize = tuple(train.images.shape[-2:]) != (image_size, image_size)
+    parts = []
     for s in (splits.train, splits.val, splits.test):
-        if len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
-            s.images = resize_images(s.images, image_size)
+        if s.mapped:  # never a whole-set resize of mapped data: each batch is resized as it is gathered
+            s.size = image_size if resize else None
+            parts.append(s)
+            continue
+        if resize and len(s) * 3 * image_size * image_size <= RESIZE_IN_MEMORY_BYTES:
+            s.size = image_size
         # else: too big to hold resized (e.g. CIFAR-10 at 224 px); batches are resized on the device instead.
-    return splits
+        parts.append(s.in_memory(s.device))
+    return Splits(*parts)
 
 
 def _check_classes(train: ImageSet, test: ImageSet, prefix: str) -> None:
@@ -214,10 +298,10 @@ def to_device(splits: Splits, device: torch.device, max_share: float = 0.25) -> 
     if device.type != "cuda":
         return splits
     parts = (splits.train, splits.val, splits.test)
-    size = sum(s.images.numel() + s.labels.numel() * 8 for s in parts)
+    size = sum(s.nbytes + s.labels.numel() * 8 for s in parts)
     if size > max_share * torch.cuda.mem_get_info(device)[0]:
         return splits
-    moved = [ImageSet(s.images.to(device), s.labels.to(device), s.classes) for s in parts]
+    moved = [s.in_memory(device) for s in parts]
     return Splits(*moved)
 
 
@@ -234,10 +318,12 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
     same order and the same augmentation every time, which is what makes resumed trials repeat exactly.
     Images not already at ``image_size`` are resized per batch, on the device.
     """
-    inputs, labels = (data.images, data.labels) if isinstance(data, ImageSet) else data
+    images = data if isinstance(data, ImageSet) else None
+    inputs, labels = (None, data.labels) if images is not None else data
     n = len(labels)
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).to(inputs.device)
+    order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n))
+    order = order.to(images.device if images is not None else inputs.device)
     stop = n - n % batch_size if drop_last and n > batch_size else n
     if isinstance(data, ImageSet):
         mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
@@ -246,7 +332,7 @@ def iterate_batches(data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_si
         if max_batches is not None and i >= max_batches:
             return
         idx = order[start:start + batch_size]
-        x, y = inputs[idx], labels[idx]
+        x, y = (images.rows(idx) if images is not None else inputs[idx]), labels[idx]
         if isinstance(data, ImageSet):
             if augment and gen is not None:
                 x = augment_batch(x, augment, padding, gen)

@@ -47,7 +47,11 @@ def features_key(model: torch.nn.Module, split: Any, predict_kwargs: dict[str, A
         if id(tensor) not in head:
             digest.update(name.encode())
             _tensor_digest(digest, tensor)
-    _tensor_digest(digest, split.images)
+    if getattr(split, "mapped", False):  # the store's identity and the rows, not gigabytes of pixels
+        digest.update(f"{split.source}:{tuple(split.images.shape)}:{split.size}".encode())
+        _tensor_digest(digest, split.index if split.index is not None else torch.arange(len(split.images)))
+    else:
+        _tensor_digest(digest, split.images)
     _tensor_digest(digest, split.labels)
     fed = {k: v for k, v in predict_kwargs.items() if k != "device"}
     digest.update(repr(sorted(fed.items())).encode())

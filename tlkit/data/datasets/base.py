@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -25,13 +26,40 @@ from tlkit.data.tensors import ImageSet
 from tlkit.errors import TlkitError, describe_error
 from tlkit.registry import Registry
 
-__all__ = ["Dataset", "DATASETS", "register_dataset", "list_datasets", "get_dataset", "decode_image",
+__all__ = ["Dataset", "EncodedImages", "DATASETS", "register_dataset", "list_datasets", "get_dataset", "decode_image",
            "fit_image", "files_key", "DEFAULT_DECODE_SIZE"]
 
 DEFAULT_DECODE_SIZE = 256
 """Square size that images of mixed sizes are decoded to when ``data.decode_size`` is not set."""
 
 T = TypeVar("T", bound=type)
+
+
+@dataclass
+class EncodedImages:
+    """A dataset as encoded image files, listed but not decoded: what the decoded-data store (``tlkit.data.store``)
+    decodes in parallel, chunk by chunk, straight into its memory-mapped files.
+
+    Args:
+        classes: the class names; ``labels`` index them.
+        files: per split (``train``, ``test``), the names of its images, in order.
+        labels: per split, one label per name.
+        read: the encoded image of a name (bytes, or a file's path), called from one thread at a time.
+        where: how a name is shown in an error (``/data/pets.zip/train/cat/001.jpg``).
+        size: ``(width, height)`` every image is decoded to; None: the first training image's size.
+        close: called once the decoding is over (an open zip file is closed).
+    """
+
+    classes: list[str]
+    files: dict[str, list[str]]
+    labels: dict[str, list[int]]
+    read: Callable[[str], bytes | Path]
+    where: Callable[[str], str]
+    size: tuple[int, int] | None = None
+    close: Callable[[], None] = field(default=lambda: None)
+
+    def __len__(self) -> int:
+        return sum(len(names) for names in self.files.values())
 
 
 class Dataset(ABC):
@@ -59,6 +87,12 @@ class Dataset(ABC):
     @abstractmethod
     def load(self) -> tuple[ImageSet, ImageSet]:
         """Decode the whole dataset: ``(train, test)``, with the same class list in both."""
+
+    def encoded(self) -> EncodedImages | None:
+        """The dataset as image files to decode, when it is one (ImageFolder, a table of paths): the store then
+        decodes them in parallel, chunk by chunk, never holding the whole set in memory. None (the default): the
+        store is written from what ``load()`` returns."""
+        return None
 
     def cache_key(self) -> str | None:
         """What the decoded cache is keyed by (None: not worth caching, or not there yet). The default keys a
@@ -113,6 +147,11 @@ def fit_image(img: Any, size: tuple[int, int] | None) -> np.ndarray:
     the size, then centre-cropped (no stretching)."""
     from PIL import Image
 
+    if size is not None and getattr(img, "format", None) == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+        # JPEG decodes at 1/2, 1/4 or 1/8 scale for far less work; draft keeps at least the size that covers `size`
+        scale = max(size[0] / img.width, size[1] / img.height)
+        if scale <= 0.5:
+            img.draft(img.mode, (max(size[0], round(img.width * scale)), max(size[1], round(img.height * scale))))
     img = img.convert("RGB")
     if size is not None and img.size != size:
         scale = max(size[0] / img.width, size[1] / img.height)

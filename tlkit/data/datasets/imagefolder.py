@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from tlkit.data.tensors import ImageSet
-from tlkit.data.datasets.base import Dataset, decode_image, register_dataset
+from tlkit.data.datasets.base import Dataset, EncodedImages, register_dataset
 from tlkit.errors import TlkitError, describe_error
 
-__all__ = ["ImageFolder", "read_imagefolder", "find_imagefolder", "stack_images"]
+__all__ = ["ImageFolder", "read_imagefolder", "list_imagefolder", "find_imagefolder", "stack_images"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -30,6 +30,10 @@ class ImageFolder(Dataset):
     def load(self) -> tuple[ImageSet, ImageSet]:
         self.check()
         return read_imagefolder(self.root, self.decode_size)
+
+    def encoded(self) -> EncodedImages:
+        self.check()
+        return list_imagefolder(self.root, self.decode_size)
 
 
 def find_imagefolder(root: Path) -> Path | None:
@@ -63,8 +67,16 @@ def stack_images(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 def read_imagefolder(root: Path, decode_size: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """Both splits of an ImageFolder folder or zip. Images are stored at ``decode_size`` (square) or, when it is
-    None, at the first image's size (others resized to cover it and centre-cropped)."""
+    """Both splits of an ImageFolder folder or zip, decoded into memory. Images are stored at ``decode_size``
+    (square) or, when it is None, at the first image's size (others resized to cover it and centre-cropped)."""
+    from tlkit.data.store import decode_all
+
+    return decode_all(list_imagefolder(root, decode_size))
+
+
+def list_imagefolder(root: Path, decode_size: int | None = None) -> EncodedImages:
+    """The image files of an ImageFolder folder or zip, listed and checked (not decoded): see ``EncodedImages``.
+    A zip stays open until its ``close()``."""
     archive = None
     if root.suffix == ".zip":
         try:
@@ -73,15 +85,19 @@ def read_imagefolder(root: Path, decode_size: int | None = None) -> tuple[ImageS
             raise TlkitError(f"{root} is not a readable zip file ({describe_error(err)}). HINT: check the download "
                              f"(it may be truncated), or unpack it and pass the folder.") from None
         names = archive.namelist()
-        read: Callable[[str], bytes] = archive.read
+        read: Callable[[str], bytes | Path] = archive.read
     else:
         names = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in root.rglob("*")]
-        read = lambda name: (root / name).read_bytes()  # noqa: E731
+        read = lambda name: root / name  # noqa: E731
     try:
-        return _read(root, names, read, decode_size)
-    finally:
+        listed = _list(root, names, read, decode_size)
+    except BaseException:
         if archive is not None:
             archive.close()
+        raise
+    if archive is not None:
+        listed.close = archive.close
+    return listed
 
 
 def _check_no_empty_class(root: Path, base: str, names: list[str], files: list[str]) -> None:
@@ -97,8 +113,8 @@ def _check_no_empty_class(root: Path, base: str, names: list[str], files: list[s
                              f"class out.")
 
 
-def _read(root: Path, names: list[str], read: Callable[[str], bytes], decode_size: int | None
-          ) -> tuple[ImageSet, ImageSet]:
+def _list(root: Path, names: list[str], read: Callable[[str], bytes | Path], decode_size: int | None
+          ) -> EncodedImages:
     base = _base(names)
     if base is None:
         raise TlkitError(f"{root} is not in ImageFolder layout: no 'train/<class>/' folder found. HINT: arrange "
@@ -110,27 +126,28 @@ def _read(root: Path, names: list[str], read: Callable[[str], bytes], decode_siz
                          f"into train/<class>/ or test/<class>/, or delete it.")
     classes = sorted({n[len(base):].split("/")[1] for n in files if n[len(base):].startswith("train/")})
     _check_no_empty_class(root, base, names, files)
-    size = (decode_size, decode_size) if decode_size else None
-    out = []
+    index = {c: i for i, c in enumerate(classes)}
+    split_files, split_labels = {}, {}
     for split in ("train", "test"):
-        split_files = [n for n in files if n[len(base):].startswith(split + "/")]
-        if not split_files:
+        split_files[split] = [n for n in files if n[len(base):].startswith(split + "/")]
+        if not split_files[split]:
             raise TlkitError(f"{root} has no images under '{base}{split}/'. HINT: ImageFolder data needs both "
                              f"train/ and test/ folders of <class>/ subfolders.")
-        images, labels = [], []
-        for name in split_files:
+        labels = []
+        for name in split_files[split]:
             cls = name[len(base):].split("/")[1]
-            if cls not in classes:
+            if cls not in index:
                 raise TlkitError(f"{root}: class {cls!r} has test images ({name}) but no training images. HINT: add "
                                  f"training images to train/{cls}/ or remove test/{cls}/.")
-            try:
-                raw = read(name)
-            except (OSError, zipfile.BadZipFile) as err:
-                raise TlkitError(f"Image {root}/{name} cannot be read ({describe_error(err)}). HINT: check the "
-                                 f"file (a zip may be truncated).") from None
-            arr = decode_image(raw, size, f"{root}/{name}")
-            size = size or (arr.shape[1], arr.shape[0])
-            images.append(arr)
-            labels.append(classes.index(cls))
-        out.append(ImageSet(stack_images(images), torch.tensor(labels, dtype=torch.long), classes))
-    return out[0], out[1]
+            labels.append(index[cls])
+        split_labels[split] = labels
+
+    def read_checked(name: str) -> bytes | Path:
+        try:
+            return read(name)
+        except (OSError, zipfile.BadZipFile) as err:
+            raise TlkitError(f"Image {root}/{name} cannot be read ({describe_error(err)}). HINT: check the "
+                             f"file (a zip may be truncated).") from None
+
+    size = (decode_size, decode_size) if decode_size else None
+    return EncodedImages(classes, split_files, split_labels, read_checked, lambda name: f"{root}/{name}", size)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from tlkit.data.tensors import ImageSet
-from tlkit.data.datasets.base import Dataset, decode_image, files_key, register_dataset
-from tlkit.data.datasets.imagefolder import stack_images
+from tlkit.data.datasets.base import Dataset, EncodedImages, files_key, register_dataset
 from tlkit.errors import TlkitError, describe_error
 
 __all__ = ["ImageTable"]
@@ -73,6 +70,11 @@ class ImageTable(Dataset):
         return [p if p.is_absolute() else base / p for p in (Path(str(v)) for v in frame[self._columns()[0]])]
 
     def load(self) -> tuple[ImageSet, ImageSet]:
+        from tlkit.data.store import decode_all
+
+        return decode_all(self.encoded())
+
+    def encoded(self) -> EncodedImages:
         self.check()
         frame = self._frame()
         _, label_col, split_col = self._columns()
@@ -83,25 +85,22 @@ class ImageTable(Dataset):
                              f"HINT: tlkit carves the validation split from train itself.")
         labels = frame[label_col].astype(str)
         classes = sorted(set(labels[splits == "train"]))
+        index = {c: i for i, c in enumerate(classes)}
         paths = self._paths(frame)
-        size = (self.decode_size, self.decode_size) if self.decode_size else None
-        out = []
+        files, targets = {}, {}
         for split in ("train", "test"):
             rows = [i for i in range(len(frame)) if splits.iloc[i] == split]
             if not rows:
                 raise TlkitError(f"Table {self.root} lists no {split} images. HINT: mark rows with "
                                  f"{split_col}={split!r}.")
-            arrays, targets = [], []
             for i in rows:
-                if labels.iloc[i] not in classes:
+                if labels.iloc[i] not in index:
                     raise TlkitError(f"Table {self.root}: class {labels.iloc[i]!r} has test images but no training "
                                      f"images. HINT: add training rows for it or drop its test rows.")
                 if not paths[i].is_file():
                     raise TlkitError(f"Table {self.root}, row {i + 1}: image {str(paths[i])!r} does not exist. HINT: "
                                      f"paths are absolute or relative to the table's folder.")
-                arr = decode_image(paths[i], size, str(paths[i]))
-                size = size or (arr.shape[1], arr.shape[0])
-                arrays.append(arr)
-                targets.append(classes.index(labels.iloc[i]))
-            out.append(ImageSet(stack_images(arrays), torch.tensor(targets, dtype=torch.long), classes))
-        return out[0], out[1]
+            files[split] = [str(paths[i]) for i in rows]
+            targets[split] = [index[labels.iloc[i]] for i in rows]
+        size = (self.decode_size, self.decode_size) if self.decode_size else None
+        return EncodedImages(classes, files, targets, Path, str, size)

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from tlkit.data.tensors import ImageSet, cache_dir
-from tlkit.data.datasets.base import DEFAULT_DECODE_SIZE, Dataset, files_key, fit_image, register_dataset
-from tlkit.data.datasets.imagefolder import find_imagefolder, read_imagefolder, stack_images
+from tlkit.data.datasets.base import (DEFAULT_DECODE_SIZE, Dataset, EncodedImages, files_key, fit_image,
+                                      register_dataset)
+from tlkit.data.datasets.imagefolder import find_imagefolder, list_imagefolder, read_imagefolder, stack_images
 from tlkit.errors import TlkitError, describe_error
 
 __all__ = ["TorchvisionDataset", "TORCHVISION_DATASETS"]
@@ -73,6 +74,10 @@ class TorchvisionDataset(Dataset):
             return files_key(own) + size
         copy = self._copy()
         return files_key(copy) + size if copy is not None else None
+
+    def encoded(self) -> EncodedImages | None:
+        copy = self._copy()
+        return list_imagefolder(copy, self.decode_size or self.native_size) if copy is not None else None
 
     def load(self) -> tuple[ImageSet, ImageSet]:
         copy = self._copy()
