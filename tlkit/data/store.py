@@ -278,9 +278,8 @@ def _build(dataset: Dataset, name: str, folder: Path, key: str, on_chunk: OnChun
             done = {s: 0 for s in SPLITS}
             _write_json(folder / "progress.json", {"plan": plan, "done": done})
             for s in SPLITS:
-                del_map = np.lib.format.open_memmap(folder / f"{s}.npy", mode="w+", dtype=np.uint8,
-                                                    shape=tuple(shapes[s]))
-                del del_map
+                # allocates the file at its full size (sparse until written); the map is closed at once
+                np.lib.format.open_memmap(folder / f"{s}.npy", mode="w+", dtype=np.uint8, shape=tuple(shapes[s]))
         else:
             log.info("resuming the decode of %s into %s (%s)", name, folder, done)
         progress_log = _Progress(name, len(encoded), sum(min(done[s] * CHUNK, shapes[s][0]) for s in SPLITS))
