@@ -28,7 +28,8 @@ def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
 
 def url_password(url: str) -> str | None:
     """The password in ``url`` as a URL parser reads it (SQLAlchemy's for a database URL, else the standard
-    library's), unquoted and quoted, or None: for ``mask_secrets(text, secrets=...)``."""
+    library's), percent-decoded, or None: for ``mask_secrets(text, secrets=...)``. Its percent-encoded form in the URL
+    itself is the URL pattern's to hide."""
     from urllib.parse import unquote, urlsplit
 
     try:

@@ -54,8 +54,11 @@ def identity(exp: Experiment, backbone: str | None = None, strategy: str | None 
     ``strategy_params`` count: another cell's do not change what this one computes, so adding a strategy with its
     own parameters, or a backbone with a weights file, adds cells without touching the others."""
     flat: dict[str, Any] = {}
+    excluded = not_identity_paths()
 
     def walk(value: Any, path: str) -> None:
+        if path in excluded:
+            return
         if isinstance(value, dict) and path != "search" and not path.endswith("search"):
             for k, v in value.items():
                 walk(v, f"{path}.{k}" if path else k)
@@ -64,10 +67,7 @@ def identity(exp: Experiment, backbone: str | None = None, strategy: str | None 
         else:
             flat[path] = value
 
-    excluded = not_identity_paths()
-    walk({k: v for k, v in experiment_to_dict(exp).items() if k not in excluded}, "")
-    for path in excluded:
-        flat.pop(path, None)
+    walk(experiment_to_dict(exp), "")
     return {k: v for k, v in flat.items() if concerns(k, backbone, strategy)}
 
 

@@ -85,10 +85,8 @@ def search_space(exp: Experiment, strategy: type[Strategy], num_groups: int) -> 
     """The experiment's shared hyperparameters plus the strategy's own, as ``exp.strategy_params`` fixes or
     re-ranges them. A strategy hyperparameter with the name of a shared one is an error: one would silently
     override the other."""
-    given = strategy_params(exp, strategy, num_groups)
-    own = {**strategy.search_space(num_groups, exp.train.epochs),
-           **{k: v for k, v in given.items() if isinstance(v, BaseDistribution)}}
-    own = {k: v for k, v in own.items() if k not in given or isinstance(given[k], BaseDistribution)}
+    given = {**strategy.search_space(num_groups, exp.train.epochs), **strategy_params(exp, strategy, num_groups)}
+    own = {k: v for k, v in given.items() if isinstance(v, BaseDistribution)}  # a fixed value is not searched
     clash = sorted(set(own) & set(exp.search))
     if clash:
         raise TlkitError(f"Strategy {strategy.name!r} searches {clash}, which the experiment's search space also "
@@ -127,13 +125,22 @@ def _shape_of(value: list[Any] | tuple[Any, ...]) -> BaseDistribution:
     return CategoricalDistribution([None])
 
 
+def _kind_fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` is of the default's kind: a bool for a bool, an int (not a bool) for an int, an int or a
+    float for a float, anything for a None default."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
 def _check_param(strategy: type[Strategy], key: str, value: Any, num_groups: int, epochs: int, where: str) -> None:
     default = strategy.defaults[key]
-    kind = type(default)
-    wrong = (default is not None and not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
-             and not (kind is float and isinstance(value, int) and not isinstance(value, bool)))
-    if wrong:
-        raise TlkitError(f"{where} must be {kind.__name__} (its default is {default!r}) but got {value!r}.")
+    if not _kind_fits(value, default):
+        raise TlkitError(f"{where} must be {type(default).__name__} (its default is {default!r}) but got {value!r}.")
     try:
         strategy(num_groups, epochs, **{key: value})
     except Exception as err:  # noqa: BLE001 - a strategy's own check may raise anything: it is bad input here
