@@ -130,3 +130,14 @@ def test_quiet_keeps_the_answer_and_ctrl_c_prints_only_tlkits_message(tmp_path: 
     assert "Traceback" not in stopped.stderr and "WARNING" not in stopped.stderr, stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == ("tlkit: interrupted. Finished trials are saved; run the same "
                                                        "command again to resume.")
+
+
+def test_a_sweep_plans_each_cell_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A strategy is looked up and its search space computed once per cell (``plan_cell``), not per trial."""
+    import tlkit.search.objective as objective
+    calls = []
+    real = objective.search_space
+    monkeypatch.setattr(objective, "search_space", lambda *a: calls.append(a[1].name) or real(*a))
+    exp = load_experiment(write_experiment(tmp_path, **TINY))
+    run_sweep(exp, tmp_path / "out", progress=SweepProgress("off"))
+    assert calls == ["last_n"]

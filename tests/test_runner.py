@@ -220,3 +220,19 @@ def test_a_pruned_trial_keeps_the_best_weights_it_held_in_memory(tmp_path, split
     assert pruned.state == "PRUNED" and not list((tmp_path / "p").glob("epoch_*"))
     with open(tmp_path / "p" / "best.safetensors", "rb") as fh:
         assert f'"epoch":"{pruned.best_epoch}"' in fh.read(4096).decode("latin-1")
+
+
+def test_a_spec_can_carry_the_strategy_class_itself_registered_or_not(tmp_path, splits):
+    """The sweep resolves a strategy once and hands the class on; a user's own unregistered class runs too."""
+
+    class HeadOnly(tlkit.Strategy):
+        name = "head_only_unregistered"
+
+        def lr_scales(self, epoch: int) -> list[float]:
+            return [0.0] * (self.num_groups - 1) + [1.0]
+
+    assert "head_only_unregistered" not in tlkit.list_strategies()
+    result = run_trial(dataclasses.replace(_spec(tmp_path / "t", epochs=1), strategy=HeadOnly), splits, CPU)
+    trial = json.loads((tmp_path / "t" / "trial.json").read_text())
+    assert result.state == "COMPLETE" and trial["strategy"].startswith("head_only_unregistered")
+    assert result.trainable_params < result.total_params / 2

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from tlkit.config.loading import load_experiment
 from tlkit.search.export import load_best
 import tlkit.engine.source
-from tlkit.engine.source import resolve_pretrained, train_source
-from tlkit.models.weights import source_weights_path
+from tlkit.engine.source import resolve_pretrained, source_weights_path, train_source
 from tlkit.testing import write_experiment
 
 SOURCE = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4], "train_per_class": 60},

@@ -17,7 +17,8 @@ from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError
 from tlkit.metrics import get_metric
 from tlkit.models.backbones import check_backbone, check_runs, create_backbone, layer_groups
-from tlkit.search.objective import search_space
+from tlkit.search.objective import CellPlan, plan_cell
+from tlkit.search.study import Cell, cells
 from tlkit.strategies import get_strategy
 
 __all__ = ["add_experiment_arguments", "resolve_experiment", "pick_device", "prepare", "log_to"]
@@ -76,13 +77,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
-    """Check names, load the data and count each backbone's layer groups: everything that can fail on bad input,
-    before the study is touched. Returns the splits and ``{backbone: number of layer groups}``."""
+def prepare(exp: Experiment) -> tuple[Splits, dict[Cell, CellPlan]]:
+    """Check names, load the data and plan each cell (its strategy, layer groups and search space): everything that
+    can fail on bad input, before the study is touched. Returns the splits and the plan of every cell."""
     cache_dir()  # a TLKIT_CACHE that is a file fails here, not at the first cache write of some trial
     for backbone in exp.backbones:
         check_backbone(backbone)
-    strategies = [get_strategy(s) for s in exp.strategies]
+    for name in exp.strategies:
+        get_strategy(name)  # an unknown name says "did you mean" before the data is loaded
     if exp.source is not None:
         get_dataset(exp.source.data.name)  # an unknown name says "did you mean" before anything is trained
     splits = splits_for(exp.data, exp.train.image_size, exp.seed)
@@ -95,9 +97,7 @@ def prepare(exp: Experiment) -> tuple[Splits, dict[str, int]]:
     for backbone in exp.backbones:
         check_runs(backbone, splits.num_classes, recipe_values(exp.search, exp.train, "image_size"),
                    min([*recipe_values(exp.search, exp.train, "batch_size"), len(splits.train)]))
-        for strategy in strategies:
-            search_space(exp, strategy, num_groups[backbone])
-    return splits, num_groups
+    return splits, {cell: plan_cell(exp, cell, num_groups[cell.backbone]) for cell in cells(exp)}
 
 
 def log_to(handler: logging.Handler, level: int) -> None:

@@ -29,9 +29,8 @@ from tlkit.cli import add_experiment_arguments, log_to, pick_device, prepare, re
 from tlkit.config.experiment import Experiment
 from tlkit.data.tensors import to_device
 from tlkit.engine.checkpoint import check_writable
-from tlkit.engine.source import resolve_pretrained
+from tlkit.engine.source import resolve_pretrained, source_weights_path
 from tlkit.errors import TlkitError
-from tlkit.models.weights import source_weights_path
 from tlkit.output.tables import write_csv
 
 __all__ = ["build_parser", "main", "format_ranking"]

@@ -29,13 +29,11 @@ from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import Experiment
 from tlkit.config.identity import experiment_to_dict
 from tlkit.metrics import get_metric
-from tlkit.models.weights import source_weights_path
 from tlkit.output.progress import SweepProgress
 from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
 from tlkit.engine.runner import TimeUp
-from tlkit.engine.source import resolve_pretrained
+from tlkit.engine.source import resolve_pretrained, source_weights_path
 from tlkit.engine.store import open_store
-from tlkit.strategies import get_strategy
 from tlkit.search import queue as queue_module
 from tlkit.search.queue import DuplicateRun, ensure_runs, finished_count, retries_first
 from tlkit.search.storage import default_storage, open_storage, quiet_optuna
@@ -44,7 +42,7 @@ from tlkit.search.workers import take_up_lost_trials
 from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
 from tlkit.search.export import evaluate_best
-from tlkit.search.objective import SweepRun, make_objective, search_space
+from tlkit.search.objective import SweepRun, make_objective
 from tlkit.search.repeats import open_repeats_study, run_repeats
 
 __all__ = ["main", "check_sweep", "rank_in_sweep", "run_sweep", "write_sweep_report"]
@@ -151,7 +149,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     """
     deadline = time.monotonic() + timeout if timeout is not None else None
     device = pick_device(exp.runtime.device)
-    splits, num_groups = prepare(exp)
+    splits, plans = prepare(exp)
     splits = to_device(splits, device)
     check_results_folder(out, exp.name)
     sqlite_file = out / "study.db"
@@ -167,12 +165,11 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     storage = storage or open_storage(url)
     facts = {**experiment_to_dict(exp), "bn_policy": BN_POLICY, "metric_direction": get_metric(exp.metric).direction}
     write_json(out / "experiment.json", facts)
-    run = SweepRun(exp, out, splits, pretrained, device, num_groups, deadline=deadline, store=store)
+    run = SweepRun(exp, out, splits, pretrained, device, plans, deadline=deadline, store=store)
     extra = callbacks if callbacks is not None else run.callbacks
     boards = TrialBoards(out / TRIALS_DIR, exp.metric)
     run.on_test_score = boards.on_test_score
-    searched = {name for b in exp.backbones for s in exp.strategies
-                for name in search_space(exp, get_strategy(s), num_groups[b])}
+    searched = {name for cell in cells(exp) for name in plans[cell].space}
     write_hparams_config(out / TRIALS_DIR, searched, exp.metric,
                          {"Backbone": sorted(exp.backbones), "Strategy": sorted(exp.strategies)})
     progress = progress or SweepProgress("off")

@@ -29,7 +29,7 @@ from tlkit.errors import describe_error
 from tlkit.config.experiment import Runtime, Train
 from tlkit.metrics import get_metric
 from tlkit.strategies import get_strategy
-from tlkit.strategies.base import prepare
+from tlkit.strategies.base import Strategy, prepare
 from tlkit.engine.loop import BN_POLICY, Callback, EpochResult, PruneTrial, Trainer
 from tlkit.utils.files import set_aside
 
@@ -51,7 +51,8 @@ class TrialSpec:
     """Everything one trial computes from; the same spec in the same folder gives the same result."""
 
     backbone: str
-    strategy: str
+    strategy: str | type[Strategy]
+    """A registered strategy's name, or the class itself (one not registered works too)."""
     params: dict[str, Any]
     """The strategy's hyperparameters (the recipe's searched values are already in ``recipe``)."""
     recipe: Train
@@ -183,7 +184,7 @@ def run_trial(spec: TrialSpec, splits: Splits, device: torch.device | str, callb
     done = read_outcome(spec.folder)
     if done is not None:
         return done
-    strategy_cls = get_strategy(spec.strategy)
+    strategy_cls = get_strategy(spec.strategy) if isinstance(spec.strategy, str) else spec.strategy
     model = build_model(spec.backbone, splits.num_classes, spec.weights, spec.seed, spec.recipe.image_size,
                         spec.weights_origin)
     groups = layer_groups(model, coarse=spec.recipe.coarse_groups)

@@ -4,7 +4,7 @@ source task, so a study needs no downloaded weights.
 This is Yosinski et al. (2014)'s set-up (pretrain on one half of the classes, transfer to the other half) and what a
 user with in-domain data but no suitable hub weights wants. The training is an ordinary trial (``run_trial``, full
 fine-tuning), checkpointed in a work folder beside the cached weights, so a killed pretraining resumes too. The
-weights are cached by a hash of backbone, source data and recipe (``tlkit.models.weights.source_weights_path``): a later
+weights are cached by a hash of backbone, source data and recipe (``source_weights_path``): a later
 sweep with the same source reuses them.
 """
 from __future__ import annotations
@@ -19,18 +19,19 @@ from safetensors.torch import load_file
 
 from tlkit.models.backbones import adapt_weights, create_backbone, load_into, preprocessing
 from tlkit.engine.checkpoint import load_weights, save_weights, write_json
-from tlkit.data.tensors import to_device
+from tlkit.data.tensors import cache_dir, to_device
 from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, describe_error
 from tlkit.utils.files import set_aside
 from tlkit.config.experiment import Experiment
+from tlkit.config.identity import experiment_to_dict, file_digest, fingerprint
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import TrialSpec, run_trial
 from tlkit.engine.evaluate import evaluate
 from tlkit.engine.loop import Callback, EpochResult, Trainer
-from tlkit.models.weights import Pretrained, from_hub, hub_reachable, source_weights_path
+from tlkit.models.weights import Pretrained, from_hub, hub_reachable
 
-__all__ = ["resolve_pretrained", "train_source", "read_weights_file", "save_source"]
+__all__ = ["resolve_pretrained", "train_source", "source_weights_path", "read_weights_file", "save_source"]
 
 log = logging.getLogger("tlkit")
 
@@ -146,3 +147,24 @@ def _source_label(exp: Experiment) -> str:
 def save_source(path: Path, model: torch.nn.Module, meta: dict) -> None:
     save_weights(path, model)
     write_json(path.with_suffix(".json"), meta)
+
+
+def source_weights_path(exp: Experiment, backbone: str) -> Path:
+    """Cache path keyed by a hash of backbone + source data + source recipe + seed: later sweeps reuse it.
+
+    The architecture's parameter shapes are part of the key, so weights cached by a build of a model that no longer
+    matches (another timm version, another image size for a ViT) are never offered to it.
+    """
+    assert exp.source is not None
+    src = experiment_to_dict(exp)["source"]
+    src["data"].pop("root", None)
+    src["train"].pop("device", None)
+    model = create_backbone(backbone, 1, exp.source.train.image_size)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    key = fingerprint({"backbone": backbone, "source": src, "seed": exp.seed, "base": _base_origin(exp, backbone),
+                       "shapes": shapes, "metric": exp.metric})
+    return cache_dir() / "source" / f"{backbone.replace('/', '_')}-{key}.safetensors"
+
+
+def _base_origin(exp: Experiment, backbone: str) -> str:
+    return file_digest(exp.weights[backbone]) if backbone in exp.weights else "random init"

@@ -1,4 +1,4 @@
-"""Pretrained weights from the timm/HF hub, and where a source task's trained weights are cached.
+"""Pretrained weights from the timm/HF hub.
 
 ``tlkit.engine.source.resolve_pretrained`` picks each backbone's starting weights (a local file, a source task tlkit
 trains, or the hub) before the first trial, so a missing file or an offline machine stops the sweep with a message
@@ -10,17 +10,13 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 import timm
 import torch
 
-from tlkit.models.backbones import create_backbone, hub_offline, model_kwargs
-from tlkit.data.tensors import cache_dir
+from tlkit.models.backbones import hub_offline, model_kwargs
 from tlkit.errors import TlkitError, describe_error
-from tlkit.config.experiment import Experiment
-from tlkit.config.identity import experiment_to_dict, file_digest, fingerprint
 
-__all__ = ["Pretrained", "hub_reachable", "from_hub", "source_weights_path"]
+__all__ = ["Pretrained", "hub_reachable", "from_hub"]
 
 HUB_HOST = ("huggingface.co", 443)
 
@@ -67,24 +63,3 @@ def from_hub(backbone: str, online: bool, image_size: int) -> dict[str, torch.Te
             f"HINT: put the weights in a file and pass --weights {backbone}=PATH (or weights={{...}} in the "
             f"experiment), declare a source task tlkit trains itself (Experiment(source=...)), run once online to "
             f"fill the cache, or set pretrained=False to train from random initialisation.") from None
-
-
-def source_weights_path(exp: Experiment, backbone: str) -> Path:
-    """Cache path keyed by a hash of backbone + source data + source recipe + seed: later sweeps reuse it.
-
-    The architecture's parameter shapes are part of the key, so weights cached by a build of a model that no longer
-    matches (another timm version, another image size for a ViT) are never offered to it.
-    """
-    assert exp.source is not None
-    src = experiment_to_dict(exp)["source"]
-    src["data"].pop("root", None)
-    src["train"].pop("device", None)
-    model = create_backbone(backbone, 1, exp.source.train.image_size)
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    key = fingerprint({"backbone": backbone, "source": src, "seed": exp.seed, "base": _base_origin(exp, backbone),
-                       "shapes": shapes, "metric": exp.metric})
-    return cache_dir() / "source" / f"{backbone.replace('/', '_')}-{key}.safetensors"
-
-
-def _base_origin(exp: Experiment, backbone: str) -> str:
-    return file_digest(exp.weights[backbone]) if backbone in exp.weights else "random init"

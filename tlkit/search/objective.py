@@ -35,8 +35,28 @@ from tlkit.models.weights import Pretrained
 INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
 TIMED_OUT = "stopped by --timeout after a checkpointed epoch; resumes with the same parameters on the next run"
 
-__all__ = ["SweepRun", "make_objective", "trial_folder", "short_name", "suggest", "search_space", "spec_for",
+__all__ = ["CellPlan", "plan_cell", "SweepRun", "make_objective", "trial_folder", "short_name", "suggest", "search_space", "spec_for",
            "requeue_on_failure", "Reporter", "record"]
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """A cell resolved once, before anything runs: its strategy class, its backbone's layer groups, what its search
+    samples and what every trial of it fixes. Trials, repeats and the sweep's HParams read these; nothing looks the
+    strategy up by name or computes its search space again."""
+
+    cell: Cell
+    strategy: type[Strategy]
+    num_groups: int
+    space: dict[str, BaseDistribution]
+    fixed: dict[str, Any]
+
+
+def plan_cell(exp: Experiment, cell: Cell, num_groups: int) -> CellPlan:
+    """The plan of ``cell``; a bad strategy name or ``strategy_params`` entry is a TlkitError here."""
+    strategy = get_strategy(cell.strategy)
+    return CellPlan(cell, strategy, num_groups, search_space(exp, strategy, num_groups),
+                    fixed_params(exp, cell.strategy))
 
 
 @dataclass
@@ -48,8 +68,8 @@ class SweepRun:
     splits: Splits
     pretrained: dict[str, Pretrained]
     device: torch.device
-    num_groups: dict[str, int]
-    """Layer groups of each backbone (strategies' search spaces depend on it)."""
+    plans: dict[Cell, CellPlan]
+    """Each cell's strategy, layer groups and search space, resolved once (``plan_cell``)."""
     callbacks: Callable[[Cell, str, dict[str, Any]], list[Callback]] = field(default=lambda cell, name, params: [])
     """Extra callbacks per trial (TensorBoard, progress): ``callbacks(cell, name, params)``, ``name`` the trial's
     short name (``t3`` for the trial in ``trial_0003``, ``t3-seed1`` for seed 1 of its configuration's repeats)."""
@@ -214,11 +234,10 @@ def record(trial: optuna.Trial, result: TrialResult) -> None:
 def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folder: Path) -> TrialSpec:
     """The trial a cell's sampled (or best) ``params`` describe: searched recipe fields go into the recipe, the rest
     are the strategy's; the starting weights are the backbone's unless the strategy trains from scratch."""
-    exp = run.exp
-    pretrained = run.pretrained.get(cell.backbone) if get_strategy(cell.strategy).pretrained else None
-    fixed = fixed_params(exp, cell.strategy)
-    return TrialSpec(backbone=cell.backbone, strategy=cell.strategy,
-                     params={**fixed, **{k: v for k, v in params.items() if k not in exp.search}},
+    exp, plan = run.exp, run.plans[cell]
+    pretrained = run.pretrained.get(cell.backbone) if plan.strategy.pretrained else None
+    return TrialSpec(backbone=cell.backbone, strategy=plan.strategy,
+                     params={**plan.fixed, **{k: v for k, v in params.items() if k not in exp.search}},
                      recipe=dataclasses.replace(exp.train, **{k: v for k, v in params.items() if k in exp.search}),
                      metric=exp.metric, seed=seed, folder=folder,
                      weights=pretrained.state_dict if pretrained else None,
@@ -228,19 +247,17 @@ def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folde
 
 def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one cell: the best validation metric over the trial's epochs."""
-    exp = run.exp
-    strategy = get_strategy(cell.strategy)
-    space = search_space(exp, strategy, run.num_groups[cell.backbone])
+    exp, plan = run.exp, run.plans[cell]
 
     def attempt(trial: optuna.Trial) -> float:
         run_number, retried = claim_run(trial)
         trial.set_user_attr("worker", worker_id())
         reseed_sampler(trial.study, exp.seed, exp.trials, run_number)
-        params = {name: suggest(trial, name, dist) for name, dist in space.items()}
+        params = {name: suggest(trial, name, dist) for name, dist in plan.space.items()}
         spec = spec_for(run, cell, params, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number))
-        fixed = fixed_params(exp, cell.strategy)
         for key, value in {"backbone": cell.backbone, "strategy": cell.strategy, "run": run_number,
-                           "weights": spec.weights_origin, **({"fixed_params": fixed} if fixed else {})}.items():
+                           "weights": spec.weights_origin,
+                           **({"fixed_params": plan.fixed} if plan.fixed else {})}.items():
             trial.set_user_attr(key, value)
         if retried is not None:
             trial.set_user_attr("resumed_from_trial", retried)
