@@ -34,8 +34,8 @@ from tlkit.output.plots import PLOTS, order, write_plots
 from tlkit.search.storage import default_storage, open_storage
 from tlkit.search.study import cell_studies
 from tlkit.output.tensorboard import CELLS_DIR, write_cell_boards
-from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table,
-                                 trials_table, write_csv)
+from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, replicates_table,
+                                 summary_table, trials_table, write_csv)
 
 __all__ = ["write_report", "report_markdown", "report_ranking", "winners", "metric_of", "main", "PLOTS"]
 
@@ -273,6 +273,9 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     write_csv(trials, out / "trials.csv")
     write_csv(history, out / "history.csv")
     write_csv(repeats_table(storage, study, metric), out / "repeats.csv")
+    replicates = replicates_table(storage, study, metric)
+    if not replicates.empty:  # a study run once has no replicates.csv, as before replicates existed
+        write_csv(replicates, out / "replicates.csv")
     write_csv(summary, out / "summary.csv")
     write_csv(comparisons, out / "comparisons.csv")
     write_csv(predictions_table(cells), out / "predictions.csv")

@@ -37,7 +37,7 @@ from tlkit.engine.store import open_store
 from tlkit.search import queue as queue_module
 from tlkit.search.queue import DuplicateRun, ensure_runs, finished_count, retries_first
 from tlkit.search.storage import default_storage, open_storage, quiet_optuna
-from tlkit.search.study import Cell, cells, check_identity, check_results_folder, open_cell_study
+from tlkit.search.study import Cell, cells, check_identity, check_results_folder, open_cell_study, replicate_seed
 from tlkit.search.workers import take_up_lost_trials
 from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="finished trials per cell (overrides the experiment's `trials`)")
     p.add_argument("--repeats", type=int, help="seeds each cell's best configuration is trained with again "
                                                "(overrides the experiment's `repeats`)")
+    p.add_argument("--replicates", type=int, help="reruns of the whole study, each with its own train/validation "
+                                                  "split, search and seeds (overrides the experiment's `replicates`)")
     p.add_argument("--out", type=Path, help="results folder (default: results/<study>)")
     p.add_argument("--study", help="study name (default: the experiment's name, i.e. its file name)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for many workers "
@@ -105,7 +107,9 @@ def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, stor
     return "\n".join([
         f"Experiment {exp.name!r} checked: nothing was trained or written.",
         f"  {len(exp.backbones)} backbones x {len(exp.strategies)} strategies = {cells_count} cells; per cell "
-        f"{exp.trials} search trials of up to {exp.train.epochs} epochs, then {exp.repeats} repeats",
+        f"{exp.trials} search trials of up to {exp.train.epochs} epochs, then {exp.repeats} repeats"
+        + (f"; all of it in {exp.replicates} replicates (each its own split, search and seeds)"
+           if exp.replicates > 1 else ""),
         f"  data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images of "
         f"{splits.num_classes} classes at {exp.train.image_size} px",
         "  weights: " + "; ".join(weights),
@@ -175,15 +179,18 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     progress = progress or SweepProgress("off")
     run.callbacks = lambda cell, n, params: [boards(cell, n, params), *progress.callbacks(cell, n, params),
                                              *extra(cell, n, params)]
-    all_cells = cells(exp)
+    all_cells = [cell for r in range(exp.replicates) for cell in cells(exp, r)]  # replicate by replicate
     progress.start(all_cells, exp.trials, exp.train.epochs, exp.metric, exp.repeats)
+    splits_of = replicate_splits(exp, splits, device)
     try:
         waiting = list(enumerate(all_cells))
         while waiting:  # cells whose last trials other workers hold are visited again once this pass is over
             held = []
             for i, cell in waiting:
+                run.splits = splits_of(cell.replicate)
                 study = open_cell_study(storage, exp.name, exp, cell)
-                label = f"cell {i + 1}/{len(all_cells)}"
+                label = f"cell {i + 1}/{len(all_cells)}" + (f" (replicate {cell.replicate})" if exp.replicates > 1
+                                                            else "")
                 if run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study)):
                     finish_cell(run, storage, study, cell, label)
                 else:
@@ -199,6 +206,22 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
         write_json(out / "experiment.json", {**facts, "stopped_by_timeout_s": timeout})
         raise
     return out
+
+
+def replicate_splits(exp: Experiment, first: Splits, device: torch.device) -> Callable[[int], Splits]:
+    """``splits_of(r)``: replicate r's splits (its own seeded train/validation split and per-class subsets of the
+    same decoded data), built when first needed. Only replicate 0's and the latest other one are held, so memory
+    does not grow with the number of replicates."""
+    kept: dict[int, Splits] = {0: first}
+
+    def splits_of(replicate: int) -> Splits:
+        nonlocal kept
+        if replicate not in kept:
+            seed = replicate_seed(exp.seed, replicate)
+            kept = {0: first, replicate: to_device(splits_for(exp.data, exp.train.image_size, seed), device)}
+        return kept[replicate]
+
+    return splits_of
 
 
 def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, label: str) -> None:
@@ -302,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_to(progress.log_handler(), logging.WARNING if args.quiet else logging.INFO)
     started = time.perf_counter()
     try:
-        exp = resolve_experiment(args, args.trials, args.repeats, args.study)
+        exp = resolve_experiment(args, args.trials, args.repeats, args.study, args.replicates)
         out = args.out or Path("results") / exp.name
         if args.workers < 1:
             raise TlkitError(f"--workers must be >= 1 but got {args.workers}.")

@@ -44,6 +44,8 @@ class ScoredModel:
     val: float
     test: float
     predictions: Predictions | None = None
+    replicate: int = 0
+    """The replicate of the study it belongs to (``Experiment.replicates``; 0 with a single run)."""
 
 
 @dataclass

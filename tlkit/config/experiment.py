@@ -258,6 +258,14 @@ class Experiment:
     """Seeds each cell's best configuration is trained with again after its search (shared by every cell, so the
     comparisons are paired); the intervals and tests of the report come from them (3 or more: tests over seeds).
     0 skips them: the report then tests each cell's best search trial over test examples."""
+    replicates: int = field(default=1, metadata=NOT_IDENTITY)
+    """Reruns of the whole study (Bouthillier et al. 2021): replicate r draws its own train/validation split (and
+    ``train_per_class``/``test_per_class`` subsets), runs each cell's search with its own sampler seed and trains
+    with its own seeds; every cell of a backbone shares replicate r, so comparisons over replicates are paired.
+    Replicate 0 is the study a single run gives; raising it later trains only the new replicates."""
+    rope: float = field(default=0.01, metadata=NOT_IDENTITY)
+    """Region of practical equivalence, in metric units (0.01 = 1 point of accuracy): two strategies whose
+    difference is shown to lie within +-rope are reported ``equivalent``."""
     seed: int = 0
     pruner: str = "median"
     """Optuna's pruner on the per-epoch validation metric: ``median`` (MedianPruner), ``hyperband`` or ``none``."""
@@ -298,6 +306,11 @@ class Experiment:
             raise TlkitError(f"trials must be >= 1 but got {self.trials}.")
         if self.repeats < 0:
             raise TlkitError(f"repeats must be >= 0 but got {self.repeats}.")
+        if self.replicates < 1:
+            raise TlkitError(f"replicates must be >= 1 but got {self.replicates} (1 runs the study once).")
+        if not 0 <= self.rope < float("inf"):
+            raise TlkitError(f"rope must be a number >= 0 in metric units (0.01 = 1 point of accuracy) but got "
+                             f"{self.rope}.")
         if self.keep_top_backbones is not None and (self.keep_top_backbones < 1 or not self.pretrained):
             raise TlkitError(f"keep_top_backbones must be None or an int >= 1, with pretrained weights, but got "
                              f"{self.keep_top_backbones} (pretrained={self.pretrained}). HINT: the ranking scores "

@@ -23,7 +23,7 @@ from tlkit.engine.checkpoint import atomic_write
 from tlkit.metrics import Predictions
 from tlkit.search.repeats import current_repeats, repeats_study_name
 from tlkit.search.queue import NONE_LEFT
-from tlkit.search.study import Cell, cell_studies
+from tlkit.search.study import Cell, cell_studies, replicate_seed, study_cell
 from tlkit.search.objective import all_params
 
 __all__ = ["write_csv", "trials_table", "history_table", "repeats_table", "predictions_table", "summary_table",
@@ -35,8 +35,26 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
 
 
-def search_studies(storage: Any, study: str) -> list[optuna.Study]:
-    return [optuna.load_study(study_name=name, storage=storage) for name in sorted(cell_studies(storage, study))]
+def search_studies(storage: Any, study: str, replicate: int | None = None) -> list[optuna.Study]:
+    """The cells' search studies, every replicate's (``replicate`` None) or one replicate's, by name (a cell's
+    replicates follow it)."""
+    return [optuna.load_study(study_name=name, storage=storage) for name, summary in
+            sorted(cell_studies(storage, study).items()) if replicate in (None, study_cell(summary).replicate)]
+
+
+def _with_replicates(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Rows sorted by ``by``; the ``replicate`` column is kept (after ``strategy``) only when the study has
+    replicates beyond the first, so a study run once gives the same table as before replicates existed."""
+    if df.empty or "replicate" not in df.columns:
+        return df
+    if not (df["replicate"] > 0).any():
+        return df.drop(columns="replicate").sort_values(list(by), kind="stable").reset_index(drop=True)
+    columns = [c for c in df.columns if c != "replicate"]
+    at = columns.index("strategy") + 1
+    df = df[columns[:at] + ["replicate"] + columns[at:]]
+    keys = list(by)
+    keys.insert(keys.index("strategy") + 1, "replicate")
+    return df.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def _best(s: optuna.Study) -> FrozenTrial | None:
@@ -65,6 +83,7 @@ def trials_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
             u = t.user_attrs
             rows.append({
                 "backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
+                "replicate": s.user_attrs.get("replicate", 0),
                 "trial": t.number, "state": t.state.name, f"val_{metric}": t.value,
                 **{f"params_{k}": v for k, v in sorted(all_params(t).items())},
                 "epochs_run": u.get("epochs_run", 0), "best_epoch": u.get("best_epoch"),
@@ -83,8 +102,8 @@ def trials_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
         return df
     fixed = [c for c in df.columns if not c.startswith("params_")]
     params = sorted(c for c in df.columns if c.startswith("params_"))
-    order = fixed[:5] + params + fixed[5:]
-    df = df[order].sort_values(["backbone", "strategy", "trial"], kind="stable").reset_index(drop=True)
+    order = fixed[:6] + params + fixed[6:]
+    df = _with_replicates(df[order], ["backbone", "strategy", "trial"])
     return _ints(df, ["epochs_run", "best_epoch", "trainable_params", "total_params", "resumed_from_trial",
                       "resumed_from_epoch", "run"])
 
@@ -100,17 +119,17 @@ def history_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
         for t in s.get_trials(deepcopy=False):
             for epoch in t.user_attrs.get("history") or []:
                 row = {"backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
-                       "trial": t.number, "state": t.state.name, **epoch}
+                       "replicate": s.user_attrs.get("replicate", 0), "trial": t.number, "state": t.state.name,
+                       **epoch}
                 row[f"val_{metric}"] = row.pop("val_metric")
                 rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     lrs = sorted((c for c in df.columns if c.startswith("lr_group")), key=lambda c: int(c[len("lr_group"):]))
-    order = ["backbone", "strategy", "trial", "state", "epoch", "train_loss", "val_loss", f"val_{metric}", *lrs,
-             "trainable_params", "images_per_s", "seconds", "features_cached"]
-    df = df[[c for c in order if c in df.columns]]
-    df = df.sort_values(["backbone", "strategy", "trial", "epoch"], kind="stable").reset_index(drop=True)
+    order = ["backbone", "strategy", "replicate", "trial", "state", "epoch", "train_loss", "val_loss",
+             f"val_{metric}", *lrs, "trainable_params", "images_per_s", "seconds", "features_cached"]
+    df = _with_replicates(df[[c for c in order if c in df.columns]], ["backbone", "strategy", "trial", "epoch"])
     return _ints(df, ["epoch", "trainable_params"])
 
 
@@ -128,8 +147,7 @@ def _config_run(best: FrozenTrial | None) -> int | None:
 def _cell_repeats(storage: Any, study: str, s: optuna.Study) -> list[FrozenTrial]:
     """The cell's repeat trials of its current best configuration, by seed index."""
     best = _best(s)
-    cell = Cell(s.user_attrs.get("backbone"), s.user_attrs.get("strategy"))
-    repeats = _repeats_study(storage, study, cell)
+    repeats = _repeats_study(storage, study, study_cell(s))
     if best is None or repeats is None:
         return []
     by_index = current_repeats(repeats, _config_run(best))
@@ -143,38 +161,78 @@ def repeats_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
         for t in _cell_repeats(storage, study, s):
             u = t.user_attrs
             rows.append({"backbone": s.user_attrs.get("backbone"), "strategy": s.user_attrs.get("strategy"),
-                         "repeat": u.get("repeat"), "seed": u.get("seed"), "config_trial": u.get("config_trial"),
+                         "replicate": s.user_attrs.get("replicate", 0), "repeat": u.get("repeat"), "seed": u.get("seed"), "config_trial": u.get("config_trial"),
                          "state": t.state.name, f"val_{metric}": t.value, f"test_{metric}": u.get("test_metric"),
                          "test_loss": u.get("test_loss"), "epochs_run": u.get("epochs_run"),
                          "best_epoch": u.get("best_epoch"), "wall_time_s": u.get("wall_time"),
                          "resumed_from_trial": u.get("resumed_from_trial"),
                          "note": u.get("pruned_reason") or u.get("failure_reason") or ""})
-    columns = ["backbone", "strategy", "repeat", "seed", "config_trial", "state", f"val_{metric}",
+    columns = ["backbone", "strategy", "replicate", "repeat", "seed", "config_trial", "state", f"val_{metric}",
                f"test_{metric}", "test_loss", "epochs_run", "best_epoch", "wall_time_s", "resumed_from_trial", "note"]
-    df = pd.DataFrame(rows, columns=columns).sort_values(["backbone", "strategy", "repeat"], kind="stable")
-    return _ints(df.reset_index(drop=True), ["repeat", "seed", "config_trial", "epochs_run", "best_epoch",
+    df = pd.DataFrame(rows, columns=columns)
+    df = _with_replicates(df, ["backbone", "strategy", "repeat"]) if rows else df.drop(columns="replicate")
+    return _ints(df, ["repeat", "seed", "config_trial", "epochs_run", "best_epoch",
                                              "resumed_from_trial"])
 
 
 def load_cells(storage: Any, study: str, metric: Any) -> list[compare.CellScores]:
-    """Every cell with its scored models: complete repeats of its best configuration, and its search's best trial
-    (seed None), each with validation and test metric and its kept test predictions."""
-    cells = []
+    """Every cell with its scored models, in every replicate: complete repeats of its best configuration, and its
+    search's best trial (seed None), each with validation and test metric and its kept test predictions. The
+    trainable size is replicate 0's best trial's."""
+    cells: dict[tuple[str, str], compare.CellScores] = {}
     for s in search_studies(storage, study):
-        best = _best(s)
-        cell = compare.CellScores(s.user_attrs.get("backbone"), s.user_attrs.get("strategy"),
-                            trainable_params=float(best.user_attrs.get("trainable_params") or math.nan)
-                            if best else math.nan)
-        test = s.user_attrs.get("best_test") or {}
-        if best is not None and test.get("trial") == best.number:
-            cell.models.append(compare.ScoredModel(None, best.value, test["test_metric"],
-                                                   _predictions(test.get("predictions"))))
-        for t in _cell_repeats(storage, study, s):
-            if t.state == TrialState.COMPLETE and "test_metric" in t.user_attrs:
-                cell.models.append(compare.ScoredModel(t.user_attrs["repeat"], t.value, t.user_attrs["test_metric"],
-                                                       _predictions(t.user_attrs.get("predictions"))))
-        cells.append(cell)
-    return cells
+        best, where = _best(s), study_cell(s)
+        if (where.backbone, where.strategy) not in cells or where.replicate == 0:
+            size = float(best.user_attrs.get("trainable_params") or math.nan) if best else math.nan
+            models = cells[(where.backbone, where.strategy)].models if (where.backbone, where.strategy) in cells \
+                else []
+            cells[(where.backbone, where.strategy)] = compare.CellScores(where.backbone, where.strategy, models, size)
+        cells[(where.backbone, where.strategy)].models.extend(_scored_models(storage, study, s, where.replicate))
+    return list(cells.values())
+
+
+def _scored_models(storage: Any, study: str, s: optuna.Study, replicate: int) -> list[compare.ScoredModel]:
+    best, test = _best(s), s.user_attrs.get("best_test") or {}
+    models = []
+    if best is not None and test.get("trial") == best.number:
+        models.append(compare.ScoredModel(None, best.value, test["test_metric"], _predictions(test.get("predictions")),
+                                          replicate))
+    for t in _cell_repeats(storage, study, s):
+        if t.state == TrialState.COMPLETE and "test_metric" in t.user_attrs:
+            models.append(compare.ScoredModel(t.user_attrs["repeat"], t.value, t.user_attrs["test_metric"],
+                                              _predictions(t.user_attrs.get("predictions")), replicate))
+    return models
+
+
+def replicates_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
+    """One row per cell and replicate: the configuration its search chose (``best_run``: its trial folder
+    ``trial_NNNN``, which a resumed trial keeps), its validation metric and its test metric (the mean of its repeats when it has any, else its best trial's). Empty for a study run once."""
+    rows = []
+    for s in search_studies(storage, study):
+        best, where, test = _best(s), study_cell(s), s.user_attrs.get("best_test") or {}
+        repeats = [t for t in _cell_repeats(storage, study, s)
+                   if t.state == TrialState.COMPLETE and "test_metric" in t.user_attrs]
+        scored = bool(best) and test.get("trial") == best.number
+        rows.append({"backbone": where.backbone, "strategy": where.strategy, "replicate": where.replicate,
+                     "seed": replicate_seed(s.user_attrs.get("identity", {}).get("seed", 0), where.replicate),
+                     "best_run": best.user_attrs.get("run", best.number) if best else None,
+                     "best_params": json.dumps(all_params(best), sort_keys=True) if best else "",
+                     f"best_val_{metric}": best.value if best else None,
+                     f"test_{metric}": test.get("test_metric") if scored else None,
+                     "repeats": len(repeats),
+                     f"val_{metric}_mean": _mean([t.value for t in repeats]) if repeats else (
+                         best.value if best else None),
+                     f"test_{metric}_mean": _mean([t.user_attrs["test_metric"] for t in repeats]) if repeats else (
+                         test.get("test_metric") if scored else None)})
+    df = pd.DataFrame(rows)
+    if df.empty or not (df["replicate"] > 0).any():
+        return pd.DataFrame()
+    return _ints(df.sort_values(["backbone", "strategy", "replicate"], kind="stable").reset_index(drop=True),
+                 ["replicate", "seed", "best_run", "repeats"])
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
 
 
 def _predictions(payload: dict[str, str] | None) -> Predictions | None:
@@ -191,13 +249,15 @@ def predictions_table(cells: list[compare.CellScores]) -> pd.DataFrame:
                 continue
             p = m.predictions
             frames.append(pd.DataFrame({
-                "backbone": c.backbone, "strategy": c.strategy, "model": "search" if m.seed is None else "repeat",
+                "backbone": c.backbone, "strategy": c.strategy, "replicate": m.replicate,
+                "model": "search" if m.seed is None else "repeat",
                 "repeat": pd.array([m.seed] * len(p), dtype="Int64"), "example": np.arange(len(p)),
                 "label": p.labels, "pred": p.pred, "p_label": np.exp(p.log_p_label), "label_rank": p.label_rank}))
     if not frames:
         return pd.DataFrame(columns=["backbone", "strategy", "model", "repeat", "example", "label", "pred",
                                      "p_label", "label_rank"])
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    return table if (table["replicate"] > 0).any() else table.drop(columns="replicate")
 
 
 def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.CellScores] | None = None) -> pd.DataFrame:
@@ -206,7 +266,7 @@ def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.Cel
     the test metric over the repeats with its 95% interval (see ``tlkit.analysis.compare``)."""
     name = metric.name
     rows = []
-    for s in search_studies(storage, study):
+    for s in search_studies(storage, study, replicate=0):  # every replicate's own search: replicates.csv
         trials = s.get_trials(deepcopy=False)
         count = {state: sum(t.state == state for t in trials) for state in TrialState}
         retried = {n for t in trials for n in _optuna.earlier_attempts(t)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.trial import FrozenTrial
 import torch
 from safetensors.torch import load_file
 
@@ -30,14 +31,17 @@ log = logging.getLogger("tlkit")
 
 
 def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, Any] | None:
-    """Score the cell's best trial on the test split and export its model (skipped if already done)."""
+    """Score the cell's best trial on the test split and export its model (skipped if already done). Only
+    replicate 0 exports (``best/<backbone>/<strategy>``): another replicate's best trial is a measurement of the
+    study's variance, and its weights stay in its trial folder."""
     try:
         best = study.best_trial
     except ValueError:
         return None  # no completed trial
     done = study.user_attrs.get("best_test")
     export_dir = run.out / "best" / cell.folder
-    if done and done["trial"] == best.number and (export_dir / "model.safetensors").is_file():
+    exports = cell.replicate == 0
+    if done and done["trial"] == best.number and (not exports or (export_dir / "model.safetensors").is_file()):
         return done
     weights = trial_folder(run.out, cell, best.user_attrs.get("run", best.number)) / "best.safetensors"
     if not weights.is_file() and run.store is not None:
@@ -53,18 +57,25 @@ def evaluate_best(run: SweepRun, study: optuna.Study, cell: Cell) -> dict[str, A
                     describe_error(err), cell.backbone, cell.strategy)
         return None
     result = {"trial": best.number, "val_metric": best.value, "test_metric": test.metric, "test_loss": test.loss}
-    atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
-    write_json(export_dir / "model.json", {
-        "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
-        "classes": run.splits.train.classes, "image_size": run.exp.train.image_size,
-        "decode_size": run.exp.data.decode_size, **prep,
-        "params": all_params(best), "metric": run.exp.metric, **result})
-    if run.store is not None:
-        run.store.push(export_dir)
+    if exports:
+        _export(run, cell, best, weights, export_dir, {**prep, **result})
     study.set_user_attr("best_test", {**result, "predictions": predictions.to_json()})
     run_number = best.user_attrs.get("run", best.number)
     run.on_test_score(cell, short_name(run_number), test.metric, best.user_attrs.get("epochs_run", 1) - 1)
     return result
+
+
+def _export(run: SweepRun, cell: Cell, best: FrozenTrial, weights: Path, export_dir: Path, info: dict[str, Any]
+            ) -> None:
+    """The best model of a cell as ``load_best`` and ``tlkit.predict`` read it: its weights and model.json."""
+    atomic_write(export_dir / "model.safetensors", lambda tmp: Path(tmp).write_bytes(weights.read_bytes()))
+    write_json(export_dir / "model.json", {
+        "backbone": cell.backbone, "strategy": cell.strategy, "num_classes": run.splits.num_classes,
+        "classes": run.splits.train.classes, "image_size": run.exp.train.image_size,
+        "decode_size": run.exp.data.decode_size, **info,
+        "params": all_params(best), "metric": run.exp.metric})
+    if run.store is not None:
+        run.store.push(export_dir)
 
 
 def score_test(run: SweepRun, backbone: str, weights: Path) -> tuple[Scores, Predictions, dict[str, Any]]:

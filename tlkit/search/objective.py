@@ -27,7 +27,7 @@ from tlkit.config.loading import distribution_like
 from tlkit.engine.runner import PRUNED, TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
 from tlkit.search.queue import DuplicateRun, claim_run, reseed_sampler
-from tlkit.search.study import Cell
+from tlkit.search.study import Cell, replicate_seed
 from tlkit.search.workers import worker_id
 from tlkit.engine.loop import Callback, EpochResult, PruneTrial, Trainer
 from tlkit.models.weights import Pretrained
@@ -35,7 +35,8 @@ from tlkit.models.weights import Pretrained
 INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
 TIMED_OUT = "stopped by --timeout after a checkpointed epoch; resumes with the same parameters on the next run"
 
-__all__ = ["CellPlan", "plan_cell", "SweepRun", "make_objective", "trial_folder", "short_name", "suggest", "search_space", "spec_for",
+__all__ = ["CellPlan", "plan_cell", "SweepRun", "make_objective", "trial_folder", "short_name", "suggest",
+           "search_space", "spec_for",
            "requeue_on_failure", "Reporter", "record"]
 
 
@@ -234,7 +235,7 @@ def record(trial: optuna.Trial, result: TrialResult) -> None:
 def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folder: Path) -> TrialSpec:
     """The trial a cell's sampled (or best) ``params`` describe: searched recipe fields go into the recipe, the rest
     are the strategy's; the starting weights are the backbone's unless the strategy trains from scratch."""
-    exp, plan = run.exp, run.plans[cell]
+    exp, plan = run.exp, run.plans[cell.design]
     pretrained = run.pretrained.get(cell.backbone) if plan.strategy.pretrained else None
     return TrialSpec(backbone=cell.backbone, strategy=plan.strategy,
                      params={**plan.fixed, **{k: v for k, v in params.items() if k not in exp.search}},
@@ -247,14 +248,15 @@ def spec_for(run: SweepRun, cell: Cell, params: dict[str, Any], seed: int, folde
 
 def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one cell: the best validation metric over the trial's epochs."""
-    exp, plan = run.exp, run.plans[cell]
+    exp, plan = run.exp, run.plans[cell.design]
 
     def attempt(trial: optuna.Trial) -> float:
         run_number, retried = claim_run(trial)
         trial.set_user_attr("worker", worker_id())
-        reseed_sampler(trial.study, exp.seed, exp.trials, run_number)
+        seed = replicate_seed(exp.seed, cell.replicate)
+        reseed_sampler(trial.study, seed, exp.trials, run_number)
         params = {name: suggest(trial, name, dist) for name, dist in plan.space.items()}
-        spec = spec_for(run, cell, params, seed=exp.seed + run_number, folder=trial_folder(run.out, cell, run_number))
+        spec = spec_for(run, cell, params, seed=seed + run_number, folder=trial_folder(run.out, cell, run_number))
         for key, value in {"backbone": cell.backbone, "strategy": cell.strategy, "run": run_number,
                            "weights": spec.weights_origin,
                            **({"fixed_params": plan.fixed} if plan.fixed else {})}.items():

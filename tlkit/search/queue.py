@@ -19,8 +19,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def reseed_sampler(s: optuna.Study, seed: int, trials: int, run: int) -> None:
     """A sampler seeded by (seed, run): a restarted sweep draws what an uninterrupted one would, and two workers
-    sampling at the same moment draw different configurations (their runs differ)."""
-    s.sampler = optuna.samplers.TPESampler(seed=seed * 10_007 + run, n_startup_trials=max(2, min(10, trials // 2)))
+    sampling at the same moment draw different configurations (their runs differ). Taken modulo 2**32, numpy's
+    seed range, so a large experiment seed or a replicate's (``seed + r * 1_000_000``) works too."""
+    s.sampler = optuna.samplers.TPESampler(seed=(seed * 10_007 + run) % 2**32,
+                                           n_startup_trials=max(2, min(10, trials // 2)))
 
 
 class DuplicateRun(Exception):

@@ -24,7 +24,7 @@ from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
 from tlkit.search.export import score_test
 from tlkit.search.queue import NONE_LEFT, DuplicateRun
-from tlkit.search.study import Cell
+from tlkit.search.study import Cell, replicate_seed
 from tlkit.search.workers import take_up_lost_trials, worker_id
 from tlkit.search.objective import Reporter, SweepRun, record, requeue_on_failure, short_name, spec_for
 
@@ -36,14 +36,16 @@ REPEAT_SEED_OFFSET = 100_000
 log = logging.getLogger("tlkit")
 
 
-def repeat_seed(exp: Experiment, index: int) -> int:
-    """The seed of repeat ``index``: the same in every cell, so repeats are paired across strategies."""
-    return exp.seed + REPEAT_SEED_OFFSET + index
+def repeat_seed(exp: Experiment, index: int, replicate: int = 0) -> int:
+    """The seed of repeat ``index`` (of ``replicate``): the same in every cell, so repeats are paired across
+    strategies."""
+    return replicate_seed(exp.seed, replicate) + REPEAT_SEED_OFFSET + index
 
 
 def repeats_study_name(study: str, cell: Cell) -> str:
     """Outside the ``<study>/`` prefix of search studies, so a cell's search and its repeats never mix."""
-    return f"{study}:repeats/{cell.backbone}/{cell.strategy}"
+    return f"{study}:repeats/{cell.backbone}/{cell.strategy}" + (f"/replicate_{cell.replicate}" if cell.replicate
+                                                                   else "")
 
 
 def repeat_folder(out: Path, cell: Cell, config_run: int, index: int) -> Path:
@@ -55,7 +57,8 @@ def open_repeats_study(storage: Any, study: str, exp: Experiment, cell: Cell) ->
                             direction=get_metric(exp.metric).direction, pruner=optuna.pruners.NopPruner())
     if "identity" not in s.user_attrs:
         for key, value in {"identity": identity(exp, cell.backbone, cell.strategy), "backbone": cell.backbone,
-                           "strategy": cell.strategy}.items():
+                           "strategy": cell.strategy, **({"replicate": cell.replicate} if cell.replicate else {})
+                           }.items():
             s.set_user_attr(key, value)
     return s
 
@@ -121,7 +124,7 @@ def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
     trial.set_user_attr("worker", worker_id())
     if _optuna.is_retry(frozen):
         trial.set_user_attr("resumed_from_trial", _optuna.previous_attempt(frozen))
-    seed = repeat_seed(run.exp, index)
+    seed = repeat_seed(run.exp, index, cell.replicate)
     spec = spec_for(run, cell, trial.user_attrs["params"], seed=seed,
                     folder=repeat_folder(run.out, cell, config_run, index))
     trial.set_user_attr("seed", seed)

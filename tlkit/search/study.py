@@ -21,27 +21,48 @@ from tlkit.config.experiment import Experiment
 from tlkit.config.identity import RETIRED, concerns, identity
 from tlkit.metrics import get_metric
 
-__all__ = ["Cell", "cells", "cell_studies", "check_identity", "check_results_folder", "make_pruner", "open_cell_study"]
+__all__ = ["Cell", "cells", "replicate_seed", "study_cell", "REPLICATE_SEED_OFFSET", "cell_studies", "check_identity",
+           "check_results_folder", "make_pruner", "open_cell_study"]
+
+
+REPLICATE_SEED_OFFSET = 1_000_000
+"""Replicate r's seeds start at ``exp.seed + r * REPLICATE_SEED_OFFSET``: far from every seed of another replicate
+(search trials use ``seed + run``, repeats ``seed + 100_000 + index``)."""
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One comparison cell: a backbone under a strategy."""
+    """One comparison cell: a backbone under a strategy, in one replicate of the study (0: the study a single run
+    gives; see ``Experiment.replicates``)."""
 
     backbone: str
     strategy: str
+    replicate: int = 0
 
     def study_name(self, study: str) -> str:
-        return f"{study}/{self.backbone}/{self.strategy}"
+        return f"{study}/{self.backbone}/{self.strategy}" + (f"/replicate_{self.replicate}" if self.replicate else "")
 
     @property
     def folder(self) -> Path:
-        """``resnet18.a1_in1k/last_n``: browsable, and safe for hub names with ``/`` or ``:``."""
-        return Path(self.backbone.replace("/", "_").replace(":", "_")) / self.strategy
+        """``resnet18.a1_in1k/last_n`` (``.../last_n/replicate_1`` for replicate 1): browsable, and safe for hub
+        names with ``/`` or ``:``."""
+        folder = Path(self.backbone.replace("/", "_").replace(":", "_")) / self.strategy
+        return folder / f"replicate_{self.replicate}" if self.replicate else folder
+
+    @property
+    def design(self) -> Cell:
+        """The cell of the comparison, whatever the replicate: what its plan and its report rows are keyed by."""
+        return Cell(self.backbone, self.strategy)
 
 
-def cells(exp: Experiment) -> list[Cell]:
-    return [Cell(b, s) for b in exp.backbones for s in exp.strategies]
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The base seed of ``replicate``: its split, its search's sampler and its trainings derive from it; replicate
+    0 keeps the experiment's own seed, so a study of one replicate is what it was before replicates existed."""
+    return seed + replicate * REPLICATE_SEED_OFFSET
+
+
+def cells(exp: Experiment, replicate: int = 0) -> list[Cell]:
+    return [Cell(b, s, replicate) for b in exp.backbones for s in exp.strategies]
 
 
 def cell_studies(storage: RDBStorage | str, study: str) -> dict[str, Any]:
@@ -115,4 +136,12 @@ def open_cell_study(storage: RDBStorage, study: str, exp: Experiment, cell: Cell
         s.set_user_attr("identity", identity(exp, cell.backbone, cell.strategy))
         s.set_user_attr("backbone", cell.backbone)
         s.set_user_attr("strategy", cell.strategy)
+        if cell.replicate:
+            s.set_user_attr("replicate", cell.replicate)
     return s
+
+
+def study_cell(summary: Any) -> Cell:
+    """The cell a stored study (an ``optuna.Study`` or a study summary) belongs to, from its user attributes."""
+    attrs = summary.user_attrs
+    return Cell(attrs.get("backbone"), attrs.get("strategy"), attrs.get("replicate", 0))

@@ -1,0 +1,158 @@
+"""Replicates of the whole study (``Experiment.replicates``): each its own split, search and seeds, shared by the
+cells of a backbone; replicate 0 is the study a single run gives; a killed replicate resumes to the uninterrupted
+numbers; raising R trains only the new replicates."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from tlkit.config.loading import load_experiment
+from tlkit.engine.splits import splits_for
+from tlkit.search.study import REPLICATE_SEED_OFFSET, Cell, replicate_seed
+from tlkit.sweep import replicate_splits
+from tlkit.testing import write_experiment
+
+STRATEGIES = ["linear_probe", "last_n"]
+
+# SIGKILL the process once, right after the checkpoint of epoch 1 of a last_n trial of replicate 1.
+KILL_PRELUDE = '''
+import os, signal
+from pathlib import Path
+import tlkit.engine.runner
+
+_MARKER = os.environ.get("TLKIT_TEST_KILL_MARKER")
+
+
+def _save_epoch(folder, epoch, *args, _real=tlkit.engine.runner.save_epoch, **kw):
+    _real(folder, epoch, *args, **kw)
+    hit = "replicate_1" in folder.parts and "last_n" in folder.parts and epoch == 1
+    if _MARKER and hit and not Path(_MARKER).exists():
+        Path(_MARKER).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+tlkit.engine.runner.save_epoch = _save_epoch
+'''
+
+
+def _sweep(exp: Path, out: Path, tmp: Path, *args: str, kill: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TLKIT_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
+    if kill:
+        env["TLKIT_TEST_KILL_MARKER"] = str(tmp / "killed")
+    return subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(out), "--quiet", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_each_replicate_has_its_own_split_of_the_same_data_and_replicate_0_is_the_experiments(tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    exp = load_experiment(write_experiment(tmp_path, replicates=3, data={"train_per_class": None}))
+    first = splits_for(exp.data, exp.train.image_size, exp.seed)
+    splits_of = replicate_splits(exp, first, torch.device("cpu"))
+    assert splits_of(0) is first and replicate_seed(exp.seed, 0) == exp.seed
+    one, two = splits_of(1), splits_of(2)
+    assert replicate_seed(exp.seed, 2) == exp.seed + 2 * REPLICATE_SEED_OFFSET
+    for a, b in ((first, one), (one, two)):
+        assert len(a.train) == len(b.train) and len(a.val) == len(b.val)
+        assert not torch.equal(a.train.images, b.train.images), "a replicate draws its own train/validation split"
+        torch.testing.assert_close(a.test.images, b.test.images)  # the test set is the dataset's: the same
+        # uncapped, the same images in all: a replicate re-divides the training pool (train_per_class would also
+        # draw its own subset of it)
+        pool = lambda s: sorted(map(bytes, torch.cat([s.train.images, s.val.images]).flatten(1).numpy()))  # noqa
+        assert pool(a) == pool(b)
+    again = splits_for(exp.data, exp.train.image_size, replicate_seed(exp.seed, 2))
+    torch.testing.assert_close(two.train.images, again.train.images)  # seeded: the same on every run
+    assert splits_of(2) is two  # built once per replicate while it runs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("replicates")
+    exp = write_experiment(tmp, name="rep", strategies=STRATEGIES, trials=2, replicates=2, train={"epochs": 3},
+                           prelude=KILL_PRELUDE)
+    proc = _sweep(exp, tmp / "out", tmp)
+    assert proc.returncode == 0, proc.stderr
+    return exp, tmp / "out"
+
+
+@pytest.mark.slow
+def test_replicates_share_seeds_across_cells_and_are_recorded(reference):
+    _, out = reference
+    table = pd.read_csv(out / "replicates.csv")
+    assert table[["strategy", "replicate"]].values.tolist() == [["last_n", 0], ["last_n", 1], ["linear_probe", 0],
+                                                                ["linear_probe", 1]]
+    assert table.seed.tolist() == [0, REPLICATE_SEED_OFFSET] * 2
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials.groupby(["strategy", "replicate"]).size().tolist() == [2, 2, 2, 2]
+    # one sampler seed per replicate, shared by the cells: the shared hyperparameters are drawn alike
+    lr = trials.pivot_table(index=["replicate", "trial"], columns="strategy", values="params_lr")
+    np.testing.assert_allclose(lr["last_n"], lr["linear_probe"])
+    assert lr.loc[0].values.tolist() != lr.loc[1].values.tolist(), "each replicate runs its own search"
+    storage = f"sqlite:///{out / 'study.db'}"
+    for row in table.itertuples():
+        study = optuna.load_study(study_name=Cell("test_resnet", row.strategy, row.replicate).study_name("rep"),
+                                  storage=storage)
+        assert study.best_trial.value == pytest.approx(row.best_val_accuracy)
+        assert study.user_attrs["best_test"]["test_metric"] == pytest.approx(row.test_accuracy)
+        assert (out / "trials" / Cell("test_resnet", row.strategy, row.replicate).folder / "trial_0000"
+                / "best.safetensors").is_file()
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("best/*/*")) == [
+        "best/test_resnet/last_n", "best/test_resnet/linear_probe"]  # only replicate 0 exports its best model
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.trials_complete.tolist() == [2, 2]  # the search columns are replicate 0's
+
+
+@pytest.mark.slow
+def test_one_replicate_is_the_study_as_before(reference, tmp_path):
+    exp, ref = reference
+    out = tmp_path / "out"
+    proc = _sweep(exp, out, tmp_path, "--replicates", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "replicates.csv").exists()
+    for name in ("trials.csv", "history.csv", "repeats.csv", "predictions.csv"):
+        assert "replicate" not in pd.read_csv(out / name).columns, name
+    assert not list(out.glob("trials/*/*/replicate_*"))
+    # replicate 0 of the replicated study is this study, trial for trial
+    mine = pd.read_csv(out / "trials.csv")
+    theirs = pd.read_csv(ref / "trials.csv").query("replicate == 0").drop(columns="replicate")
+    columns = ["backbone", "strategy", "trial", "state", "val_accuracy", "params_lr", "epochs_run", "best_epoch"]
+    pd.testing.assert_frame_equal(mine[columns], theirs[columns].reset_index(drop=True))
+
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/*/trial_*/best.safetensors")}
+    grown = _sweep(exp, out, tmp_path, "--replicates", "2")
+    assert grown.returncode == 0, grown.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "replicate 0 is not trained again"
+    pd.testing.assert_frame_equal(pd.read_csv(out / "replicates.csv"), pd.read_csv(ref / "replicates.csv"))
+
+
+@pytest.mark.slow
+def test_a_killed_replicate_resumes_to_the_uninterrupted_numbers(reference, tmp_path):
+    exp, ref = reference
+    out = tmp_path / "out"
+    first = _sweep(exp, out, tmp_path, kill=True)
+    assert first.returncode == -signal.SIGKILL and (tmp_path / "killed").exists(), first.stderr
+    second = _sweep(exp, out, tmp_path, kill=True)
+    assert second.returncode == 0, second.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "replicates.csv"), pd.read_csv(ref / "replicates.csv"))
+    columns = ["backbone", "strategy", "replicate", "run", "state", "val_accuracy", "params_lr", "epochs_run"]
+    mine, theirs = pd.read_csv(out / "trials.csv"), pd.read_csv(ref / "trials.csv")
+    resumed = mine[mine.resumed_from_epoch.notna()]
+    assert len(resumed) == 1 and resumed.replicate.item() == 1 and resumed.strategy.item() == "last_n"
+    finished = mine[mine.state == "COMPLETE"].sort_values(["strategy", "replicate", "run"])  # not the killed attempt
+    pd.testing.assert_frame_equal(finished[columns].reset_index(drop=True), theirs[columns])
+    for path in sorted(ref.glob("trials/*/*/replicate_1/trial_*/best.safetensors")):
+        assert _sha(out / path.relative_to(ref)) == _sha(path)
