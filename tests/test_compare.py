@@ -1,5 +1,6 @@
-"""Which differences are real, on fixed inputs: the best cell is chosen on validation, differences are paired by seed
-or by test example, Holm-corrected, and tied strategies are never called worse."""
+"""Which differences are real, on fixed inputs: the reference is chosen on validation (with replicates, on half of
+them), differences are paired by replicate, seed or test example, Holm-corrected, and a verdict says better, worse,
+equivalent (within the rope) or undecided, never "worse" for what the data cannot tell apart."""
 from __future__ import annotations
 
 import math
@@ -14,8 +15,9 @@ from tlkit.metrics import Predictions, get_metric
 ACC = get_metric("accuracy")
 
 
-def _cell(strategy, vals, tests, backbone="b", params=100.0, predictions=None):
-    models = [compare.ScoredModel(i, v, t, predictions[i] if predictions else None)
+def _cell(strategy, vals, tests, backbone="b", params=100.0, predictions=None, replicates=None):
+    models = [compare.ScoredModel(i if replicates is None else None, v, t, predictions[i] if predictions else None,
+                                  replicate=0 if replicates is None else replicates[i])
               for i, (v, t) in enumerate(zip(vals, tests))]
     return compare.CellScores(backbone, strategy, models, trainable_params=params)
 
@@ -45,7 +47,16 @@ def test_seed_paired_comparisons_with_holm_and_verdicts():
         assert table.difference[name] == pytest.approx(expected.diff) and table.p[name] == pytest.approx(expected.p)
         assert table.method[name] == "paired t-test over 3 seeds"
     assert table.p_holm.tolist() == pytest.approx(stats.holm(table.p.tolist()))
-    assert table.verdict.to_dict() == {"b": "tied", "c": "worse"}
+    # b: d = (0.005, -0.005, 0.005), se = 0.01 / sqrt(3) / sqrt(3); TOST at 1 - 2 x 0.05/2 = 95%, t(0.975, 2) = 4.303
+    se = math.sqrt(((0.005 - 0.005 / 3) ** 2 * 2 + (-0.005 - 0.005 / 3) ** 2) / 2) / math.sqrt(3)
+    assert table.tost_level["b"] == pytest.approx(0.95)
+    assert (table.tost_low["b"], table.tost_high["b"]) == (pytest.approx(0.005 / 3 - 4.302652729911275 * se),
+                                                           pytest.approx(0.005 / 3 + 4.302652729911275 * se))
+    assert table.tost_high["b"] > 0.01  # reaches past 1 point: not shown equivalent, nor different
+    assert table.verdict.to_dict() == {"b": "undecided", "c": "worse"}
+    wider = compare.comparisons([best, close, far], ACC, rope=0.02).set_index("strategy")
+    assert wider.verdict.to_dict() == {"b": "equivalent", "c": "worse"} and set(wider.rope) == {0.02}
+    assert set(table.reference) == {"best on validation"} and table.p_outperform.isna().all()
 
 
 def test_a_strategy_that_beats_the_validation_pick_on_test_is_better_not_worse():
@@ -57,7 +68,7 @@ def test_a_strategy_that_beats_the_validation_pick_on_test_is_better_not_worse()
     assert set(table.best) == {"lp_ft"}
     assert table.difference["last_n"] == pytest.approx(np.mean([0.920, 0.930, 0.935]) - np.mean([0.990, 0.995, 0.994]))
     assert table.difference["last_n"] < 0 and table.p_holm["last_n"] < compare.ALPHA
-    assert table.verdict.to_dict() == {"last_n": "better", "bitfit": "tied"}
+    assert table.verdict.to_dict() == {"last_n": "better", "bitfit": "undecided"}
     text = compare.sentence(table.reset_index().set_index("strategy").loc["last_n"].to_dict() | {"strategy": "last_n"},
                             "accuracy", points=True)
     assert text.startswith("last_n beats lp_ft (the validation pick) by 6.5 points of test accuracy (95% CI ")
@@ -76,12 +87,19 @@ def test_mcnemar_verdict_follows_the_sign_of_the_difference():
     assert row.p == pytest.approx(scipy_stats.binomtest(0, 30, 0.5).pvalue) and row.verdict == "better"
 
 
-def test_verdict_needs_the_adjusted_test_and_a_sign():
+def test_verdict_rule_on_fixed_intervals():
     def test(diff):
         return stats.Comparison(diff, diff - 0.01, diff + 0.01, 0.001, 3, "t")
-    assert [compare.verdict(test(d), p) for d, p in ((0.05, 0.01), (-0.05, 0.01), (-0.05, 0.2), (0.0, 0.01))] == [
-        "worse", "better", "tied", "tied"]
-    assert compare.verdict(None, math.nan) == "untested"
+    cases = [((0.05, 0.01, (0.03, 0.07)), "worse"), ((-0.05, 0.01, (-0.07, -0.03)), "better"),
+             ((-0.05, 0.2, (-0.12, 0.02)), "undecided"), ((0.0, 0.01, (-0.02, 0.02)), "undecided"),
+             ((0.002, 0.6, (-0.006, 0.009)), "equivalent"),
+             ((0.004, 0.001, (0.002, 0.006)), "equivalent"),  # real (p small) but inside the rope
+             ((0.004, 0.001, (-0.01, 0.01)), "equivalent"),  # the rope's edges are inside it
+             ((0.009, 0.001, (0.005, 0.011)), "worse")]  # real and may reach past the rope: its sign decides
+    assert [compare.verdict(test(d), p, tost, 0.01) for (d, p, tost), _ in cases] == [v for _, v in cases]
+    assert compare.verdict(test(0.002), 0.6, (-0.006, 0.009), rope=0.005) == "undecided"
+    assert compare.verdict(None, math.nan, (math.nan, math.nan)) == "untested"
+    assert set(compare.VERDICTS) == {"better", "worse", "equivalent", "undecided", "untested"}
 
 
 def test_a_minimised_metric_turns_the_sign_so_positive_means_better():
@@ -118,12 +136,32 @@ def test_intervals_stay_inside_what_the_metric_can_be():
 
 
 def test_sentences_say_what_the_numbers_say():
-    tied = {"best": "last_n", "strategy": "layer_decay", "verdict": "tied", "difference": 0.007, "ci_low": -0.004,
-            "ci_high": 0.018, "p_holm": 0.41, "method": "paired t-test over 3 seeds"}
-    assert compare.sentence(tied, "accuracy", points=True) == (
-        "last_n and layer_decay cannot be told apart here (0.7 points, 95% CI -0.4 to 1.8, p = 0.410 "
-        "Holm-adjusted; paired t-test over 3 seeds).")
-    worse = {**tied, "strategy": "full_finetune", "verdict": "worse", "difference": 0.033, "ci_low": 0.021,
+    undecided = {"best": "last_n", "strategy": "layer_decay", "verdict": "undecided", "difference": 0.007,
+                 "ci_low": -0.004, "ci_high": 0.018, "p_holm": 0.41, "method": "paired t-test over 3 seeds",
+                 "rope": 0.01, "tost_level": 0.9, "tost_low": -0.002, "tost_high": 0.016, "detectable": 0.0234}
+    assert compare.sentence(undecided, "accuracy", points=True) == (
+        "last_n vs layer_decay: undecided on test accuracy: the difference, 0.7 points (95% CI -0.4 to 1.8, p = 0.410 "
+        "Holm-adjusted), is neither shown to be real nor shown to lie within ±1 point; the study could have detected "
+        "differences of about 2.3 points (paired t-test over 3 seeds).")
+    equivalent = {**undecided, "verdict": "equivalent", "difference": 0.002, "tost_low": -0.004, "tost_high": 0.008,
+                  "tost_level": 0.95, "rope": 0.005 * 2}
+    assert compare.sentence(equivalent, "accuracy", points=True) == (
+        "last_n and layer_decay are practically equivalent on test accuracy: the difference, 0.2 points (95% CI -0.4 "
+        "to 0.8, p = 0.410 Holm-adjusted), lies within ±1 point (paired t-test over 3 seeds).")
+    real = {**equivalent, "p_holm": 0.002, "tost_low": 0.001, "tost_high": 0.003, "rope": 0.02}
+    assert compare.sentence(real, "accuracy", points=True) == (
+        "last_n and layer_decay are practically equivalent on test accuracy: the difference, 0.2 points (95% CI 0.1 "
+        "to 0.3), is real (p = 0.002 Holm-adjusted) but lies within ±2 points, smaller than what was set to matter "
+        "(paired t-test over 3 seeds).")
+    assert compare.sentence({**equivalent, "rope": 0.05}, "log_loss", points=False).endswith(
+        "the difference, 0.002 (95% CI -0.004 to 0.008, p = 0.410 Holm-adjusted), lies within ±0.05 (paired t-test "
+        "over 3 seeds).")
+    replicates = {**undecided, "p_outperform": 0.25, "p_outperform_low": 0.0, "p_outperform_high": 0.75,
+                  "p_better": 0.05, "p_rope": 0.3, "p_worse": 0.65}
+    assert compare.sentence(replicates, "accuracy", points=True).endswith(
+        "(paired t-test over 3 seeds). layer_decay outperforms last_n on 25% of the test replicates (95% CI 0% to "
+        "75%); posterior probability that it is better by more than 1 point 0.05, within ±1 point 0.30, worse 0.65.")
+    worse = {**undecided, "strategy": "full_finetune", "verdict": "worse", "difference": 0.033, "ci_low": 0.021,
              "ci_high": 0.045, "p_holm": 0.003}
     assert compare.sentence(worse, "accuracy", points=True) == (
         "last_n beats full_finetune by 3.3 points of test accuracy (95% CI 2.1 to 4.5, p = 0.003 Holm-adjusted; "
