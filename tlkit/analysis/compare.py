@@ -337,8 +337,8 @@ def _p(p: float) -> str:
 def _rope(rope: float, points: bool) -> str:
     if not points:
         return f"±{rope:.3g}"
-    value = 100 * rope
-    return f"±{value:.3g} point{'s' * (value != 1)}"
+    value = f"{100 * rope:.3g}"
+    return f"±{value} point{'' if value == '1' else 's'}"
 
 
 def _level(level: float) -> str:
