@@ -125,7 +125,8 @@ def test_detectable_difference_by_hand():
     x = np.random.default_rng(0).normal(delta, 0.01, size=(400_000, 3))
     t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(3))
     assert np.mean(np.abs(t) > scipy_stats.t.ppf(1 - 0.025 / 2, 2)) == pytest.approx(0.8, abs=0.003)
-    assert stats.detectable_difference(0.0, 2, 0.05) == 0.0 and math.isnan(stats.detectable_difference(math.nan, 2, .05))
+    assert stats.detectable_difference(0.0, 2, 0.05) == 0.0
+    assert math.isnan(stats.detectable_difference(math.nan, 2, 0.05))
     # Fewer pairs or a stricter level: a larger difference is needed.
     assert stats.detectable_difference(0.01, 1, 0.05) > stats.detectable_difference(0.01, 4, 0.05)
 

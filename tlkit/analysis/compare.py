@@ -28,9 +28,9 @@ import pandas as pd
 from tlkit.analysis import stats
 from tlkit.metrics import Metric, Predictions
 
-__all__ = ["ScoredModel", "CellScores", "cell_intervals", "choose_best", "choose_reference", "Reference", "comparisons",
-           "rank_table", "friedman_test", "sentence", "verdict", "VERDICTS", "ALPHA", "DEFAULT_ROPE", "POWER",
-           "MIN_SEEDS_FOR_T", "COLUMNS"]
+__all__ = ["ScoredModel", "CellScores", "Reference", "cell_intervals", "choose_best", "choose_reference",
+           "comparisons", "rank_table", "friedman_test", "sentence", "rope_text", "verdict", "VERDICTS", "ALPHA",
+           "DEFAULT_ROPE", "POWER", "MIN_SEEDS_FOR_T", "MIN_REPLICATES", "COLUMNS"]
 
 ALPHA = 0.05
 DEFAULT_ROPE = 0.01
@@ -334,7 +334,8 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _rope(rope: float, points: bool) -> str:
+def rope_text(rope: float, points: bool) -> str:
+    """``±1 point`` for a rope of 0.01 in points (an accuracy), ``±0.01`` otherwise."""
     if not points:
         return f"±{rope:.3g}"
     value = f"{100 * rope:.3g}"
@@ -370,7 +371,7 @@ def _better(row: Any, metric: str, points: bool) -> str:
 def _equivalent(row: Any, metric: str, points: bool) -> str:
     amount, low, high = (_amount(row[k], points) for k in ("difference", "tost_low", "tost_high"))
     interval = f"{_level(row['tost_level'])} CI {low.split()[0]} to {high.split()[0]}"
-    within = f"lies within {_rope(row['rope'], points)}"
+    within = f"lies within {rope_text(row['rope'], points)}"
     if row["p_holm"] < ALPHA and row["difference"] != 0:
         within = (f"is real ({_p(row['p_holm'])} Holm-adjusted) but {within}, smaller than what was set to "
                   f"matter")
@@ -384,7 +385,7 @@ def _undecided(row: Any, metric: str, points: bool) -> str:
     amount, low, high = (_amount(row[k], points) for k in ("difference", "ci_low", "ci_high"))
     return (f"{row['best']} vs {row['strategy']}: undecided on test {metric}: the difference, {amount} (95% CI "
             f"{low.split()[0]} to {high.split()[0]}, {_p(row['p_holm'])} Holm-adjusted), is neither shown to be "
-            f"real nor shown to lie within {_rope(row['rope'], points)}; the study could have detected differences "
+            f"real nor shown to lie within {rope_text(row['rope'], points)}; the study could have detected differences "
             f"of about {_amount(row['detectable'], points)} ({row['method']}).")
 
 
@@ -393,8 +394,8 @@ def _replicate_words(row: Any, points: bool) -> str:
         return ""
     return (f" {row['strategy']} outperforms {row['best']} on {row['p_outperform']:.0%} of the test replicates "
             f"(95% CI {row['p_outperform_low']:.0%} to {row['p_outperform_high']:.0%}); posterior probability "
-            f"that it is better by more than {_rope(row['rope'], points)[1:]} {row['p_better']:.2f}, within "
-            f"{_rope(row['rope'], points)} {row['p_rope']:.2f}, worse {row['p_worse']:.2f}.")
+            f"that it is better by more than {rope_text(row['rope'], points)[1:]} {row['p_better']:.2f}, within "
+            f"{rope_text(row['rope'], points)} {row['p_rope']:.2f}, worse {row['p_worse']:.2f}.")
 
 
 def rank_table(cells: list[CellScores], metric: Metric) -> pd.DataFrame:

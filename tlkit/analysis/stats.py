@@ -21,7 +21,8 @@ from scipy import optimize
 from scipy import stats as scipy_stats
 
 __all__ = ["Interval", "Comparison", "t_interval", "bootstrap_interval", "wilson_interval", "mcnemar", "paired_t",
-           "paired_bootstrap", "holm", "detectable_difference", "outperform_probability", "posterior_probabilities", "average_ranks", "friedman", "nemenyi_cd", "BOOTSTRAP_SAMPLES"]
+           "paired_bootstrap", "holm", "detectable_difference", "outperform_probability", "posterior_probabilities",
+           "average_ranks", "friedman", "nemenyi_cd", "BOOTSTRAP_SAMPLES"]
 
 BOOTSTRAP_SAMPLES = 2000
 """Resamples per bootstrap: enough for a stable 95% interval (Efron & Tibshirani suggest >= 1000)."""
