@@ -278,7 +278,7 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
                    key=lambda c: (position.get((c.backbone, c.strategy), (math.inf, math.inf)), c.backbone,
                                   c.strategy))
     summary = summary_table(storage, study, m, cells)
-    comparisons = compare.comparisons(cells, m)
+    comparisons = compare.comparisons(cells, m, rope=experiment.get("rope", compare.DEFAULT_ROPE))
     friedman = compare.friedman_test(compare.rank_table(cells, m), m)
     history = history_table(storage, study, metric)
     trials = trials_table(storage, study, metric)
