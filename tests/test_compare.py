@@ -1,5 +1,6 @@
-"""Which differences are real, on fixed inputs: the best cell is chosen on validation, differences are paired by seed
-or by test example, Holm-corrected, and tied strategies are never called worse."""
+"""Which differences are real, on fixed inputs: the reference is chosen on validation (with replicates, on half of
+them), differences are paired by replicate, seed or test example, Holm-corrected, and a verdict says better, worse,
+equivalent (within the rope) or undecided, never "worse" for what the data cannot tell apart."""
 from __future__ import annotations
 
 import math
@@ -14,8 +15,9 @@ from tlkit.metrics import Predictions, get_metric
 ACC = get_metric("accuracy")
 
 
-def _cell(strategy, vals, tests, backbone="b", params=100.0, predictions=None):
-    models = [compare.ScoredModel(i, v, t, predictions[i] if predictions else None)
+def _cell(strategy, vals, tests, backbone="b", params=100.0, predictions=None, replicates=None):
+    models = [compare.ScoredModel(i if replicates is None else None, v, t, predictions[i] if predictions else None,
+                                  replicate=0 if replicates is None else replicates[i])
               for i, (v, t) in enumerate(zip(vals, tests))]
     return compare.CellScores(backbone, strategy, models, trainable_params=params)
 
@@ -45,7 +47,16 @@ def test_seed_paired_comparisons_with_holm_and_verdicts():
         assert table.difference[name] == pytest.approx(expected.diff) and table.p[name] == pytest.approx(expected.p)
         assert table.method[name] == "paired t-test over 3 seeds"
     assert table.p_holm.tolist() == pytest.approx(stats.holm(table.p.tolist()))
-    assert table.verdict.to_dict() == {"b": "tied", "c": "worse"}
+    # b: d = (0.005, -0.005, 0.005), se = 0.01 / sqrt(3) / sqrt(3); TOST at 1 - 2 x 0.05/2 = 95%, t(0.975, 2) = 4.303
+    se = math.sqrt(((0.005 - 0.005 / 3) ** 2 * 2 + (-0.005 - 0.005 / 3) ** 2) / 2) / math.sqrt(3)
+    assert table.tost_level["b"] == pytest.approx(0.95)
+    assert (table.tost_low["b"], table.tost_high["b"]) == (pytest.approx(0.005 / 3 - 4.302652729911275 * se),
+                                                           pytest.approx(0.005 / 3 + 4.302652729911275 * se))
+    assert table.tost_high["b"] > 0.01  # reaches past 1 point: not shown equivalent, nor different
+    assert table.verdict.to_dict() == {"b": "undecided", "c": "worse"}
+    wider = compare.comparisons([best, close, far], ACC, rope=0.02).set_index("strategy")
+    assert wider.verdict.to_dict() == {"b": "equivalent", "c": "worse"} and set(wider.rope) == {0.02}
+    assert set(table.reference) == {"best on validation"} and table.p_outperform.isna().all()
 
 
 def test_a_strategy_that_beats_the_validation_pick_on_test_is_better_not_worse():
@@ -57,7 +68,7 @@ def test_a_strategy_that_beats_the_validation_pick_on_test_is_better_not_worse()
     assert set(table.best) == {"lp_ft"}
     assert table.difference["last_n"] == pytest.approx(np.mean([0.920, 0.930, 0.935]) - np.mean([0.990, 0.995, 0.994]))
     assert table.difference["last_n"] < 0 and table.p_holm["last_n"] < compare.ALPHA
-    assert table.verdict.to_dict() == {"last_n": "better", "bitfit": "tied"}
+    assert table.verdict.to_dict() == {"last_n": "better", "bitfit": "undecided"}
     text = compare.sentence(table.reset_index().set_index("strategy").loc["last_n"].to_dict() | {"strategy": "last_n"},
                             "accuracy", points=True)
     assert text.startswith("last_n beats lp_ft (the validation pick) by 6.5 points of test accuracy (95% CI ")
@@ -76,12 +87,19 @@ def test_mcnemar_verdict_follows_the_sign_of_the_difference():
     assert row.p == pytest.approx(scipy_stats.binomtest(0, 30, 0.5).pvalue) and row.verdict == "better"
 
 
-def test_verdict_needs_the_adjusted_test_and_a_sign():
+def test_verdict_rule_on_fixed_intervals():
     def test(diff):
         return stats.Comparison(diff, diff - 0.01, diff + 0.01, 0.001, 3, "t")
-    assert [compare.verdict(test(d), p) for d, p in ((0.05, 0.01), (-0.05, 0.01), (-0.05, 0.2), (0.0, 0.01))] == [
-        "worse", "better", "tied", "tied"]
-    assert compare.verdict(None, math.nan) == "untested"
+    cases = [((0.05, 0.01, (0.03, 0.07)), "worse"), ((-0.05, 0.01, (-0.07, -0.03)), "better"),
+             ((-0.05, 0.2, (-0.12, 0.02)), "undecided"), ((0.0, 0.01, (-0.02, 0.02)), "undecided"),
+             ((0.002, 0.6, (-0.006, 0.009)), "equivalent"),
+             ((0.004, 0.001, (0.002, 0.006)), "equivalent"),  # real (p small) but inside the rope
+             ((0.004, 0.001, (-0.01, 0.01)), "equivalent"),  # the rope's edges are inside it
+             ((0.009, 0.001, (0.005, 0.011)), "worse")]  # real and may reach past the rope: its sign decides
+    assert [compare.verdict(test(d), p, tost, 0.01) for (d, p, tost), _ in cases] == [v for _, v in cases]
+    assert compare.verdict(test(0.002), 0.6, (-0.006, 0.009), rope=0.005) == "undecided"
+    assert compare.verdict(None, math.nan, (math.nan, math.nan)) == "untested"
+    assert set(compare.VERDICTS) == {"better", "worse", "equivalent", "undecided", "untested"}
 
 
 def test_a_minimised_metric_turns_the_sign_so_positive_means_better():
@@ -118,12 +136,32 @@ def test_intervals_stay_inside_what_the_metric_can_be():
 
 
 def test_sentences_say_what_the_numbers_say():
-    tied = {"best": "last_n", "strategy": "layer_decay", "verdict": "tied", "difference": 0.007, "ci_low": -0.004,
-            "ci_high": 0.018, "p_holm": 0.41, "method": "paired t-test over 3 seeds"}
-    assert compare.sentence(tied, "accuracy", points=True) == (
-        "last_n and layer_decay cannot be told apart here (0.7 points, 95% CI -0.4 to 1.8, p = 0.410 "
-        "Holm-adjusted; paired t-test over 3 seeds).")
-    worse = {**tied, "strategy": "full_finetune", "verdict": "worse", "difference": 0.033, "ci_low": 0.021,
+    undecided = {"best": "last_n", "strategy": "layer_decay", "verdict": "undecided", "difference": 0.007,
+                 "ci_low": -0.004, "ci_high": 0.018, "p_holm": 0.41, "method": "paired t-test over 3 seeds",
+                 "rope": 0.01, "tost_level": 0.9, "tost_low": -0.002, "tost_high": 0.016, "detectable": 0.0234}
+    assert compare.sentence(undecided, "accuracy", points=True) == (
+        "last_n vs layer_decay: undecided on test accuracy: the difference, 0.7 points (95% CI -0.4 to 1.8, p = 0.410 "
+        "Holm-adjusted), is neither shown to be real nor shown to lie within ±1 point; the study could have detected "
+        "differences of about 2.3 points (paired t-test over 3 seeds).")
+    equivalent = {**undecided, "verdict": "equivalent", "difference": 0.002, "tost_low": -0.004, "tost_high": 0.008,
+                  "tost_level": 0.95, "rope": 0.005 * 2}
+    assert compare.sentence(equivalent, "accuracy", points=True) == (
+        "last_n and layer_decay are practically equivalent on test accuracy: the difference, 0.2 points (95% CI -0.4 "
+        "to 0.8, p = 0.410 Holm-adjusted), lies within ±1 point (paired t-test over 3 seeds).")
+    real = {**equivalent, "p_holm": 0.002, "tost_low": 0.001, "tost_high": 0.003, "rope": 0.02}
+    assert compare.sentence(real, "accuracy", points=True) == (
+        "last_n and layer_decay are practically equivalent on test accuracy: the difference, 0.2 points (95% CI 0.1 "
+        "to 0.3), is real (p = 0.002 Holm-adjusted) but lies within ±2 points, smaller than what was set to matter "
+        "(paired t-test over 3 seeds).")
+    assert compare.sentence({**equivalent, "rope": 0.05}, "log_loss", points=False).endswith(
+        "the difference, 0.002 (95% CI -0.004 to 0.008, p = 0.410 Holm-adjusted), lies within ±0.05 (paired t-test "
+        "over 3 seeds).")
+    replicates = {**undecided, "p_outperform": 0.25, "p_outperform_low": 0.0, "p_outperform_high": 0.75,
+                  "p_better": 0.05, "p_rope": 0.3, "p_worse": 0.65}
+    assert compare.sentence(replicates, "accuracy", points=True).endswith(
+        "(paired t-test over 3 seeds). layer_decay outperforms last_n on 25% of the test replicates (95% CI 0% to "
+        "75%); posterior probability that it is better by more than 1 point 0.05, within ±1 point 0.30, worse 0.65.")
+    worse = {**undecided, "strategy": "full_finetune", "verdict": "worse", "difference": 0.033, "ci_low": 0.021,
              "ci_high": 0.045, "p_holm": 0.003}
     assert compare.sentence(worse, "accuracy", points=True) == (
         "last_n beats full_finetune by 3.3 points of test accuracy (95% CI 2.1 to 4.5, p = 0.003 Holm-adjusted; "
@@ -145,3 +183,106 @@ def test_ranks_and_friedman_across_backbones():
     assert result["cd"] == pytest.approx(stats.nemenyi_cd(3, 4))
     assert compare.friedman_test(compare.rank_table(cells[:6], ACC), ACC) is None  # 2 backbones: not defined
     assert math.isclose(compare.cell_intervals(cells[:1], ACC).test_accuracy_mean[0], 0.9)
+
+
+@pytest.mark.parametrize("name", ["accuracy", "log_loss"])
+def test_each_verdict_from_seeds_for_a_maximised_and_a_minimised_metric(name):
+    """The same data read as an accuracy, and mirrored (1 - x) as a log-loss, where lower is better."""
+    flip = (lambda x: x) if name == "accuracy" else (lambda x: 1 - x)
+
+    def cell(strategy, val, tests):
+        return _cell(strategy, [flip(val)] * len(tests), [flip(t) for t in tests])
+
+    ref = cell("ref", 0.99, [0.900, 0.910, 0.920])
+    others = [cell("same", 0.90, [0.899, 0.911, 0.919]),  # d = 0.001, -0.001, 0.001
+              cell("worse", 0.90, [0.800, 0.812, 0.818]),  # d = 0.100, 0.098, 0.102
+              cell("better", 0.90, [0.950, 0.962, 0.968]),  # d = -0.050, -0.052, -0.048
+              cell("noisy", 0.90, [0.850, 0.950, 0.900]),  # d = 0.050, -0.040, 0.020
+              _cell("bare", [flip(0.5)], [flip(0.5)])]  # one model, no predictions: nothing to pair
+    table = compare.comparisons([ref, *others], get_metric(name)).set_index("strategy")
+    assert table.verdict.to_dict() == {"same": "equivalent", "worse": "worse", "better": "better",
+                                       "noisy": "undecided", "bare": "untested"}
+    assert table.difference["worse"] == pytest.approx(0.1) and table.difference["better"] == pytest.approx(-0.05)
+    # By hand for "same", with m = 4 tests: TOST at 1 - 2 x 0.05/4, detectable at alpha 0.05/4.
+    d = np.array([0.001, -0.001, 0.001])
+    se = d.std(ddof=1) / math.sqrt(3)
+    half = scipy_stats.t.ppf(1 - 0.05 / 4, 2) * se
+    assert table.tost_level["same"] == pytest.approx(0.975)
+    assert (table.tost_low["same"], table.tost_high["same"]) == (pytest.approx(d.mean() - half),
+                                                                 pytest.approx(d.mean() + half))
+    assert table.detectable["same"] == pytest.approx(stats.detectable_difference(se, 2, 0.05 / 4))
+    assert table.tost_high["same"] < 0.01 and table.detectable["noisy"] > 0.1  # 3 noisy seeds see only large gaps
+    assert math.isnan(table.detectable["bare"]) and table.method["bare"] == "not available"
+
+
+def test_the_bootstrap_detectable_difference_uses_the_bootstrap_sd():
+    rng = np.random.default_rng(3)
+    right_a = rng.random(500) < 0.9
+    right_b = right_a.copy()
+    right_b[np.flatnonzero(right_a)[:5]] = False  # b misses 5 more: 1 point
+    a = _cell("a", [0.95], [right_a.mean()], predictions=[_predictions(right_a)])
+    b = _cell("b", [0.90], [right_b.mean()], predictions=[_predictions(right_b)])
+    row = compare.comparisons([a, b], ACC).iloc[0]
+    boot = stats.paired_bootstrap(lambda i: float(right_a[i].mean()), lambda i: float(right_b[i].mean()), 500)
+    assert row.detectable == pytest.approx((1.959963984540054 + 0.8416212335729143) * boot.se)
+    assert (row.tost_low, row.tost_high) == tuple(pytest.approx(q) for q in np.quantile(boot.draws, [0.05, 0.95]))
+    # McNemar: all 5 discordant examples go to a, p = 2 / 2^5 = 0.0625: not shown, and 1 point is not within the rope.
+    assert row.p == pytest.approx(0.0625) and row.verdict == "undecided"
+
+
+def test_over_replicates_the_reference_is_chosen_on_the_even_ones_and_tested_on_the_odd_ones():
+    """6 replicates, one model each: "lucky" is best on validation of replicates 0, 2, 4, "steady" of all six."""
+    lucky = _cell("lucky", [0.95, 0.70, 0.95, 0.70, 0.95, 0.70], [0.80, 0.85, 0.81, 0.86, 0.82, 0.87],
+                  replicates=range(6))
+    steady = _cell("steady", [0.90, 0.99, 0.90, 0.99, 0.90, 0.99], [0.82, 0.84, 0.80, 0.88, 0.81, 0.87],
+                   replicates=range(6))
+    assert compare.choose_best([lucky, steady], ACC).strategy == "steady"
+    ref = compare.choose_reference([lucky, steady], ACC)
+    assert (ref.best.strategy, ref.chosen_on, ref.tested_on) == ("lucky", [0, 2, 4], [1, 3, 5])
+    row = compare.comparisons([lucky, steady], ACC, rope=0.01).iloc[0]
+    assert (row.best, row.strategy, row.n) == ("lucky", "steady", 3)
+    assert row.reference == "best on validation of replicates 0, 2, 4, tested on 1, 3, 5"
+    assert row.method == "paired t-test over 3 replicates (1, 3, 5), reference chosen on replicates 0, 2, 4"
+    d = np.array([0.85 - 0.84, 0.86 - 0.88, 0.87 - 0.87])  # replicates 1, 3, 5 only
+    expected = stats.paired_t([0.85, 0.86, 0.87], [0.84, 0.88, 0.87])
+    assert row.difference == pytest.approx(d.mean()) and row.p == pytest.approx(expected.p)
+    assert row.p_outperform == pytest.approx((1 + 0.5) / 3)  # steady wins on 3, ties on 5
+    assert row.p_outperform_low <= row.p_outperform <= row.p_outperform_high
+    posterior = scipy_stats.t(2, d.mean(), d.std(ddof=1) / math.sqrt(3))
+    assert row.p_worse == pytest.approx(posterior.sf(0.01)) and row.p_better == pytest.approx(posterior.cdf(-0.01))
+    assert row.p_rope == pytest.approx(posterior.cdf(0.01) - posterior.cdf(-0.01))
+    assert row.verdict == "undecided"
+    text = compare.sentence(row, "accuracy", points=True)
+    assert "steady outperforms lucky on 50% of the test replicates" in text
+
+
+def test_replicates_of_a_minimised_metric_turn_the_sign():
+    lo = _cell("lo", [0.1, 0.5, 0.1, 0.5], [0.20, 0.30, 0.21, 0.31], replicates=range(4))  # lower is better
+    hi = _cell("hi", [0.3, 0.3, 0.3, 0.3], [0.25, 0.40, 0.26, 0.42], replicates=range(4))
+    row = compare.comparisons([lo, hi], get_metric("log_loss")).iloc[0]
+    assert (row.best, row.strategy) == ("lo", "hi")  # 0.1 < 0.3 on replicates 0, 2 (0.5 on 1, 3 is not looked at)
+    assert row.difference == pytest.approx(np.mean([0.40 - 0.30, 0.42 - 0.31])) and row.p_outperform == 0.0
+
+
+def test_two_replicates_choose_on_one_and_pair_within_the_other():
+    rng = np.random.default_rng(4)
+    right = {r: rng.random(200) < 0.8 for r in range(2)}
+    worse = {r: right[r] & (rng.random(200) < 0.7) for r in range(2)}
+    a = _cell("a", [0.9, 0.5], [right[0].mean(), right[1].mean()],
+              predictions=[_predictions(right[0]), _predictions(right[1])], replicates=[0, 1])
+    b = _cell("b", [0.8, 0.8], [worse[0].mean(), worse[1].mean()],
+              predictions=[_predictions(worse[0]), _predictions(worse[1])], replicates=[0, 1])
+    row = compare.comparisons([a, b], ACC).iloc[0]
+    assert row.best == "a" and row.reference == "best on validation of replicates 0, tested on 1"
+    assert row.method == ("McNemar's exact test over 200 test examples (CI: paired bootstrap) in replicate 1, "
+                          "reference chosen on replicates 0")
+    assert row.difference == pytest.approx(right[1].mean() - worse[1].mean()) and math.isnan(row.p_outperform)
+
+
+def test_one_replicate_keeps_the_pick_on_validation_and_a_bad_rope_is_refused():
+    cells = [_cell("a", [0.9] * 3, [0.90, 0.91, 0.92]), _cell("b", [0.8] * 3, [0.85, 0.86, 0.88])]
+    row = compare.comparisons(cells, ACC).iloc[0]
+    assert row.reference == "best on validation" and row.method == "paired t-test over 3 seeds"
+    assert row.rope == compare.DEFAULT_ROPE == 0.01 and list(compare.comparisons(cells, ACC).columns) == compare.COLUMNS
+    with pytest.raises(ValueError, match="rope must be >= 0 .* but got -0.01"):
+        compare.comparisons(cells, ACC, rope=-0.01)

@@ -78,7 +78,7 @@ def test_tables_match_the_storage(results: Path) -> None:
         assert cell.trainable_params == study.best_trial.user_attrs["trainable_params"]
 
 
-def test_report_md_shows_intervals_ties_and_the_tests(results: Path) -> None:
+def test_report_md_shows_intervals_verdicts_and_the_tests(results: Path) -> None:
     text = (results / "report.md").read_text()
     summary = pd.read_csv(results / "summary.csv")
     comparisons = pd.read_csv(results / "comparisons.csv")
@@ -92,13 +92,12 @@ def test_report_md_shows_intervals_ties_and_the_tests(results: Path) -> None:
         for shown, strategy in zip(row.split("|")[2:4], STRATEGIES):
             c = cells.loc[strategy]
             interval = f"{c.test_accuracy_mean:.4f} [{c.test_accuracy_ci_low:.4f}, {c.test_accuracy_ci_high:.4f}]"
-            expected = (f"**{interval}**" if strategy == test.best else
-                        f"{interval} ≈" if test.verdict == "tied" else f"{interval} ↑" if test.verdict == "better"
-                        else interval)
+            mark = {"equivalent": " ≈", "undecided": " ?", "better": " ↑"}.get(test.verdict, "")
+            expected = f"**{interval}**" if strategy == test.best else interval + mark
             assert shown.strip() == expected
         assert f"**{b}** (best on validation: {test.best})" in text
-        assert {"tied": "cannot be told apart here", "worse": f"{test.best} beats",
-                "better": "did not hold up on test"}[test.verdict] in text
+        assert {"equivalent": "are practically equivalent", "undecided": "undecided on test accuracy",
+                "worse": f"{test.best} beats", "better": "did not hold up on test"}[test.verdict] in text
     for name in ("## Winner per backbone", "## Which differences are real", "## Across backbones",
                  "## Best configuration of each cell", "Needs 3 or more backbones"):
         assert name in text, name
@@ -212,16 +211,20 @@ def test_optuna_dashboard_shows_every_cell(results: Path) -> None:
 
 
 def test_report_says_when_the_validation_pick_loses_on_test() -> None:
-    """Issue 27: a strategy significantly better than the pick on test is marked ↑ and listed as better, never worse."""
+    """Issue 27: a strategy significantly better than the pick on test is marked ↑ and listed as better, never worse;
+    issue 23: an equivalent one is marked ≈, an undecided one ?."""
     from tlkit import report
 
-    summary = pd.DataFrame({"backbone": ["b"] * 3, "strategy": ["lp_ft", "last_n", "bitfit"],
-                            "test_accuracy_mean": [0.928, 0.994, 0.93], "test_accuracy_ci_low": [0.9, 0.99, 0.9],
-                            "test_accuracy_ci_high": [0.95, 0.998, 0.95]})
-    comparisons = pd.DataFrame({"backbone": ["b", "b"], "best": ["lp_ft", "lp_ft"], "strategy": ["last_n", "bitfit"],
-                                "verdict": ["better", "tied"]})
-    won = report.winners(summary, comparisons, "accuracy").iloc[0]
-    assert (won.best, won.better, won.tied, won.worse) == ("lp_ft", ["last_n"], ["bitfit"], [])
-    header, _, row = report._main_table(summary, report.winners(summary, comparisons, "accuracy"), "accuracy", ["b"],
-                                        ["lp_ft", "last_n", "bitfit"])
-    assert row == "| b | **0.9280 [0.9000, 0.9500]** | 0.9940 [0.9900, 0.9980] ↑ | 0.9300 [0.9000, 0.9500] ≈ |"
+    strategies = ["lp_ft", "last_n", "bitfit", "gradual"]
+    summary = pd.DataFrame({"backbone": ["b"] * 4, "strategy": strategies,
+                            "test_accuracy_mean": [0.928, 0.994, 0.93, 0.93],
+                            "test_accuracy_ci_low": [0.9, 0.99, 0.9, 0.9],
+                            "test_accuracy_ci_high": [0.95, 0.998, 0.95, 0.95]})
+    comparisons = pd.DataFrame({"backbone": ["b"] * 3, "best": ["lp_ft"] * 3, "strategy": strategies[1:],
+                                "verdict": ["better", "equivalent", "undecided"], "rope": [0.01] * 3})
+    won = report.winners(summary, comparisons, "accuracy")
+    assert (won.best[0], won.better[0], won.equivalent[0], won.undecided[0], won.worse[0]) == (
+        "lp_ft", ["last_n"], ["bitfit"], ["gradual"], [])
+    header, _, row = report._main_table(summary, won, "accuracy", ["b"], strategies)
+    assert row == ("| b | **0.9280 [0.9000, 0.9500]** | 0.9940 [0.9900, 0.9980] ↑ | 0.9300 [0.9000, 0.9500] ≈ "
+                   "| 0.9300 [0.9000, 0.9500] ? |")

@@ -4,9 +4,10 @@ The storage is the source of truth, so ``python -m tlkit.report results/<study>`
 report, even while a sweep is still running or after it ran on other machines; running it twice gives byte-identical
 files (sorted rows, fixed number formats, no timestamps, PNGs without a software stamp, seeded bootstraps).
 
-The report never declares a winner the data does not support: every strategy neither significantly worse nor
-significantly better than a backbone's best on validation (Holm-corrected, 5% level) is listed as tied with it, and
-one significantly better on test says the validation pick did not hold up.
+The report never declares a winner the data does not support: a strategy is significantly worse or better than a
+backbone's best on validation (Holm-corrected, 5% level), practically equivalent to it (the difference shown to lie
+within the rope), or undecided (neither), and one significantly better on test says the validation pick did not
+hold up.
 
 Example:
     python -m tlkit.report results/digits
@@ -74,8 +75,9 @@ def metric_of(experiment: dict[str, Any]) -> Metric:
 
 
 def winners(summary: pd.DataFrame, comparisons: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per backbone: the best strategy (chosen on validation), the strategies tied with it on test, those
-    significantly better and worse on test (Holm-corrected), and the best's test mean and interval."""
+    """Per backbone: the best strategy (chosen on validation), the strategies practically equivalent to it on
+    test, those undecided, those significantly better and worse (Holm-corrected), and the best's test mean and
+    interval: one column per verdict of ``compare.VERDICTS``."""
     rows = []
     for backbone, mine in comparisons.groupby("backbone", sort=False):
         best = mine["best"].iloc[0]
@@ -129,8 +131,8 @@ def _main_table(summary: pd.DataFrame, won: pd.DataFrame, metric: str, backbones
                 strategies: list[str]) -> list[str]:
     cell = summary.set_index(["backbone", "strategy"])
     best = {r["backbone"]: r["best"] for _, r in won.iterrows()}
-    mark = {(r["backbone"], s): sign for _, r in won.iterrows() for kind, sign in (("tied", " ≈"), ("better", " ↑"))
-            for s in r[kind]}
+    signs = (("equivalent", " ≈"), ("undecided", " ?"), ("better", " ↑"))
+    mark = {(r["backbone"], s): sign for _, r in won.iterrows() for kind, sign in signs for s in r[kind]}
     rows = []
     for b in backbones:
         row = [b]
@@ -139,6 +141,12 @@ def _main_table(summary: pd.DataFrame, won: pd.DataFrame, metric: str, backbones
             row.append(f"**{text}**" if best.get(b) == s and text != "—" else text + mark.get((b, s), ""))
         rows.append(row)
     return _table(["backbone", *strategies], rows)
+
+
+def _rope_text(comparisons: pd.DataFrame, metric: Metric) -> str:
+    """The rope the comparisons used, in the metric's words (e.g. "±1 point")."""
+    rope = comparisons["rope"].iloc[0] if len(comparisons) and "rope" in comparisons else compare.DEFAULT_ROPE
+    return compare.rope_text(float(rope), points=metric.name != "log_loss")
 
 
 def _method_text(summary: pd.DataFrame) -> str:
@@ -192,20 +200,24 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               "and scored once (no repeats: the intervals and tests are over test examples of that one model)")
     lines += [f"Mean test {m} of each cell with its 95% interval ({_method_text(summary)}). Each cell's "
               f"configuration is chosen on validation by its search, {scored}. **Bold**: the backbone's best "
-              f"strategy on validation; ≈: tied with it on test (neither significantly better nor worse, "
-              f"Holm-corrected, 5% level); ↑: significantly better than it on test, so the validation pick did not "
-              f"hold up on test.", ""]
+              f"strategy on validation; ≈: practically equivalent to it on test (the difference shown to lie within "
+              f"{_rope_text(comparisons, metric)}); ?: undecided (neither shown different, Holm-corrected at the 5% "
+              f"level, nor equivalent); ↑: significantly better than it on test, so the validation pick did not "
+              f"hold up on test; unmarked: significantly worse.", ""]
     lines += _main_table(summary, won, m, backbones, strategies) + [""]
     lines += ["## Winner per backbone", ""]
-    lines += _table(["backbone", "best (validation)", f"test {m} [95% CI]", "tied with it",
+    lines += _table(["backbone", "best (validation)", f"test {m} [95% CI]", "practically equivalent", "undecided",
                      "significantly better on test", "significantly worse"],
                     [[r["backbone"], r["best"], _interval(r["row"], m),
-                      *(", ".join(r[kind]) or "—" for kind in ("tied", "better", "worse"))]
+                      *(", ".join(r[kind]) or "—" for kind in ("equivalent", "undecided", "better", "worse"))]
                      for _, r in won.iterrows()], left=2, right=3) + [""]
     lines += ["## Which differences are real", ""]
     lines += ["Within each backbone, every strategy against the best one: the difference of test "
               f"{m} (positive: the best is better), its 95% interval and the p-value, Holm-corrected over the "
-              f"backbone's comparisons (all in `comparisons.csv`).", ""]
+              f"backbone's comparisons; practically equivalent when the equivalence interval (two one-sided tests, "
+              f"Bonferroni-adjusted over the backbone's comparisons) lies within {_rope_text(comparisons, metric)}; "
+              f"for an undecided one, the difference it could have detected with 80% power (all in "
+              f"`comparisons.csv`, explained in docs/results.md).", ""]
     lines += _differences(comparisons, m, points=metric.name != "log_loss")
     lines += ["## Across backbones", ""] + _across_backbones(friedman, plots)
     figures = [("test_by_strategy", f"Test {m} by strategy"),
@@ -266,7 +278,7 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
                    key=lambda c: (position.get((c.backbone, c.strategy), (math.inf, math.inf)), c.backbone,
                                   c.strategy))
     summary = summary_table(storage, study, m, cells)
-    comparisons = compare.comparisons(cells, m)
+    comparisons = compare.comparisons(cells, m, rope=experiment.get("rope", compare.DEFAULT_ROPE))
     friedman = compare.friedman_test(compare.rank_table(cells, m), m)
     history = history_table(storage, study, metric)
     trials = trials_table(storage, study, metric)

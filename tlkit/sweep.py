@@ -264,8 +264,8 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
 
 def print_summary(out: Path, metric: str) -> None:
     """The comparison at a glance, one line per cell: the test metric's mean and 95% interval, and whether the
-    cell is its backbone's best (on validation), tied with it, significantly worse or better (all in summary.csv
-    and comparisons.csv). The columns carry summary.csv's names (``val_accuracy_mean`` is the repeats' mean, not
+    cell is its backbone's best (on validation), practically equivalent to it, undecided, significantly worse or
+    better (all in summary.csv and comparisons.csv). The columns carry summary.csv's names (``val_accuracy_mean`` is the repeats' mean, not
     the search's ``best_val_accuracy``), so a reader cannot take one for the other."""
     import pandas as pd
 

@@ -1,15 +1,17 @@
 """Which differences are real: intervals per cell, paired comparisons within a backbone, ranks across backbones.
 
 Input is what the report reads from the storage: each cell's scored models (its repeats, else its search's best
-trial), each with its validation and test metric and its per-example test predictions. Output is plain tables:
+trial; with replicates, those of every replicate), each with its validation and test metric and its per-example
+test predictions. Output is plain tables:
 
 - ``cell_intervals``: the test metric of each cell with a 95% interval, over seeds (t, when there are 2 or more
   repeats) or over test examples (with one model: Wilson's interval for an accuracy, else a bootstrap), named in
   ``ci_method``;
-- ``comparisons``: within each backbone, every strategy against the best one (chosen on validation), paired by seed
-  (t-test, 3 or more common seeds) or by test example (McNemar's exact test for an accuracy of one model each, else
-  a paired bootstrap), Holm-corrected per backbone, with a verdict: ``worse`` (significantly below the best),
-  ``better`` (significantly above it on test: the validation pick did not hold up), ``tied`` or ``untested``;
+- ``comparisons``: within each backbone, every strategy against a reference, the best one on validation (with 2 or
+  more replicates: chosen on one half of them, tested on the other), paired by replicate, by seed (3 or more common
+  seeds) or by test example, Holm-corrected per backbone, with a verdict: ``equivalent`` (within the region of
+  practical equivalence ``rope``), ``worse`` or ``better`` (shown different, by its sign), ``undecided`` (neither)
+  or ``untested``, and the difference the comparison could have detected (``detectable``);
 - ``rank_table`` / ``friedman_test``: with 3 or more backbones, each strategy's average rank, Friedman's test and
   the Nemenyi critical difference (Demšar 2006).
 """
@@ -26,26 +28,39 @@ import pandas as pd
 from tlkit.analysis import stats
 from tlkit.metrics import Metric, Predictions
 
-__all__ = ["ScoredModel", "CellScores", "cell_intervals", "choose_best", "comparisons", "rank_table",
-           "friedman_test", "sentence", "verdict", "VERDICTS", "ALPHA", "MIN_SEEDS_FOR_T"]
+__all__ = ["ScoredModel", "CellScores", "Reference", "cell_intervals", "choose_best", "choose_reference",
+           "comparisons", "rank_table", "friedman_test", "sentence", "rope_text", "verdict", "VERDICTS", "ALPHA",
+           "DEFAULT_ROPE", "POWER", "MIN_SEEDS_FOR_T", "MIN_REPLICATES", "COLUMNS"]
 
 ALPHA = 0.05
-VERDICTS = ("better", "tied", "worse", "untested")
-"""A comparison's verdict on the other strategy, seen from the best on validation."""
+DEFAULT_ROPE = 0.01
+"""The region of practical equivalence, in metric units: differences within +-0.01 (1 point of accuracy) are too
+small to matter."""
+POWER = 0.8
+"""The power at which ``detectable`` is computed."""
+VERDICTS = ("better", "equivalent", "undecided", "worse", "untested")
+"""A comparison's verdict on the other strategy, seen from the reference (the best on validation)."""
 MIN_SEEDS_FOR_T = 3
 """With fewer common seeds than this, differences are tested over test examples instead (paired bootstrap)."""
+MIN_REPLICATES = 2
+"""With this many replicates common to a backbone's cells, the reference is chosen on half of them (split-half)."""
+COLUMNS = ["backbone", "best", "reference", "strategy", "method", "n", "difference", "ci_low", "ci_high", "p",
+           "p_holm", "rope", "tost_level", "tost_low", "tost_high", "detectable", "p_outperform", "p_outperform_low",
+           "p_outperform_high", "p_better", "p_rope", "p_worse", "verdict"]
 
 
 @dataclass(frozen=True)
 class ScoredModel:
-    """One trained model of a cell: a repeat (``seed`` its index) or the search's best trial (``seed`` None)."""
+    """One trained model of a cell: a repeat (``seed`` its index) or the search's best trial (``seed`` None).
+
+    ``replicate`` numbers a whole rerun of the study (its own train/validation split, search and seeds), shared by
+    every cell of a backbone, so cells can be paired by replicate."""
 
     seed: int | None
     val: float
     test: float
     predictions: Predictions | None = None
     replicate: int = 0
-    """The replicate of the study it belongs to (``Experiment.replicates``; 0 with a single run)."""
 
 
 @dataclass
@@ -125,10 +140,15 @@ def choose_best(cells: list[CellScores], metric: Metric) -> CellScores:
     return min(cells, key=lambda c: (sign * c.val_mean, c.trainable_params, c.strategy))
 
 
+def _sign(metric: Metric) -> float:
+    """+1 for a maximised metric, -1 for a minimised one: ``sign x (best - other)`` is positive when best is better."""
+    return 1.0 if metric.direction == "maximize" else -1.0
+
+
 def _compare(best: CellScores, other: CellScores, metric: Metric) -> stats.Comparison | None:
     """``best - other`` oriented so that positive means the best is better (for a minimised metric the sign is
     turned), paired by seed when enough seeds are shared, else by test example."""
-    sign = 1.0 if metric.direction == "maximize" else -1.0
+    sign = _sign(metric)
     mine, theirs = {m.seed: m for m in best.repeats}, {m.seed: m for m in other.repeats}
     common = sorted(set(mine) & set(theirs))
     if len(common) >= MIN_SEEDS_FOR_T:
@@ -148,37 +168,162 @@ def _compare(best: CellScores, other: CellScores, metric: Metric) -> stats.Compa
     return result
 
 
-def comparisons(cells: list[CellScores], metric: Metric) -> pd.DataFrame:
-    """Within each backbone, every strategy against the best one; Holm-corrected over the backbone's tests."""
+# ------------------------------------------------------------------------------------------------------ replicates
+
+def _ids(replicates: list[int]) -> str:
+    return ", ".join(map(str, replicates))
+
+
+def _only(cell: CellScores, replicates: list[int]) -> CellScores:
+    """The cell with only the models of those replicates."""
+    return dataclasses.replace(cell, models=[m for m in cell.models if m.replicate in replicates])
+
+
+def _replicate_mean(cell: CellScores, replicate: int) -> float:
+    """A replicate's value: the mean test metric of its scored models (its repeats, else its search's best)."""
+    return float(np.mean([m.test for m in _only(cell, [replicate]).scored]))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The strategy a backbone's others are compared with, and the replicates it was chosen and is tested on
+    (both ``None`` without replicates: chosen and tested on the same models)."""
+
+    best: CellScores
+    chosen_on: list[int] | None = None
+    tested_on: list[int] | None = None
+
+    @property
+    def text(self) -> str:
+        if self.chosen_on is None:
+            return "best on validation"
+        return f"best on validation of replicates {_ids(self.chosen_on)}, tested on {_ids(self.tested_on)}"
+
+
+def choose_reference(cells: list[CellScores], metric: Metric) -> Reference:
+    """The reference of a backbone's comparisons.
+
+    With fewer than 2 replicates common to the cells: the best on validation (``choose_best``), tested on the same
+    models. With more, split-half: sort the common replicates, choose on validation of the 1st, 3rd, 5th...
+    (replicates 0, 2, 4... when none is missing) and test on the 2nd, 4th... . Why: the strategy that wins on
+    validation of some runs also carries those runs' luck onto their test split (the winner's curse); replicates
+    it was not chosen on are independent of the choice, so its advantage there is not inflated.
+    """
+    replicates = sorted(set.intersection(*({m.replicate for m in c.scored} for c in cells)))
+    if len(replicates) < MIN_REPLICATES:
+        return Reference(choose_best(cells, metric))
+    chosen_on, tested_on = replicates[0::2], replicates[1::2]
+    halves = [_only(c, chosen_on) for c in cells]
+    pick = choose_best(halves, metric)
+    return Reference(next(c for c, half in zip(cells, halves) if half is pick), chosen_on, tested_on)
+
+
+def _compare_replicates(best: CellScores, other: CellScores, metric: Metric, tested_on: list[int],
+                        rope: float) -> tuple[stats.Comparison, dict[str, float]]:
+    """``best - other`` paired over the test replicates (each one's mean test metric), with the probability of
+    outperforming and the Bayesian posterior of the mean difference."""
+    sign = _sign(metric)
+    a = [sign * _replicate_mean(best, r) for r in tested_on]
+    b = [sign * _replicate_mean(other, r) for r in tested_on]
+    diffs = np.subtract(a, b)
+    won = stats.outperform_probability(diffs)
+    p_better, p_rope, p_worse = stats.posterior_probabilities(diffs, rope)
+    return stats.paired_t(a, b, unit=f"replicates ({_ids(tested_on)})"), {
+        "p_outperform": won.mean, "p_outperform_low": won.low, "p_outperform_high": won.high,
+        "p_better": p_better, "p_rope": p_rope, "p_worse": p_worse}
+
+
+_REPLICATE_COLUMNS = ("p_outperform", "p_outperform_low", "p_outperform_high", "p_better", "p_rope", "p_worse")
+
+
+def _compare_on(best: CellScores, other: CellScores, metric: Metric, tested_on: list[int] | None,
+                rope: float) -> tuple[stats.Comparison | None, dict[str, float]]:
+    """The comparison the reference was chosen for: over test replicates when there are 2 or more, within the one
+    test replicate (by seed or example) when there is one, else over every model (no replicates)."""
+    none = dict.fromkeys(_REPLICATE_COLUMNS, math.nan)
+    if tested_on is None:
+        return _compare(best, other, metric), none
+    if len(tested_on) >= 2:
+        return _compare_replicates(best, other, metric, tested_on, rope)
+    result = _compare(_only(best, tested_on), _only(other, tested_on), metric)
+    if result is None:
+        return None, none
+    return dataclasses.replace(result, method=f"{result.method} in replicate {tested_on[0]}"), none
+
+
+# ----------------------------------------------------------------------------------------------------- comparisons
+
+def comparisons(cells: list[CellScores], metric: Metric, rope: float = DEFAULT_ROPE) -> pd.DataFrame:
+    """Within each backbone, every strategy against the reference (``choose_reference``), Holm-corrected over the
+    backbone's tests, with a verdict (``verdict``) and the difference each comparison could have detected.
+
+    ``rope`` is the region of practical equivalence in metric units: a difference known to lie within ``+-rope``
+    is too small to matter. Columns: ``COLUMNS`` (docs/results.md says what each holds).
+
+    Example:
+        table = comparisons(cells, get_metric("accuracy"), rope=0.01)  # within 1 point: equivalent
+    """
+    if not rope >= 0:
+        raise ValueError(f"rope must be >= 0 (in {metric.name} units, e.g. 0.01 for 1 point) but got {rope}.")
     rows = []
     for backbone in dict.fromkeys(c.backbone for c in cells):
         mine = [c for c in cells if c.backbone == backbone and c.scored]
-        if len(mine) < 2:
-            continue
-        best = choose_best(mine, metric)
-        tests = [(c, _compare(best, c, metric)) for c in mine if c is not best]
-        adjusted = iter(stats.holm([t.p for _, t in tests if t is not None]) if any(t for _, t in tests) else [])
-        for c, t in tests:
-            p_holm = next(adjusted) if t is not None else math.nan
-            rows.append({"backbone": backbone, "best": best.strategy, "strategy": c.strategy,
-                         "method": t.method if t else "not available", "n": t.n if t else 0,
-                         "difference": t.diff if t else math.nan, "ci_low": t.low if t else math.nan,
-                         "ci_high": t.high if t else math.nan, "p": t.p if t else math.nan, "p_holm": p_holm,
-                         "verdict": verdict(t, p_holm)})
-    return pd.DataFrame(rows, columns=["backbone", "best", "strategy", "method", "n", "difference", "ci_low",
-                                       "ci_high", "p", "p_holm", "verdict"])
+        if len(mine) >= 2:
+            rows += _backbone_rows(mine, metric, rope)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def verdict(test: stats.Comparison | None, p_holm: float) -> str:
-    """``worse``/``better`` when the Holm-adjusted two-sided test rejects, by the sign of ``best - other``.
+def _backbone_rows(cells: list[CellScores], metric: Metric, rope: float) -> list[dict[str, Any]]:
+    """One backbone's rows. Its tests share the Bonferroni level ``ALPHA / m`` (the level of Holm's first, strictest
+    step) for the equivalence interval and the power column, so each stays consistent with the Holm family."""
+    ref = choose_reference(cells, metric)
+    tests = [(c, *_compare_on(ref.best, c, metric, ref.tested_on, rope)) for c in cells if c is not ref.best]
+    tested = [t for _, t, _ in tests if t is not None]
+    adjusted = iter(stats.holm([t.p for t in tested]))
+    level = ALPHA / max(len(tested), 1)
+    rows = []
+    for c, t, extra in tests:
+        p_holm = next(adjusted) if t is not None else math.nan
+        if t is not None and ref.chosen_on is not None:
+            t = dataclasses.replace(t, method=f"{t.method}, reference chosen on replicates {_ids(ref.chosen_on)}")
+        rows.append({"backbone": c.backbone, "best": ref.best.strategy, "reference": ref.text,
+                     "strategy": c.strategy, **_numbers(t, p_holm, level, rope), **extra})
+    return rows
 
-    A two-sided test that rejects says the two differ, not which way: the sign says it. The best is chosen on
-    validation, so on test another strategy can be significantly better than it (``better``)."""
+
+def _numbers(test: stats.Comparison | None, p_holm: float, level: float, rope: float) -> dict[str, Any]:
+    """A row's statistics: the difference with its 95% interval, the tests, the equivalence (TOST) interval at
+    ``1 - 2 level``, the detectable difference at ``level``, and the verdict."""
+    row: dict[str, Any] = {"rope": rope, "tost_level": 1 - 2 * level}
+    if test is None:
+        return row | {"method": "not available", "n": 0, "verdict": "untested"}
+    tost = test.interval(1 - 2 * level)
+    return row | {"method": test.method, "n": test.n, "difference": test.diff, "ci_low": test.low,
+                  "ci_high": test.high, "p": test.p, "p_holm": p_holm, "tost_low": tost[0], "tost_high": tost[1],
+                  "detectable": stats.detectable_difference(test.se, test.df, level, POWER),
+                  "verdict": verdict(test, p_holm, tost, rope)}
+
+
+def verdict(test: stats.Comparison | None, p_holm: float, tost: tuple[float, float],
+            rope: float = DEFAULT_ROPE) -> str:
+    """What a reader may conclude of the other strategy against the reference, in this order:
+
+    - ``equivalent``: the equivalence interval ``tost`` lies inside ``[-rope, +rope]``. With ``tost`` at level
+      ``1 - 2 alpha`` this is Schuirmann's two one-sided tests at ``alpha``: both "more than ``rope`` worse" and
+      "more than ``rope`` better" are rejected. It holds even when the difference is also shown to be non-zero:
+      real, but smaller than what the user called practically meaningful (``sentence`` says so).
+    - ``worse`` / ``better``: else, the Holm-adjusted two-sided test rejects; the sign of ``best - other`` says
+      which way (the reference is chosen on validation, so on test another can be significantly better).
+    - ``undecided``: neither; the data cannot say (``detectable`` says how large a difference they could have
+      shown). ``untested``: no test was possible.
+    """
     if test is None:
         return "untested"
-    if not p_holm < ALPHA or test.diff == 0:
-        return "tied"
-    return "worse" if test.diff > 0 else "better"
+    if -rope <= tost[0] and tost[1] <= rope:
+        return "equivalent"
+    if p_holm < ALPHA and test.diff != 0:
+        return "worse" if test.diff > 0 else "better"
+    return "undecided"
 
 
 def _amount(x: float, points: bool) -> str:
@@ -189,22 +334,68 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def rope_text(rope: float, points: bool) -> str:
+    """``±1 point`` for a rope of 0.01 in points (an accuracy), ``±0.01`` otherwise."""
+    if not points:
+        return f"±{rope:.3g}"
+    value = f"{100 * rope:.3g}"
+    return f"±{value} point{'' if value == '1' else 's'}"
+
+
+def _level(level: float) -> str:
+    return f"{100 * level:.3g}%"
+
+
 def sentence(row: Any, metric: str, points: bool) -> str:
-    """One comparison in plain words, with its interval and Holm-adjusted p-value."""
+    """One comparison in plain words, with its interval and Holm-adjusted p-value (and, over replicates, how often
+    the other outperforms the reference)."""
     if row["verdict"] == "untested":
         return f"{row['best']} vs {row['strategy']}: not tested ({row['method']})."
+    words = {"worse": _worse, "better": _better, "equivalent": _equivalent, "undecided": _undecided}
+    return words[row["verdict"]](row, metric, points) + _replicate_words(row, points)
+
+
+def _worse(row: Any, metric: str, points: bool) -> str:
     amount, low, high = (_amount(row[k], points) for k in ("difference", "ci_low", "ci_high"))
-    interval = f"95% CI {low.split()[0]} to {high.split()[0]}"
-    if row["verdict"] == "worse":
-        return (f"{row['best']} beats {row['strategy']} by {amount} of test {metric} ({interval}, "
-                f"{_p(row['p_holm'])} Holm-adjusted; {row['method']}).")
-    if row["verdict"] == "better":
-        amount, low, high = (_amount(-row[k], points) for k in ("difference", "ci_high", "ci_low"))
-        return (f"{row['strategy']} beats {row['best']} (the validation pick) by {amount} of test {metric} "
-                f"(95% CI {low.split()[0]} to {high.split()[0]}, {_p(row['p_holm'])} Holm-adjusted; "
-                f"{row['method']}): the pick on validation did not hold up on test.")
-    return (f"{row['best']} and {row['strategy']} cannot be told apart here ({amount}, {interval}, "
-            f"{_p(row['p_holm'])} Holm-adjusted; {row['method']}).")
+    return (f"{row['best']} beats {row['strategy']} by {amount} of test {metric} (95% CI {low.split()[0]} to "
+            f"{high.split()[0]}, {_p(row['p_holm'])} Holm-adjusted; {row['method']}).")
+
+
+def _better(row: Any, metric: str, points: bool) -> str:
+    amount, low, high = (_amount(-row[k], points) for k in ("difference", "ci_high", "ci_low"))
+    return (f"{row['strategy']} beats {row['best']} (the validation pick) by {amount} of test {metric} "
+            f"(95% CI {low.split()[0]} to {high.split()[0]}, {_p(row['p_holm'])} Holm-adjusted; "
+            f"{row['method']}): the pick on validation did not hold up on test.")
+
+
+def _equivalent(row: Any, metric: str, points: bool) -> str:
+    amount, low, high = (_amount(row[k], points) for k in ("difference", "tost_low", "tost_high"))
+    interval = f"{_level(row['tost_level'])} CI {low.split()[0]} to {high.split()[0]}"
+    within = f"lies within {rope_text(row['rope'], points)}"
+    if row["p_holm"] < ALPHA and row["difference"] != 0:
+        within = (f"is real ({_p(row['p_holm'])} Holm-adjusted) but {within}, smaller than what was set to "
+                  f"matter")
+    else:
+        interval += f", {_p(row['p_holm'])} Holm-adjusted"
+    return (f"{row['best']} and {row['strategy']} are practically equivalent on test {metric}: the difference, "
+            f"{amount} ({interval}), {within} ({row['method']}).")
+
+
+def _undecided(row: Any, metric: str, points: bool) -> str:
+    amount, low, high = (_amount(row[k], points) for k in ("difference", "ci_low", "ci_high"))
+    return (f"{row['best']} vs {row['strategy']}: undecided on test {metric}: the difference, {amount} (95% CI "
+            f"{low.split()[0]} to {high.split()[0]}, {_p(row['p_holm'])} Holm-adjusted), is neither shown to be "
+            f"real nor shown to lie within {rope_text(row['rope'], points)}; the study could have detected differences "
+            f"of about {_amount(row['detectable'], points)} ({row['method']}).")
+
+
+def _replicate_words(row: Any, points: bool) -> str:
+    if pd.isna(row.get("p_outperform", math.nan)):
+        return ""
+    return (f" {row['strategy']} outperforms {row['best']} on {row['p_outperform']:.0%} of the test replicates "
+            f"(95% CI {row['p_outperform_low']:.0%} to {row['p_outperform_high']:.0%}); posterior probability "
+            f"that it is better by more than {rope_text(row['rope'], points)[1:]} {row['p_better']:.2f}, within "
+            f"{rope_text(row['rope'], points)} {row['p_rope']:.2f}, worse {row['p_worse']:.2f}.")
 
 
 def rank_table(cells: list[CellScores], metric: Metric) -> pd.DataFrame:
