@@ -26,14 +26,14 @@ import optuna
 import pandas as pd
 
 from tlkit.analysis import compare
-from tlkit.analysis.ranking import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
-from tlkit.engine.checkpoint import atomic_write, read_json
+from tlkit.analysis.agreement import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
 from tlkit.errors import TlkitError, mask_secrets, url_password
+from tlkit.utils.files import atomic_write, read_json
 from tlkit.metrics import Metric, get_metric
 from tlkit.output.plots import PLOTS, order, write_plots
 from tlkit.search.storage import default_storage, open_storage
 from tlkit.search.study import cell_studies
-from tlkit.output.tensorboard import CELLS_DIR, write_cell_boards
+from tlkit.output.boards import CELLS_DIR, write_cell_boards
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, summary_table,
                                  trials_table, write_csv)
 

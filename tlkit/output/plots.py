@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from tlkit.engine.checkpoint import atomic_write
+from tlkit.utils.files import atomic_write
 from tlkit.utils.text import short_number
 
 __all__ = ["PLOTS", "write_plots", "order"]
