@@ -161,6 +161,23 @@ def test_report_cli_module(results: Path) -> None:
     assert (results / "summary.csv").read_bytes() == before
 
 
+@pytest.mark.xfail(strict=True, reason="tlkit.output.tables still imports all_params from tlkit.search.objective and "
+                   "current_repeats, repeats_study_name from tlkit.search.repeats, which import the trial runner "
+                   "(torch); moving those three functions to a torch-free search module fixes it, and this marker "
+                   "must then go (strict: an unexpected pass fails)")
+def test_the_report_command_imports_no_torch() -> None:
+    """Rebuilding a report reads the storage and tables: ``python -m tlkit.report --help`` took ~8 s on a 2-core
+    host importing torch and timm for nothing. Checked in a fresh interpreter (this one has imported everything)."""
+    code = ("import sys, tlkit.report\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+    help_run = subprocess.run([sys.executable, "-m", "tlkit.report", "--help"], capture_output=True, text=True,
+                              timeout=120)
+    assert help_run.returncode == 0 and "results" in help_run.stdout
+
+
 def test_errors_name_the_fix(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path)]) == 2
     assert "No experiment.json" in capsys.readouterr().err
