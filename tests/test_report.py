@@ -111,6 +111,24 @@ def test_report_md_shows_intervals_ties_and_the_tests(results: Path) -> None:
             assert image.format == "PNG" and image.width >= 800 and image.height >= 300
 
 
+def test_budget_curves_come_from_the_complete_trials(results: Path) -> None:
+    """budget.csv is the expected best of each cell's complete trials (tlkit.analysis.budget), and report.md gives
+    each cell's verdict in the experiment's order."""
+    trials = pd.read_csv(results / "trials.csv")
+    budget = pd.read_csv(results / "budget.csv")
+    assert list(budget.columns) == ["backbone", "strategy", "trials", "expected_best", "sd", "complete"]
+    for (b, s), cell in budget.groupby(["backbone", "strategy"]):
+        values = trials[(trials.backbone == b) & (trials.strategy == s) & (trials.state == "COMPLETE")].val_accuracy
+        assert cell.trials.tolist() == list(range(1, len(values) + 1))
+        assert cell.expected_best.iloc[0] == pytest.approx(values.mean())  # one trial: the mean
+        assert cell.expected_best.iloc[-1] <= values.max() + 1e-12
+    text = (results / "report.md").read_text()
+    section = text[text.index("## Budget curves"):]
+    rows = [line for line in section.splitlines() if line.startswith("| test_")]
+    assert [tuple(r.split(" | ")[:2]) for r in rows] == [(f"| {b}", s) for b in BACKBONES for s in STRATEGIES]
+    assert all(r.rstrip(" |").rsplit(" | ", 1)[1] in ("flat", "still rising: more trials may help") for r in rows)
+
+
 def test_repeats_and_predictions_tables_match_the_storage(results: Path) -> None:
     repeats = pd.read_csv(results / "repeats.csv")
     assert len(repeats) == 4 * 2 and set(repeats.state) == {"COMPLETE"}

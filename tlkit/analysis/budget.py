@@ -27,7 +27,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["expected_best", "expected_best_sd", "budget_curves", "budget_verdicts", "COLUMNS", "VERDICT_COLUMNS"]
+__all__ = ["expected_best", "expected_best_sd", "budget_curves", "budget_verdicts", "BUDGET", "COLUMNS",
+           "VERDICT_COLUMNS"]
+
+BUDGET = "budget.csv"
 
 COLUMNS = ["backbone", "strategy", "trials", "expected_best", "sd", "complete"]
 VERDICT_COLUMNS = ["backbone", "strategy", "complete", "half", "at_half", "at_full", "gain", "tolerance", "verdict"]
