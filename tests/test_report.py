@@ -110,6 +110,24 @@ def test_report_md_shows_intervals_verdicts_and_the_tests(results: Path) -> None
             assert image.format == "PNG" and image.width >= 800 and image.height >= 300
 
 
+def test_budget_curves_come_from_the_complete_trials(results: Path) -> None:
+    """budget.csv is the expected best of each cell's complete trials (tlkit.analysis.budget), and report.md gives
+    each cell's verdict in the experiment's order."""
+    trials = pd.read_csv(results / "trials.csv")
+    budget = pd.read_csv(results / "budget.csv")
+    assert list(budget.columns) == ["backbone", "strategy", "trials", "expected_best", "sd", "complete"]
+    for (b, s), cell in budget.groupby(["backbone", "strategy"]):
+        values = trials[(trials.backbone == b) & (trials.strategy == s) & (trials.state == "COMPLETE")].val_accuracy
+        assert cell.trials.tolist() == list(range(1, len(values) + 1))
+        assert cell.expected_best.iloc[0] == pytest.approx(values.mean())  # one trial: the mean
+        assert cell.expected_best.iloc[-1] <= values.max() + 1e-12
+    text = (results / "report.md").read_text()
+    section = text[text.index("## Budget curves"):]
+    rows = [line for line in section.splitlines() if line.startswith("| test_")]
+    assert [tuple(r.split(" | ")[:2]) for r in rows] == [(f"| {b}", s) for b in BACKBONES for s in STRATEGIES]
+    assert all(r.rstrip(" |").rsplit(" | ", 1)[1] in ("flat", "still rising: more trials may help") for r in rows)
+
+
 def test_repeats_and_predictions_tables_match_the_storage(results: Path) -> None:
     repeats = pd.read_csv(results / "repeats.csv")
     assert len(repeats) == 4 * 2 and set(repeats.state) == {"COMPLETE"}
@@ -158,6 +176,23 @@ def test_report_cli_module(results: Path) -> None:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (results / "summary.csv").read_bytes() == before
+
+
+@pytest.mark.xfail(strict=True, reason="tlkit.output.tables still imports all_params from tlkit.search.objective and "
+                   "current_repeats, repeats_study_name from tlkit.search.repeats, which import the trial runner "
+                   "(torch); moving those three functions to a torch-free search module fixes it, and this marker "
+                   "must then go (strict: an unexpected pass fails)")
+def test_the_report_command_imports_no_torch() -> None:
+    """Rebuilding a report reads the storage and tables: ``python -m tlkit.report --help`` took ~8 s on a 2-core
+    host importing torch and timm for nothing. Checked in a fresh interpreter (this one has imported everything)."""
+    code = ("import sys, tlkit.report\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+    help_run = subprocess.run([sys.executable, "-m", "tlkit.report", "--help"], capture_output=True, text=True,
+                              timeout=120)
+    assert help_run.returncode == 0 and "results" in help_run.stdout
 
 
 def test_errors_name_the_fix(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,20 +27,23 @@ import optuna
 import pandas as pd
 
 from tlkit.analysis import compare
-from tlkit.analysis.ranking import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
-from tlkit.engine.checkpoint import atomic_write, read_json
+from tlkit.analysis.agreement import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
+from tlkit.analysis.budget import BUDGET, budget_curves, budget_verdicts
 from tlkit.errors import TlkitError, mask_secrets, url_password
+from tlkit.utils.files import atomic_write, read_json
 from tlkit.metrics import Metric, get_metric
 from tlkit.output.plots import PLOTS, order, write_plots
 from tlkit.search.storage import default_storage, open_storage
 from tlkit.search.study import cell_studies
-from tlkit.output.tensorboard import CELLS_DIR, write_cell_boards
+from tlkit.output.boards import CELLS_DIR, write_cell_boards
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, replicates_table,
                                  summary_table, trials_table, write_csv)
 
-__all__ = ["write_report", "report_markdown", "report_ranking", "winners", "metric_of", "main", "PLOTS"]
+__all__ = ["write_report", "report_markdown", "report_ranking", "report_budget", "winners", "metric_of", "main",
+           "PLOTS"]
 
-TABLES = ("trials.csv", "history.csv", "repeats.csv", "summary.csv", "comparisons.csv", "predictions.csv")
+TABLES = ("trials.csv", "history.csv", "repeats.csv", "summary.csv", "comparisons.csv", "predictions.csv",
+          BUDGET)
 
 
 # --------------------------------------------------------------------------------------------------------- markdown
@@ -294,6 +297,7 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
     write_cell_boards(out / CELLS_DIR, summary, history, metric)
     text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots)
+    text += report_budget(out, trials, summary, m, experiment, plots)  # writes budget.csv
     text += report_ranking(out, summary, m)  # the ranking before training, if the sweep made one (ranking.csv)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
@@ -347,6 +351,78 @@ def report_ranking(out: Path, summary: pd.DataFrame, metric: Metric) -> str:
             f"{r.backbone}: {r.dropped_because}" for r in dropped.itertuples()) + ". They were never trained.", ""]
     lines += _agreement_lines(table, metric.name)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- budget curves
+
+VERDICT_TEXT = {"rising": "still rising: more trials may help", "flat": "flat", "one trial": "one trial: no curve",
+                "no interval": "no test interval to judge it by"}
+
+
+def _tolerances(summary: pd.DataFrame, m: str) -> dict[tuple[str, str], float]:
+    """Half the width of each cell's 95% test interval: what the comparison can resolve."""
+    low, high = f"test_{m}_ci_low", f"test_{m}_ci_high"
+    if summary.empty or low not in summary or high not in summary:
+        return {}
+    return {(r["backbone"], r["strategy"]): (float(r[high]) - float(r[low])) / 2 for _, r in summary.iterrows()
+            if pd.notna(r[low]) and pd.notna(r[high])}
+
+
+def _budget_leaders(curves: pd.DataFrame, metric: Metric, backbones: list[str]) -> list[str]:
+    """Per backbone, when the strategy with the best expected validation score at one trial is not the one at the
+    largest budget every strategy reached: the pick depends on the budget (Dodge et al.'s point)."""
+    lines = []
+    for b in backbones:
+        mine = curves[curves["backbone"] == b]
+        if mine["strategy"].nunique() < 2:
+            continue
+        most = int(mine.groupby("strategy")["complete"].first().min())
+        if most < 2:
+            continue
+        lead = {n: mine[mine["trials"] == n].sort_values(
+            "expected_best", ascending=metric.direction == "minimize", kind="stable")["strategy"].iloc[0]
+            for n in (1, most)}
+        if lead[1] != lead[most]:
+            lines.append(f"On {b} the best expected validation {metric.name} of 1 trial is {lead[1]}'s, of {most} "
+                         f"trials {lead[most]}'s: which strategy wins depends on the budget.")
+    return lines
+
+
+def report_budget(out: Path, trials: pd.DataFrame, summary: pd.DataFrame, metric: Metric,
+                  experiment: dict[str, Any], plots: dict[str, bool]) -> str:
+    """The report's section on budget curves (Dodge et al. 2019): each cell's expected best validation score of n
+    trials, the verdict of its last doubling, and where the winner depends on the budget. Writes ``budget.csv``."""
+    m, direction = metric.name, metric.direction
+    curves = budget_curves(trials, m, direction)
+    write_csv(curves, Path(out) / BUDGET)
+    if curves.empty:
+        return ""
+    backbones, strategies = order(summary, experiment)
+    verdicts = budget_verdicts(curves, _tolerances(summary, m), direction).set_index(["backbone", "strategy"])
+    lines = ["", "## Budget curves", "",
+             f"The expected best validation {m} of a search of n trials, n = 1 to N, drawn with replacement from "
+             f"the cell's N complete trials (Dodge et al. 2019, eq. 1), with one standard deviation: unlike the "
+             f"best so far, it does not depend on the order the sampler tried them in (`{BUDGET}`). Pruned and "
+             f"failed trials are left out: a pruned trial's score is from the epoch where it was stopped, not a "
+             f"finished configuration's. Verdict: the gain from ⌈N/2⌉ to N trials against half the width of the "
+             f"cell's 95% test interval; a gain at least that large is \"still rising\" (another doubling could "
+             f"move the cell by as much as the comparison can resolve), a smaller one \"flat\".", ""]
+    if plots.get("budget_curves"):
+        lines += [f"![Budget curves]({PLOTS['budget_curves']})", ""]
+    still = [f"{b} / {s}" for (b, s), v in verdicts["verdict"].items() if v == "rising"]
+    lines += [f"{len(still)} of {len(verdicts)} cells still rising, more trials may help them: {', '.join(still)}."
+              if still else "No cell is still rising: by this rule more trials would not change the comparison.", ""]
+    rows = []
+    for b in backbones:
+        for s in strategies:
+            if (b, s) in verdicts.index:
+                r = verdicts.loc[(b, s)]
+                rows.append([b, s, str(r["complete"]), _num(r["at_half"]), _num(r["at_full"]),
+                             format(r["gain"], "+.4f"), _num(r["tolerance"]), VERDICT_TEXT[r["verdict"]]])
+    lines += _table(["backbone", "strategy", "N", "at ⌈N/2⌉", "at N", "gain", "test CI half-width", "verdict"],
+                    rows, left=2, right=7) + [""]
+    leaders = _budget_leaders(curves, metric, backbones)
+    return "\n".join(lines + ([" ".join(leaders), ""] if leaders else []))
 
 
 # -------------------------------------------------------------------------------------------------------------- CLI

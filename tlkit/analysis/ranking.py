@@ -13,39 +13,34 @@ images: exactly what the linear probe's feature cache computes) are scored three
 - ``h_score``: the H-score (Bao et al. 2019), how much of the features' variance lies between the classes, with the
   Ledoit-Wolf shrinkage of Ibrahim et al. (2023) so it stays stable when features outnumber examples.
 
-``agreement`` is Kendall's tau over backbones between each estimate and the fine-tuned test scores. The command is
-``python -m tlkit.rank`` (``tlkit/rank.py``); the sweep's ranking step is ``tlkit.sweep.rank_in_sweep`` and the
-report's section ``tlkit.report.report_ranking``.
+``agreement`` is Kendall's tau over backbones between each estimate and the fine-tuned test scores; it, the rank
+table and the file and column names live in ``agreement.py`` (no torch, for the report) and are re-exported here.
+The command is ``python -m tlkit.rank`` (``tlkit/rank.py``); the sweep's ranking step is ``tlkit.sweep.rank_in_sweep``
+and the report's section ``tlkit.report.report_ranking``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
+from tlkit.analysis.agreement import AGREEMENT, BEST_ROW, ESTIMATORS, KNN_K, RANKING, agreement, rank_table
 from tlkit.models.backbones import build_model, preprocessing
 from tlkit.engine.compute import set_memory_format, use_amp
 from tlkit.data.tensors import Splits
 from tlkit.config.experiment import Experiment, Train
-from tlkit.metrics import Metric
 from tlkit.engine.features import FeatureCache
 
-__all__ = ["ESTIMATORS", "KNN_K", "RANKING", "AGREEMENT", "logme", "logme_evidence", "knn_accuracy", "h_score",
-           "score_features", "rank_table", "frozen_features", "rank_backbones", "keep_top", "agreement"]
+__all__ = ["ESTIMATORS", "KNN_K", "RANKING", "AGREEMENT", "BEST_ROW", "logme", "logme_evidence", "knn_accuracy",
+           "h_score", "score_features", "rank_table", "frozen_features", "rank_backbones", "keep_top", "agreement"]
 
 log = logging.getLogger("tlkit")
 
-ESTIMATORS = {"logme": "LogME", "knn_accuracy": "kNN accuracy", "h_score": "H-score"}
-"""Column name -> display name; every estimator is higher-is-better."""
-KNN_K = 5
-RANKING = "ranking.csv"
-AGREEMENT = "rank_agreement.csv"
 _TINY = 1e-300
 
 
@@ -176,17 +171,6 @@ def score_features(train_features: np.ndarray, train_labels: np.ndarray, val_fea
     return scores
 
 
-def rank_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per backbone with each estimator's rank beside it (1 = most promising; ties share the better rank,
-    a missing value ranks last), sorted by LogME's rank."""
-    table = pd.DataFrame(list(rows))
-    for name in ESTIMATORS:
-        table[f"{name}_rank"] = table[name].rank(ascending=False, method="min", na_option="bottom").astype(int)
-    first = ["backbone", *(c for name in ESTIMATORS for c in (name, f"{name}_rank"))]
-    table = table[first + [c for c in table.columns if c not in first]]
-    return table.sort_values(["logme_rank", "backbone"], kind="stable").reset_index(drop=True)
-
-
 # --- features of the backbones --------------------------------------------------------------------------------------
 
 def frozen_features(model: torch.nn.Module, splits: Splits, recipe: Train, device: torch.device
@@ -237,49 +221,3 @@ def keep_top(exp: Experiment, ranking: pd.DataFrame) -> tuple[list[str], dict[st
     dropped = {r.backbone: f"LogME rank {r.logme_rank} of {len(ordered)} ({r.logme:.4f}), below the top "
                            f"{k} (keep_top_backbones={k})" for r in ordered.itertuples() if r.backbone not in kept}
     return [b for b in exp.backbones if b in kept], dropped
-
-
-# --- after the sweep: did the ranking predict the fine-tuned order? --------------------------------------------------
-
-BEST_ROW = "best strategy of each backbone (chosen on validation)"
-
-
-def _best_on_validation(summary: pd.DataFrame, column: str, metric: Metric, sign: float
-                        ) -> list[tuple[str, pd.Series]]:
-    """``[(BEST_ROW, test score of each backbone's validation pick)]``, or ``[]`` without validation scores."""
-    val = f"val_{metric.name}_mean"
-    if val not in summary:
-        return []
-    rows = summary.dropna(subset=[column, val]).assign(
-        _val=lambda d: -sign * d[val], _params=lambda d: d["trainable_params"] if "trainable_params" in d else 0)
-    picked = rows.sort_values(["backbone", "_val", "_params", "strategy"], kind="stable").groupby("backbone").head(1)
-    return [(BEST_ROW, picked.set_index("backbone")[column] * sign)]
-
-def agreement(ranking: pd.DataFrame, summary: pd.DataFrame, metric: Metric) -> pd.DataFrame:
-    """Kendall's tau over backbones between each estimator and each strategy's mean test score (oriented so that
-    higher is better), and the same against the test score of each backbone's best strategy, chosen on validation
-    as everywhere else (``val_<metric>_mean``; ties: fewer trainable parameters, then the name), never on the test
-    scores it is then read from; with its two-sided p-value and the number of backbones (at least 2 with both
-    numbers, else no row)."""
-    from scipy.stats import kendalltau
-
-    columns = ["strategy", "estimator", "kendall_tau", "p_value", "backbones"]
-    column = next((c for c in (f"test_{metric.name}_mean", f"test_{metric.name}") if c in summary), None)
-    if column is None or summary.empty or ranking.empty:
-        return pd.DataFrame(columns=columns)
-    sign = -1.0 if metric.direction == "minimize" else 1.0
-    scores = summary[["backbone", "strategy", column]].dropna()
-    per_strategy = [(s, g.set_index("backbone")[column] * sign) for s, g in scores.groupby("strategy", sort=False)]
-    rows = []
-    for strategy, finetuned in [*per_strategy, *_best_on_validation(summary, column, metric, sign)]:
-        estimates = ranking.set_index("backbone").reindex(finetuned.index)
-        for name in ESTIMATORS:
-            both = pd.concat([estimates[name], finetuned], axis=1).dropna()
-            if len(both) < 2:
-                continue
-            with warnings.catch_warnings():  # a constant column (tied scores) gives NaN, which the table shows
-                warnings.simplefilter("ignore")
-                tau, p = kendalltau(both.iloc[:, 0], both.iloc[:, 1])
-            rows.append({"strategy": strategy, "estimator": name, "kendall_tau": float(tau), "p_value": float(p),
-                         "backbones": len(both)})
-    return pd.DataFrame(rows, columns=columns)

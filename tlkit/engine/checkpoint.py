@@ -8,7 +8,6 @@ with ``weights_only=True``: a pickle that would run code on load is refused.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -19,44 +18,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tlkit.errors import TlkitError, describe_error
-from tlkit.utils.files import atomic_write, set_aside, sha256, torch_save  # noqa: F401 - re-exported
+from tlkit.errors import describe_error
+from tlkit.utils.files import (atomic_write, check_writable, read_json, set_aside, sha256,  # noqa: F401 - re-exported
+                               torch_save, write_json)
 
 __all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "save_tensors", "load_weights",
            "save_epoch", "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
 
 KEEP_EPOCHS = 2
-
-
-def check_writable(folder: Path, what: str = "The results folder") -> None:
-    """Fail before anything is written when ``folder`` cannot hold files: it is a file, or it (or, while it does
-    not exist, the folder it would be made in) is read-only; an existing ``study.db`` in it must be writable too."""
-    folder = Path(folder).absolute()
-    hint = "HINT: pass --out with a folder you can write (a new one, or this study's results folder)."
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise TlkitError(f"{what} {str(folder)!r} cannot be made: {str(existing)!r} is a file, not a folder. {hint}")
-    for path in (existing, folder / "study.db"):
-        if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
-            raise TlkitError(f"{what} {str(folder)!r} cannot be written: {str(path)!r} is read-only (or not "
-                             f"yours). {hint}")
-
-
-def read_json(path: Path, fix: str) -> dict[str, Any]:
-    """A JSON object tlkit wrote (``experiment.json``, ``model.json``); one that cannot be read, or is not an
-    object, is a TlkitError that names the file and ends with ``fix``."""
-    try:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise TlkitError(f"{path} cannot be read ({describe_error(err)}). HINT: {fix}") from None
-    if not isinstance(payload, dict):
-        raise TlkitError(f"{path} holds a JSON {type(payload).__name__}, not the object tlkit writes: it is damaged. "
-                         f"HINT: {fix}")
-    return payload
-
-
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
 def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:

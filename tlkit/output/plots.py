@@ -1,8 +1,9 @@
 """The plots of a report, drawn without pyplot and under matplotlib's default style (neither the caller's backend
 nor their style changes the files), saved without a software stamp so a rebuild is byte-identical.
 
-Every plot takes the tables (``summary.csv``, ``history.csv``, ``trials.csv``) and returns whether it had data to
-draw; intervals come from ``summary.csv`` (see ``tlkit.analysis.compare``).
+Every plot takes the tables (``summary.csv``, ``history.csv``, ``trials.csv``; the budget curves are computed from
+the last by ``tlkit.analysis.budget``) and returns whether it had data to draw; intervals come from ``summary.csv``
+(see ``tlkit.analysis.compare``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from tlkit.engine.checkpoint import atomic_write
+from tlkit.analysis.budget import budget_curves
+from tlkit.utils.files import atomic_write
 from tlkit.utils.text import short_number
 
 __all__ = ["PLOTS", "write_plots", "order"]
@@ -24,6 +26,7 @@ PLOTS = {
     "accuracy_vs_time": "accuracy_vs_time.png",
     "learning_curves": "learning_curves.png",
     "search_progress": "search_progress.png",
+    "budget_curves": "budget_curves.png",
     "critical_difference": "critical_difference.png",
 }
 
@@ -136,6 +139,46 @@ def plot_search_progress(trials: pd.DataFrame, metric: str, direction: str, back
         ax.set_title(backbone, fontsize=12)
         ax.set_xlabel("finished trials (complete)")
         ax.set_ylabel(f"validation {metric}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(backbones):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colors[s], linewidth=2.5, label=s) for s in strategies]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(strategies), 8), fontsize=10, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.8 * nrows)))
+    _save(fig, path)
+    return True
+
+
+def plot_budget_curves(trials: pd.DataFrame, metric: str, direction: str, backbones: list[str],
+                       strategies: list[str], path: Path) -> bool:
+    """Is the budget enough, whatever order the sampler tried things in? Per backbone, each strategy's expected best
+    validation score of n trials (Dodge et al. 2019) against n, with a band of one standard deviation: a line still
+    climbing at its last point says more trials may help; lines that cross say the winner depends on the budget."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    curves = budget_curves(trials, metric, direction)
+    if curves.empty:
+        return False
+    colors = _colors(strategies)
+    ncols = min(3, len(backbones))
+    nrows = math.ceil(len(backbones) / ncols)
+    fig = Figure(figsize=(5.6 * ncols, 3.8 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, backbone in zip(axes.flat, backbones):
+        for strategy in strategies:
+            cell = curves[(curves["backbone"] == backbone) & (curves["strategy"] == strategy)]
+            if cell.empty:
+                continue
+            n, mean, sd = (cell[c].astype(float).to_numpy() for c in ("trials", "expected_best", "sd"))
+            ax.plot(n, mean, "o-", color=colors[strategy], linewidth=1.8, markersize=3.5)
+            ax.fill_between(n, mean - sd, mean + sd, color=colors[strategy], alpha=0.12, linewidth=0)
+        ax.set_title(backbone, fontsize=12)
+        ax.set_xlabel("trials (complete)")
+        ax.set_ylabel(f"expected best validation {metric}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(backbones):]:
@@ -301,6 +344,8 @@ def write_plots(out: Path, summary: pd.DataFrame, history: pd.DataFrame, trials:
                 "search_progress": plot_search_progress(trials, metric, experiment.get("metric_direction",
                                                                                        "maximize"),
                                                         backbones, strategies, out / PLOTS["search_progress"]),
+                "budget_curves": plot_budget_curves(trials, metric, experiment.get("metric_direction", "maximize"),
+                                                    backbones, strategies, out / PLOTS["budget_curves"]),
                 "critical_difference": plot_critical_difference(friedman, out / PLOTS["critical_difference"]),
             }
     for key, ok in drawn.items():

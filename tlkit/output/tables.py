@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlkit.analysis import compare
 from tlkit.search import _optuna
-from tlkit.engine.checkpoint import atomic_write
+from tlkit.utils.files import atomic_write
 from tlkit.metrics import Predictions
 from tlkit.search.repeats import current_repeats, repeats_study_name
 from tlkit.search.queue import NONE_LEFT

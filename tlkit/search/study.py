@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from tlkit.engine.checkpoint import check_writable
+from tlkit.utils.files import check_writable
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Experiment
 from tlkit.config.identity import RETIRED, concerns, identity

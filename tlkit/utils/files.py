@@ -1,4 +1,5 @@
-"""Files tlkit writes and reads back: atomic writes, checksums, and setting a damaged file aside.
+"""Files tlkit writes and reads back: atomic writes, checksums, its JSON files, whether a folder can be written, and
+setting a damaged file aside.
 
 Every layer writes files (decoded-data and feature caches, checkpoints, tables, plots), and each must see the same
 rules: a reader finds the old file or the new one, never half of one; a file that cannot be read is renamed
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -18,9 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from tlkit.errors import describe_error
+from tlkit.errors import TlkitError, describe_error
 
-__all__ = ["atomic_write", "write_cache", "torch_save", "sha256", "set_aside", "rebuild_folder", "BAD_SUFFIX"]
+__all__ = ["atomic_write", "write_cache", "torch_save", "sha256", "set_aside", "rebuild_folder", "check_writable",
+           "read_json", "write_json", "BAD_SUFFIX"]
 
 log = logging.getLogger("tlkit")
 
@@ -159,3 +162,34 @@ def _swap_in(built: Path, path: Path) -> bool:
         return True
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(folder: Path, what: str = "The results folder") -> None:
+    """Fail before anything is written when ``folder`` cannot hold files: it is a file, or it (or, while it does
+    not exist, the folder it would be made in) is read-only; an existing ``study.db`` in it must be writable too."""
+    folder = Path(folder).absolute()
+    hint = "HINT: pass --out with a folder you can write (a new one, or this study's results folder)."
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise TlkitError(f"{what} {str(folder)!r} cannot be made: {str(existing)!r} is a file, not a folder. {hint}")
+    for path in (existing, folder / "study.db"):
+        if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise TlkitError(f"{what} {str(folder)!r} cannot be written: {str(path)!r} is read-only (or not "
+                             f"yours). {hint}")
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object tlkit wrote (``experiment.json``, ``model.json``); one that cannot be read, or is not an
+    object, is a TlkitError that names the file and ends with ``fix``."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TlkitError(f"{path} cannot be read ({describe_error(err)}). HINT: {fix}") from None
+    if not isinstance(payload, dict):
+        raise TlkitError(f"{path} holds a JSON {type(payload).__name__}, not the object tlkit writes: it is damaged. "
+                         f"HINT: {fix}")
+    return payload
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
