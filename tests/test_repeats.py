@@ -14,7 +14,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from tlkit.search.repeats import REPEAT_SEED_OFFSET, repeats_study_name
+from tlkit.search.records import repeats_study_name
+from tlkit.search.repeats import REPEAT_SEED_OFFSET
 from tlkit.search.study import Cell
 from tlkit.testing import write_experiment
 

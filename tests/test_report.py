@@ -178,10 +178,6 @@ def test_report_cli_module(results: Path) -> None:
     assert (results / "summary.csv").read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="tlkit.output.tables still imports all_params from tlkit.search.objective and "
-                   "current_repeats, repeats_study_name from tlkit.search.repeats, which import the trial runner "
-                   "(torch); moving those three functions to a torch-free search module fixes it, and this marker "
-                   "must then go (strict: an unexpected pass fails)")
 def test_the_report_command_imports_no_torch() -> None:
     """Rebuilding a report reads the storage and tables: ``python -m tlkit.report --help`` took ~8 s on a 2-core
     host importing torch and timm for nothing. Checked in a fresh interpreter (this one has imported everything)."""

@@ -153,7 +153,7 @@ def test_a_strategy_value_of_the_wrong_kind_is_a_message_not_a_traceback(tmp_pat
 
 
 def test_fixed_strategy_values_show_in_the_tables(tmp_path):
-    from tlkit.search.objective import all_params
+    from tlkit.search.records import all_params
 
     run = _run(tmp_path, strategy_params={"last_n": {"n_groups": 2}})
     (trial,) = _optimize(run, Cell("test_resnet", "last_n")).trials

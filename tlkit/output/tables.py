@@ -21,10 +21,9 @@ from tlkit.analysis import compare
 from tlkit.search import _optuna
 from tlkit.utils.files import atomic_write
 from tlkit.metrics import Predictions
-from tlkit.search.repeats import current_repeats, repeats_study_name
+from tlkit.search.records import all_params, current_repeats, repeats_study_name
 from tlkit.search.queue import NONE_LEFT
 from tlkit.search.study import Cell, cell_studies, replicate_seed, study_cell
-from tlkit.search.objective import all_params
 
 __all__ = ["write_csv", "trials_table", "history_table", "repeats_table", "predictions_table", "summary_table",
            "load_cells", "search_studies"]

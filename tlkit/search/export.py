@@ -23,7 +23,8 @@ from tlkit.metrics import Predictions, get_metric
 from tlkit.data.preprocess import Preprocess
 from tlkit.search.study import Cell
 from tlkit.engine.evaluate import Scores, evaluate
-from tlkit.search.objective import all_params, SweepRun, short_name, trial_folder
+from tlkit.search.objective import SweepRun, short_name, trial_folder
+from tlkit.search.records import all_params
 
 __all__ = ["evaluate_best", "score_test", "load_best"]
 

@@ -17,7 +17,6 @@ from typing import Any, Callable
 import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial
 
 from tlkit.search import _optuna
 from tlkit.data.tensors import Splits
@@ -36,8 +35,7 @@ INTERRUPTED = "interrupted; re-queued with the same parameters on the next run"
 TIMED_OUT = "stopped by --timeout after a checkpointed epoch; resumes with the same parameters on the next run"
 
 __all__ = ["CellPlan", "plan_cell", "SweepRun", "make_objective", "trial_folder", "short_name", "suggest",
-           "search_space", "spec_for",
-           "requeue_on_failure", "Reporter", "record"]
+           "search_space", "spec_for", "requeue_on_failure", "Reporter", "record"]
 
 
 @dataclass(frozen=True)
@@ -173,12 +171,6 @@ def fixed_params(exp: Experiment, strategy: str) -> dict[str, Any]:
     """The strategy hyperparameters ``exp.strategy_params`` fixes (not searched): every trial of the cell uses them."""
     return {k: v for k, v in exp.strategy_params.get(strategy, {}).items()
             if not isinstance(v, (BaseDistribution, list, tuple))}
-
-
-def all_params(trial: FrozenTrial | optuna.Trial) -> dict[str, Any]:
-    """A trial's hyperparameters: the sampled ones and the fixed ones it ran with (``fixed_params`` user attribute),
-    so tables, reports and exported models show every value, not only what Optuna sampled."""
-    return {**trial.user_attrs.get("fixed_params", {}), **trial.params}
 
 
 def _ends(dist: BaseDistribution) -> list[Any]:

@@ -24,12 +24,12 @@ from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
 from tlkit.search.export import score_test
 from tlkit.search.queue import NONE_LEFT, DuplicateRun
+from tlkit.search.records import current_repeats, repeats_study_name
 from tlkit.search.study import Cell, replicate_seed
 from tlkit.search.workers import take_up_lost_trials, worker_id
 from tlkit.search.objective import Reporter, SweepRun, record, requeue_on_failure, short_name, spec_for
 
-__all__ = ["repeat_seed", "repeats_study_name", "open_repeats_study", "run_repeats", "current_repeats",
-           "REPEAT_SEED_OFFSET"]
+__all__ = ["repeat_seed", "open_repeats_study", "run_repeats", "REPEAT_SEED_OFFSET"]
 
 REPEAT_SEED_OFFSET = 100_000
 """Repeat seeds start here, far from the search trials' seeds (``exp.seed + run``)."""
@@ -40,12 +40,6 @@ def repeat_seed(exp: Experiment, index: int, replicate: int = 0) -> int:
     """The seed of repeat ``index`` (of ``replicate``): the same in every cell, so repeats are paired across
     strategies."""
     return replicate_seed(exp.seed, replicate) + REPEAT_SEED_OFFSET + index
-
-
-def repeats_study_name(study: str, cell: Cell) -> str:
-    """Outside the ``<study>/`` prefix of search studies, so a cell's search and its repeats never mix."""
-    return f"{study}:repeats/{cell.backbone}/{cell.strategy}" + (f"/replicate_{cell.replicate}" if cell.replicate
-                                                                   else "")
 
 
 def repeat_folder(out: Path, cell: Cell, config_run: int, index: int) -> Path:
@@ -61,21 +55,6 @@ def open_repeats_study(storage: Any, study: str, exp: Experiment, cell: Cell) ->
                            }.items():
             s.set_user_attr(key, value)
     return s
-
-
-def current_repeats(repeats: optuna.Study, config_run: int, states: tuple[TrialState, ...] | None = None
-                    ) -> dict[int, FrozenTrial]:
-    """The repeat trials of one configuration by seed index: for each seed its finished trial if there is one,
-    else the latest live one (a retry replaces the attempt it continues; a duplicate is never chosen)."""
-    rank = {TrialState.COMPLETE: 3, TrialState.PRUNED: 2, TrialState.RUNNING: 1, TrialState.WAITING: 1}
-    out: dict[int, FrozenTrial] = {}
-    for t in repeats.get_trials(deepcopy=False, states=states):
-        if t.user_attrs.get("config_run") != config_run or t.state not in rank or "duplicate_of" in t.user_attrs:
-            continue
-        index = t.user_attrs["repeat"]
-        if index not in out or (rank[t.state], t.number) > (rank[out[index].state], out[index].number):
-            out[index] = t
-    return out
 
 
 def _queue_missing(repeats: optuna.Study, best: FrozenTrial, config_run: int, k: int) -> None:
