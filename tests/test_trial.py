@@ -17,15 +17,16 @@ from tlkit.config.loading import apply_overrides
 from tlkit.strategies import get_strategy
 from tlkit.search.queue import ensure_runs
 from tlkit.search.storage import open_storage
-from tlkit.search.study import Cell, open_cell_study
-from tlkit.search.objective import SweepRun, make_objective, search_space, spec_for, trial_folder
+from tlkit.search.study import Cell, cells, open_cell_study
+from tlkit.search.objective import SweepRun, make_objective, plan_cell, search_space, spec_for, trial_folder
 
 
 def _run(tmp_path, **fields) -> SweepRun:
     exp = Experiment(**{"backbones": ["test_resnet"], "strategies": ["last_n"], "name": "t", "pretrained": False,
                         "data": Data("digits", classes=[5, 6, 7], train_per_class=30, val_fraction=0.25),
                         "train": Train(epochs=2, batch_size=16, image_size=16), **fields})
-    return SweepRun(exp, tmp_path, splits_for(exp.data, 16, 0), {}, torch.device("cpu"), {"test_resnet": 6})
+    plans = {cell: plan_cell(exp, cell, 6) for cell in cells(exp)}  # test_resnet has 6 layer groups
+    return SweepRun(exp, tmp_path, splits_for(exp.data, 16, 0), {}, torch.device("cpu"), plans)
 
 
 def _storage(run: SweepRun):
