@@ -25,8 +25,16 @@ def _run(tmp_path, **fields) -> SweepRun:
     exp = Experiment(**{"backbones": ["test_resnet"], "strategies": ["last_n"], "name": "t", "pretrained": False,
                         "data": Data("digits", classes=[5, 6, 7], train_per_class=30, val_fraction=0.25),
                         "train": Train(epochs=2, batch_size=16, image_size=16), **fields})
-    plans = {cell: plan_cell(exp, cell, 6) for cell in cells(exp)}  # test_resnet has 6 layer groups
-    return SweepRun(exp, tmp_path, splits_for(exp.data, 16, 0), {}, torch.device("cpu"), plans)
+    return SweepRun(exp, tmp_path, splits_for(exp.data, 16, 0), {}, torch.device("cpu"), _plans(exp))
+
+
+def _plans(exp: Experiment) -> dict:
+    """The cells' plans as ``cli.prepare`` makes them (test_resnet has 6 layer groups); none for an experiment whose
+    strategy_params a test expects ``search_space`` to refuse."""
+    try:
+        return {cell: plan_cell(exp, cell, 6) for cell in cells(exp)}
+    except TlkitError:
+        return {}
 
 
 def _storage(run: SweepRun):
