@@ -256,6 +256,20 @@ def test_over_replicates_the_reference_is_chosen_on_the_even_ones_and_tested_on_
     assert "steady outperforms lucky on 50% of the test replicates" in text
 
 
+def test_a_cell_stopped_early_keeps_its_comparison_on_the_replicates_it_has():
+    """``--replicates auto`` stops a decided-worse cell: the reference is chosen on the even replicates every cell
+    has (0, 2), and each pair is tested on the odd ones both cells have."""
+    vals = [0.9, 0.8, 0.9, 0.8, 0.9, 0.8]
+    best = _cell("best", vals, [0.85, 0.86, 0.84, 0.87, 0.85, 0.86], replicates=range(6))
+    close = _cell("close", [v - 0.01 for v in vals], [0.84, 0.85, 0.84, 0.86, 0.85, 0.85], replicates=range(6))
+    poor = _cell("poor", [0.5] * 4, [0.60, 0.61, 0.60, 0.62], replicates=range(4))  # stopped after replicate 3
+    ref = compare.choose_reference([best, close, poor], ACC)
+    assert (ref.best.strategy, ref.chosen_on, ref.tested_on) == ("best", [0, 2], [1, 3])
+    rows = compare.comparisons([best, close, poor], ACC).set_index("strategy")
+    assert rows.loc["close", "n"] == 3 and rows.loc["close", "difference"] == pytest.approx(np.mean([.01, .01, .01]))
+    assert rows.loc["poor", "n"] == 2 and rows.loc["poor", "difference"] == pytest.approx(np.mean([.25, .25]))
+
+
 def test_replicates_of_a_minimised_metric_turn_the_sign():
     lo = _cell("lo", [0.1, 0.5, 0.1, 0.5], [0.20, 0.30, 0.21, 0.31], replicates=range(4))  # lower is better
     hi = _cell("hi", [0.3, 0.3, 0.3, 0.3], [0.25, 0.40, 0.26, 0.42], replicates=range(4))

@@ -204,18 +204,27 @@ def choose_reference(cells: list[CellScores], metric: Metric) -> Reference:
     """The reference of a backbone's comparisons.
 
     With fewer than 2 replicates common to the cells: the best on validation (``choose_best``), tested on the same
-    models. With more, split-half: sort the common replicates, choose on validation of the 1st, 3rd, 5th...
-    (replicates 0, 2, 4... when none is missing) and test on the 2nd, 4th... . Why: the strategy that wins on
+    models. With more, split-half by the replicate's number: chosen on validation of the even-numbered replicates
+    common to every cell (0, 2, 4...), tested on the odd-numbered ones (1, 3, 5...; each pair on those both cells
+    have, so a cell that ``--replicates auto`` stopped early keeps its comparison). Why: the strategy that wins on
     validation of some runs also carries those runs' luck onto their test split (the winner's curse); replicates
     it was not chosen on are independent of the choice, so its advantage there is not inflated.
     """
     replicates = sorted(set.intersection(*({m.replicate for m in c.scored} for c in cells)))
-    if len(replicates) < MIN_REPLICATES:
+    if len(replicates) < MIN_REPLICATES or not any(r % 2 for r in replicates) or all(r % 2 for r in replicates):
         return Reference(choose_best(cells, metric))
-    chosen_on, tested_on = replicates[0::2], replicates[1::2]
+    chosen_on, tested_on = [r for r in replicates if r % 2 == 0], [r for r in replicates if r % 2]
     halves = [_only(c, chosen_on) for c in cells]
     pick = choose_best(halves, metric)
     return Reference(next(c for c, half in zip(cells, halves) if half is pick), chosen_on, tested_on)
+
+
+def _tested_on(ref: Reference, other: CellScores) -> list[int] | None:
+    """The odd-numbered replicates the reference and ``other`` both have (None without replicates)."""
+    if ref.tested_on is None:
+        return None
+    mine = {m.replicate for m in ref.best.scored} & {m.replicate for m in other.scored}
+    return sorted(r for r in mine if r % 2)
 
 
 def _compare_replicates(best: CellScores, other: CellScores, metric: Metric, tested_on: list[int],
@@ -243,6 +252,8 @@ def _compare_on(best: CellScores, other: CellScores, metric: Metric, tested_on: 
     none = dict.fromkeys(_REPLICATE_COLUMNS, math.nan)
     if tested_on is None:
         return _compare(best, other, metric), none
+    if not tested_on:
+        return None, none  # no test replicate in common
     if len(tested_on) >= 2:
         return _compare_replicates(best, other, metric, tested_on, rope)
     result = _compare(_only(best, tested_on), _only(other, tested_on), metric)
@@ -277,7 +288,7 @@ def _backbone_rows(cells: list[CellScores], metric: Metric, rope: float) -> list
     """One backbone's rows. Its tests share the Bonferroni level ``ALPHA / m`` (the level of Holm's first, strictest
     step) for the equivalence interval and the power column, so each stays consistent with the Holm family."""
     ref = choose_reference(cells, metric)
-    tests = [(c, *_compare_on(ref.best, c, metric, ref.tested_on, rope)) for c in cells if c is not ref.best]
+    tests = [(c, *_compare_on(ref.best, c, metric, _tested_on(ref, c), rope)) for c in cells if c is not ref.best]
     tested = [t for _, t, _ in tests if t is not None]
     adjusted = iter(stats.holm([t.p for t in tested]))
     level = ALPHA / max(len(tested), 1)
