@@ -156,3 +156,52 @@ def test_a_killed_replicate_resumes_to_the_uninterrupted_numbers(reference, tmp_
     pd.testing.assert_frame_equal(finished[columns].reset_index(drop=True), theirs[columns])
     for path in sorted(ref.glob("trials/*/*/replicate_1/trial_*/best.safetensors")):
         assert _sha(out / path.relative_to(ref)) == _sha(path)
+
+
+def test_auto_races_stops_worse_cells_and_ends_at_max_replicates(tmp_path, monkeypatch):
+    """The loop of ``--replicates auto`` with scripted verdicts: from the 4th replicate on, a cell decided worse
+    gets no more replicates; with one comparison left undecided it runs to max_replicates."""
+    import tlkit.sweep
+    from tlkit.sweep import run_sweep
+
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    exp = load_experiment(write_experiment(tmp_path, strategies=["linear_probe", "last_n", "bitfit"],
+                                           replicates="auto", max_replicates=6, train={"epochs": 1}))
+    asked = []
+
+    def scripted(storage, e):
+        asked.append(len({s.replicate for s in map(_cell, optuna.get_all_study_summaries(storage))}))
+        return {Cell("test_resnet", "linear_probe"): "worse", Cell("test_resnet", "last_n"): "best",
+                Cell("test_resnet", "bitfit"): "undecided"}
+
+    monkeypatch.setattr(tlkit.sweep, "_verdicts", scripted)
+    out = run_sweep(exp, tmp_path / "out")
+    assert asked == [4, 5, 6]  # decided after replicates 4, 5 and 6 were trained
+    auto = __import__("json").loads((out / "experiment.json").read_text())["replicates_auto"]
+    assert auto == {"replicates": 6, "reason": "max_replicates=6 reached", "cell_replicates": 3 * 4 + 2 * 2,
+                    "full_grid": 18, "max_replicates": 6, "stopped_as_worse": {"test_resnet/linear_probe": 4}}
+    names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{out / 'study.db'}")}
+    assert "tiny/test_resnet/linear_probe/replicate_3" in names
+    assert "tiny/test_resnet/linear_probe/replicate_4" not in names and "tiny/test_resnet/bitfit/replicate_5" in names
+
+
+def _cell(summary) -> Cell:
+    from tlkit.search.study import study_cell
+    return study_cell(summary)
+
+
+@pytest.mark.slow
+def test_auto_stops_once_every_comparison_is_decided(tmp_path):
+    """With a rope of the whole accuracy range every difference is practically equivalent as soon as it can be
+    tested: auto stops at its first decision, 4 replicates, and the report says so."""
+    exp = write_experiment(tmp_path, name="auto", strategies=STRATEGIES, train={"epochs": 1})
+    proc = _sweep(exp, tmp_path / "out", tmp_path, "--replicates", "auto", "--max-replicates", "6",
+                  "--set", "rope=1.0")
+    assert proc.returncode == 0, proc.stderr
+    facts = __import__("json").loads((tmp_path / "out" / "experiment.json").read_text())
+    assert facts["replicates_auto"]["replicates"] == 4
+    assert facts["replicates_auto"]["reason"] == "every comparison decided"
+    comparisons = pd.read_csv(tmp_path / "out" / "comparisons.csv")
+    assert comparisons.verdict.tolist() == ["equivalent"]
+    assert comparisons.method.item().startswith("paired t-test over 2 replicates (1, 3)")
+    assert "4 replicates" in (tmp_path / "out" / "report.md").read_text()

@@ -39,7 +39,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_experiment(args: argparse.Namespace, trials: int | None = None, repeats: int | None = None,
-                       study: str | None = None, replicates: int | None = None) -> Experiment:
+                       study: str | None = None, replicates: str | None = None) -> Experiment:
     """The experiment file with the flags of ``add_experiment_arguments`` (and the sweep's ``trials``, ``repeats``,
     ``study`` and ``replicates``) applied and re-checked."""
     exp = load_experiment(args.experiment)
@@ -49,7 +49,7 @@ def resolve_experiment(args: argparse.Namespace, trials: int | None = None, repe
     if repeats is not None:
         overrides.append(f"repeats={repeats}")
     if replicates is not None:
-        overrides.append(f"replicates={replicates}")
+        overrides.append(f"replicates={int(replicates) if replicates.isdigit() else replicates!r}")
     if args.device:
         overrides.append(f"runtime.device={args.device!r}")
     exp = apply_overrides(exp, overrides)

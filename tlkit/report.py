@@ -182,7 +182,8 @@ def _across_backbones(friedman: dict[str, Any] | None, plots: dict[str, bool]) -
 
 
 def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, comparisons: pd.DataFrame,
-                    friedman: dict[str, Any] | None, experiment: dict[str, Any], plots: dict[str, bool]) -> str:
+                    friedman: dict[str, Any] | None, experiment: dict[str, Any], plots: dict[str, bool],
+                    replicates_frame: pd.DataFrame | None = None) -> str:
     """``report.md``: the comparison first (intervals, ties, which differences are real), then the details."""
     m = metric.name
     lines = [f"# Study `{study}`: which strategy transfers best", ""]
@@ -199,8 +200,13 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
         lines += [f"**Partial results**: {len(summary)} of {expected} cells have started; run the sweep command "
                   f"again to finish the study.", ""]
     repeats = int(summary["repeats"].fillna(0).max()) if "repeats" in summary else 0
+    replicates = int(summary["replicates"].fillna(0).max()) if "replicates" in summary else 1
     scored = (f"then trained again with {repeats} seed{'s' * (repeats != 1)} shared by every cell" if repeats else
               "and scored once (no repeats: the intervals and tests are over test examples of that one model)")
+    if replicates > 1:
+        scored = (f"and scored on test{f' with {repeats} repeat seeds' if repeats else ''}, in each of up to "
+                  f"{replicates} replicates of the whole study (each its own train/validation split, search and "
+                  f"seeds, shared by every cell of a backbone); a cell's value is the mean over its replicates")
     lines += [f"Mean test {m} of each cell with its 95% interval ({_method_text(summary)}). Each cell's "
               f"configuration is chosen on validation by its search, {scored}. **Bold**: the backbone's best "
               f"strategy on validation; ≈: practically equivalent to it on test (the difference shown to lie within "
@@ -222,6 +228,7 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               f"for an undecided one, the difference it could have detected with 80% power (all in "
               f"`comparisons.csv`, explained in docs/results.md).", ""]
     lines += _differences(comparisons, m, points=metric.name != "log_loss")
+    lines += report_replicates(replicates_frame, experiment, m)
     lines += ["## Across backbones", ""] + _across_backbones(friedman, plots)
     figures = [("test_by_strategy", f"Test {m} by strategy"),
                ("accuracy_vs_params", f"Test {m} against trainable parameters"),
@@ -241,10 +248,40 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
     lines += ["## Files", "",
               "`summary.csv` (one row per cell), `comparisons.csv` (one row per tested difference), `repeats.csv` "
               "(one row per cell and seed), `predictions.csv` (one row per scored model and test example), "
-              "`trials.csv` (one row per search trial), `history.csv` (one row per trial and epoch); `tensorboard "
+              "`trials.csv` (one row per search trial), `history.csv` (one row per trial and epoch), `budget.csv` "
+              "(expected best validation score per number of trials), `replicates.csv` (with replicates: one row "
+              "per cell and replicate); `tensorboard "
               "--logdir tb` for every trial's curves and the HParams dashboard. Rebuild this report with "
               "`python -m tlkit.report <this folder>`.", ""]
     return "\n".join(lines)
+
+
+def report_replicates(table: pd.DataFrame | None, experiment: dict[str, Any], m: str) -> list[str]:
+    """The "Replicates" section: how much each cell moved between reruns of the whole study and how often its
+    search chose another configuration, and what ``--replicates auto`` did (nothing without replicates)."""
+    if table is None or table.empty:
+        return []
+    lines = ["## Replicates", "",
+             f"Each replicate reran the whole study: its own train/validation split, its own search of each cell and "
+             f"its own training seeds, shared by every cell of a backbone (`replicates.csv`). Across replicates, a "
+             f"cell's test {m} (of its chosen configuration) and how many different configurations its searches "
+             f"chose:", ""]
+    rows = []
+    for (backbone, strategy), cell in table.groupby(["backbone", "strategy"], sort=False):
+        test = cell[f"test_{m}_mean"].dropna()
+        rows.append([backbone, strategy, str(len(cell)), _num(test.mean()), _num(test.std(ddof=1)),
+                     f"{_num(test.min())} to {_num(test.max())}", f"{cell['best_params'].nunique()} of {len(cell)}"])
+    lines += _table(["backbone", "strategy", "replicates", f"mean test {m}", "sd", "range", "configurations"],
+                    rows, left=2, right=6) + [""]
+    auto = experiment.get("replicates_auto")
+    if auto:
+        stopped = ", ".join(f"{cell} after {n}" for cell, n in auto["stopped_as_worse"].items()) or "none"
+        saved = 1 - auto["cell_replicates"] / auto["full_grid"]
+        lines += [f"`--replicates auto` ran {auto['replicates']} replicates ({auto['reason']}): "
+                  f"{auto['cell_replicates']} cell-replicates trained of the {auto['full_grid']} of a full grid of "
+                  f"{auto['max_replicates']} replicates ({100 * saved:.0f}% saved). Cells stopped early as "
+                  f"significantly worse: {stopped}.", ""]
+    return lines
 
 
 def _configurations(summary: pd.DataFrame, m: str, backbones: list[str], strategies: list[str]) -> list[str]:
@@ -296,7 +333,7 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     write_csv(predictions_table(cells), out / "predictions.csv")
     plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
     write_cell_boards(out / CELLS_DIR, summary, history, metric)
-    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots)
+    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots, replicates)
     text += report_budget(out, trials, summary, m, experiment, plots)  # writes budget.csv
     text += report_ranking(out, summary, m)  # the ranking before training, if the sweep made one (ranking.csv)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

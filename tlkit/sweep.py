@@ -27,6 +27,7 @@ from tlkit.data.tensors import Splits, to_device
 from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, environment_fault
 from tlkit.config.experiment import Experiment
+from tlkit.config.loading import apply_overrides
 from tlkit.config.identity import experiment_to_dict
 from tlkit.metrics import get_metric
 from tlkit.output.progress import SweepProgress
@@ -43,11 +44,15 @@ from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
 from tlkit.search.export import evaluate_best
 from tlkit.search.objective import SweepRun, make_objective
+from tlkit.analysis import compare
+from tlkit.output.tables import load_cells
 from tlkit.search.repeats import open_repeats_study, run_repeats
 
 __all__ = ["main", "check_sweep", "rank_in_sweep", "run_sweep", "write_sweep_report"]
 
 log = logging.getLogger("tlkit")
+AUTO_MIN_REPLICATES = 4
+"""``--replicates auto`` decides from here on: 2 replicates to choose each backbone's reference on, 2 to test it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="finished trials per cell (overrides the experiment's `trials`)")
     p.add_argument("--repeats", type=int, help="seeds each cell's best configuration is trained with again "
                                                "(overrides the experiment's `repeats`)")
-    p.add_argument("--replicates", type=int, help="reruns of the whole study, each with its own train/validation "
-                                                  "split, search and seeds (overrides the experiment's `replicates`)")
+    p.add_argument("--replicates", metavar="R", help="reruns of the whole study, each with its own train/validation "
+                   "split, search and seeds, or `auto`: until every comparison is decided (overrides the experiment's "
+                   "`replicates`)")
+    p.add_argument("--max-replicates", type=int, metavar="N", help="the most replicates `--replicates auto` runs "
+                   "(overrides the experiment's `max_replicates`, default 10)")
     p.add_argument("--out", type=Path, help="results folder (default: results/<study>)")
     p.add_argument("--study", help="study name (default: the experiment's name, i.e. its file name)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for many workers "
@@ -109,7 +117,9 @@ def check_sweep(exp: Experiment, out: Path, storage_url: str | None = None, stor
         f"  {len(exp.backbones)} backbones x {len(exp.strategies)} strategies = {cells_count} cells; per cell "
         f"{exp.trials} search trials of up to {exp.train.epochs} epochs, then {exp.repeats} repeats"
         + (f"; all of it in {exp.replicates} replicates (each its own split, search and seeds)"
-           if exp.replicates > 1 else ""),
+           if isinstance(exp.replicates, int) and exp.replicates > 1 else
+           f"; replicates added until every comparison is decided (4 to {exp.max_replicates})"
+           if exp.replicates == "auto" else ""),
         f"  data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images of "
         f"{splits.num_classes} classes at {exp.train.image_size} px",
         "  weights: " + "; ".join(weights),
@@ -179,33 +189,88 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     progress = progress or SweepProgress("off")
     run.callbacks = lambda cell, n, params: [boards(cell, n, params), *progress.callbacks(cell, n, params),
                                              *extra(cell, n, params)]
-    all_cells = [cell for r in range(exp.replicates) for cell in cells(exp, r)]  # replicate by replicate
-    progress.start(all_cells, exp.trials, exp.train.epochs, exp.metric, exp.repeats)
     splits_of = replicate_splits(exp, splits, device)
     try:
-        waiting = list(enumerate(all_cells))
-        while waiting:  # cells whose last trials other workers hold are visited again once this pass is over
-            held = []
-            for i, cell in waiting:
-                run.splits = splits_of(cell.replicate)
-                study = open_cell_study(storage, exp.name, exp, cell)
-                label = f"cell {i + 1}/{len(all_cells)}" + (f" (replicate {cell.replicate})" if exp.replicates > 1
-                                                            else "")
-                if run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study)):
-                    finish_cell(run, storage, study, cell, label)
-                else:
-                    held.append((i, cell))
-            if held:
-                pause = queue_module.POLL_S  # a live worker finishes them; a dead one's go stale by heartbeat
-                log.info("%d cell%s wait%s for trials other workers hold; checking again in %d s", len(held),
-                         "s" * (len(held) != 1), "" if len(held) != 1 else "s", pause)
-                run.check_time()
-                time.sleep(pause)
-            waiting = held
+        if exp.replicates == "auto":
+            auto = run_auto(run, storage, progress, splits_of)
+            facts["replicates_auto"] = auto
+            write_json(out / "experiment.json", facts)
+        else:
+            everything = [cell for r in range(exp.replicates) for cell in cells(exp, r)]  # replicate by replicate
+            progress.start(everything, exp.trials, exp.train.epochs, exp.metric, exp.repeats)
+            run_cells(run, storage, everything, progress, splits_of)
     except TimeUp:
         write_json(out / "experiment.json", {**facts, "stopped_by_timeout_s": timeout})
         raise
     return out
+
+
+def run_cells(run: SweepRun, storage: Any, todo: list[Cell], progress: SweepProgress,
+              splits_of: Callable[[int], Splits], first: int = 0) -> None:
+    """Search, repeat and score ``todo`` (``first`` is the index of its first cell in the progress display); cells
+    whose last trials other workers hold are visited again once a pass is over."""
+    exp = run.exp
+    total = first + len(todo)
+    waiting = list(enumerate(todo, start=first))
+    while waiting:
+        held = []
+        for i, cell in waiting:
+            run.splits = splits_of(cell.replicate)
+            study = open_cell_study(storage, exp.name, exp, cell)
+            label = f"cell {i + 1}/{total}" + (f" (replicate {cell.replicate})" if exp.replicates != 1 else "")
+            if run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study)):
+                finish_cell(run, storage, study, cell, label)
+            else:
+                held.append((i, cell))
+        if held:
+            pause = queue_module.POLL_S  # a live worker finishes them; a dead one's go stale by heartbeat
+            log.info("%d cell%s wait%s for trials other workers hold; checking again in %d s", len(held),
+                     "s" * (len(held) != 1), "" if len(held) != 1 else "s", pause)
+            run.check_time()
+            time.sleep(pause)
+        waiting = held
+
+
+def run_auto(run: SweepRun, storage: Any, progress: SweepProgress, splits_of: Callable[[int], Splits]
+             ) -> dict[str, Any]:
+    """``replicates="auto"``: add replicates until every comparison against a backbone's reference is decided
+    (``better``, ``worse`` or ``equivalent``) or ``max_replicates`` are run, racing: a cell decided ``worse`` gets
+    no more replicates. Decisions start at ``AUTO_MIN_REPLICATES`` (2 to choose the reference on, 2 to test it on).
+    Returns what it did (recorded in experiment.json; the report says it)."""
+    exp = run.exp
+    racing, done, stopped = cells(exp), [], {}
+    decided, reason = {}, f"max_replicates={exp.max_replicates} reached"
+    for r in range(exp.max_replicates):
+        todo = [Cell(c.backbone, c.strategy, r) for c in racing]
+        progress.start(done + todo, exp.trials, exp.train.epochs, exp.metric, exp.repeats)
+        run_cells(run, storage, todo, progress, splits_of, first=len(done))
+        done += todo
+        if r + 1 < AUTO_MIN_REPLICATES:
+            continue
+        decided = _verdicts(storage, exp)
+        for cell in [c for c in racing if decided.get(c) == "worse"]:
+            racing.remove(cell)
+            stopped[f"{cell.backbone}/{cell.strategy}"] = r + 1
+        if not [c for c in racing if decided.get(c) in ("undecided", "untested")]:
+            reason = "every comparison decided"
+            break
+    grid = len(cells(exp)) * exp.max_replicates
+    log.info("--replicates auto: %d replicates (%s); trained %d of the %d cell-replicates of the full grid of %d "
+             "replicates (%.0f%% saved)%s", r + 1, reason, len(done), grid, exp.max_replicates,
+             100 * (1 - len(done) / grid), "; stopped early as worse: " + ", ".join(
+                 f"{k} after {v}" for k, v in stopped.items()) if stopped else "")
+    return {"replicates": r + 1, "reason": reason, "cell_replicates": len(done), "full_grid": grid,
+            "max_replicates": exp.max_replicates, "stopped_as_worse": stopped}
+
+
+def _verdicts(storage: Any, exp: Experiment) -> dict[Cell, str]:
+    """Each cell's verdict against its backbone's reference, from what the storage holds now (the reference
+    itself: ``best``)."""
+    metric = get_metric(exp.metric)
+    table = compare.comparisons(load_cells(storage, exp.name, metric), metric, exp.rope)
+    verdicts = {Cell(row.backbone, row.strategy): row.verdict for row in table.itertuples()}
+    verdicts.update({Cell(row.backbone, row.best): "best" for row in table.itertuples()})
+    return verdicts
 
 
 def replicate_splits(exp: Experiment, first: Splits, device: torch.device) -> Callable[[int], Splits]:
@@ -265,8 +330,8 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
 def print_summary(out: Path, metric: str) -> None:
     """The comparison at a glance, one line per cell: the test metric's mean and 95% interval, and whether the
     cell is its backbone's best (on validation), practically equivalent to it, undecided, significantly worse or
-    better (all in summary.csv and comparisons.csv). The columns carry summary.csv's names (``val_accuracy_mean`` is the repeats' mean, not
-    the search's ``best_val_accuracy``), so a reader cannot take one for the other."""
+    better (all in summary.csv and comparisons.csv). The columns carry summary.csv's names (``val_accuracy_mean``
+    is the repeats' mean, not the search's ``best_val_accuracy``), so a reader cannot take one for the other."""
     import pandas as pd
 
     summary = pd.read_csv(out / "summary.csv")
@@ -326,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         exp = resolve_experiment(args, args.trials, args.repeats, args.study, args.replicates)
+        if args.max_replicates is not None:
+            exp = apply_overrides(exp, [f"max_replicates={args.max_replicates}"])
         out = args.out or Path("results") / exp.name
         if args.workers < 1:
             raise TlkitError(f"--workers must be >= 1 but got {args.workers}.")

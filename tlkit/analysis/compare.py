@@ -105,6 +105,10 @@ def cell_interval(cell: CellScores, metric: Metric) -> stats.Interval | None:
 
 def _raw_interval(cell: CellScores, metric: Metric) -> stats.Interval | None:
     models = cell.scored
+    replicates = _replicates(cell)
+    if len(replicates) >= 2:  # over reruns of the whole study: one value per replicate, its models' mean
+        interval = stats.t_interval([_replicate_mean(cell, r) for r in replicates])
+        return dataclasses.replace(interval, method=f"t over {len(replicates)} replicates")
     if len(models) >= 2:
         return stats.t_interval([m.test for m in models])
     if len(models) == 1 and models[0].predictions is not None and metric.from_predictions is not None:
@@ -119,18 +123,29 @@ def _raw_interval(cell: CellScores, metric: Metric) -> stats.Interval | None:
     return None
 
 
+def _replicates(cell: CellScores) -> list[int]:
+    return sorted({m.replicate for m in cell.scored})
+
+
 def cell_intervals(cells: list[CellScores], metric: Metric) -> pd.DataFrame:
+    """One row per cell: its mean test metric with a 95% interval (``cell_interval``) and how it was made; a
+    ``replicates`` column only when a cell has more than one (a study run once keeps the columns it had)."""
     rows = []
     for c in cells:
         interval = cell_interval(c, metric)
         mean = interval.mean if interval else float(np.mean([m.test for m in c.scored])) if c.scored else math.nan
+        spread = interval is not None and (len(c.scored) >= 2 or len(_replicates(c)) >= 2)
         rows.append({"backbone": c.backbone, "strategy": c.strategy, "repeats": len(c.repeats),
+                     "replicates": len(_replicates(c)),
                      f"val_{metric.name}_mean": c.val_mean, f"test_{metric.name}_mean": mean,
-                     f"test_{metric.name}_sd": interval.sd if interval and len(c.scored) >= 2 else math.nan,
+                     f"test_{metric.name}_sd": interval.sd if spread else math.nan,
                      f"test_{metric.name}_ci_low": interval.low if interval else math.nan,
                      f"test_{metric.name}_ci_high": interval.high if interval else math.nan,
                      "ci_method": interval.method if interval else ""})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not table.empty and table["replicates"].max() <= 1:
+        table = table.drop(columns="replicates")
+    return table
 
 
 def choose_best(cells: list[CellScores], metric: Metric) -> CellScores:

@@ -258,11 +258,14 @@ class Experiment:
     """Seeds each cell's best configuration is trained with again after its search (shared by every cell, so the
     comparisons are paired); the intervals and tests of the report come from them (3 or more: tests over seeds).
     0 skips them: the report then tests each cell's best search trial over test examples."""
-    replicates: int = field(default=1, metadata=NOT_IDENTITY)
+    replicates: Union[int, str] = field(default=1, metadata=NOT_IDENTITY)
     """Reruns of the whole study (Bouthillier et al. 2021): replicate r draws its own train/validation split (and
     ``train_per_class``/``test_per_class`` subsets), runs each cell's search with its own sampler seed and trains
     with its own seeds; every cell of a backbone shares replicate r, so comparisons over replicates are paired.
-    Replicate 0 is the study a single run gives; raising it later trains only the new replicates."""
+    Replicate 0 is the study a single run gives; raising it later trains only the new replicates. ``"auto"`` adds
+    replicates until every comparison is decided, up to ``max_replicates`` (``tlkit.sweep.run_auto``)."""
+    max_replicates: int = field(default=10, metadata=NOT_IDENTITY)
+    """The most replicates ``replicates="auto"`` runs."""
     rope: float = field(default=0.01, metadata=NOT_IDENTITY)
     """Region of practical equivalence, in metric units (0.01 = 1 point of accuracy): two strategies whose
     difference is shown to lie within +-rope are reported ``equivalent``."""
@@ -306,8 +309,12 @@ class Experiment:
             raise TlkitError(f"trials must be >= 1 but got {self.trials}.")
         if self.repeats < 0:
             raise TlkitError(f"repeats must be >= 0 but got {self.repeats}.")
-        if self.replicates < 1:
-            raise TlkitError(f"replicates must be >= 1 but got {self.replicates} (1 runs the study once).")
+        if self.replicates != "auto" and not (isinstance(self.replicates, int) and self.replicates >= 1):
+            raise TlkitError(f"replicates must be an int >= 1 or 'auto' but got {self.replicates!r} (1 runs the study "
+                             f"once).")
+        if self.max_replicates < 4:
+            raise TlkitError(f"max_replicates must be >= 4 (replicates='auto' decides from 4 on: 2 to choose each "
+                             f"backbone's reference on, 2 to test it) but got {self.max_replicates}.")
         if not 0 <= self.rope < float("inf"):
             raise TlkitError(f"rope must be a number >= 0 in metric units (0.01 = 1 point of accuracy) but got "
                              f"{self.rope}.")

@@ -137,6 +137,8 @@ class SweepProgress:
     def start(self, cells: list[Cell], trials_per_cell: int, epochs: int, metric: str, repeats: int = 0) -> None:
         self.cells, self.trials_per_cell, self.epochs, self.repeats = list(cells), trials_per_cell, epochs, repeats
         self.metric, self._metric = metric, get_metric(metric)
+        if self._live is not None:  # started again with more cells (``--replicates auto`` adds a replicate)
+            self._live.update(self._sweep_task, total=self.total_trials)
         if self.mode == "rich" and self._live is None:
             from rich.progress import BarColumn, Progress, TextColumn
             from rich.table import Column

@@ -294,7 +294,7 @@ def summary_table(storage: Any, study: str, metric: Any, cells: list[compare.Cel
     intervals = compare.cell_intervals(cells if cells is not None else load_cells(storage, study, metric), metric)
     if not summary.empty:
         summary = summary.merge(intervals, on=["backbone", "strategy"], how="left")
-    return _ints(summary, ["best_trial", "trainable_params", "total_params", "best_epoch", "repeats"])
+    return _ints(summary, ["best_trial", "trainable_params", "total_params", "best_epoch", "repeats", "replicates"])
 
 
 def _sd(values: list[float]) -> float:
