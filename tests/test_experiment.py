@@ -207,7 +207,7 @@ def test_runtime_settings_are_apart_from_the_recipe_and_out_of_the_identity(exp)
     from tlkit.config.experiment import Runtime
     from tlkit.config.identity import not_identity_paths
 
-    assert not_identity_paths() == {"trials", "repeats", "replicates", "max_replicates", "rope", "name", "backbones", "strategies", "keep_top_backbones",
+    assert not_identity_paths() == {"trials", "repeats", "replicates", "max_replicates", "rope", "soups", "name", "backbones", "strategies", "keep_top_backbones",
                                     "runtime", "data.root", "data.download", "source.data.root",
                                     "source.data.download"}
     other = apply_overrides(exp, ["runtime.device='cpu'", "runtime.keep_checkpoints='last'",

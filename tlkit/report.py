@@ -37,7 +37,7 @@ from tlkit.search.storage import default_storage, open_storage
 from tlkit.search.study import cell_studies
 from tlkit.output.boards import CELLS_DIR, write_cell_boards
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, replicates_table,
-                                 summary_table, trials_table, write_csv)
+                                 soups_table, summary_table, trials_table, write_csv)
 
 __all__ = ["write_report", "report_markdown", "report_ranking", "report_budget", "winners", "metric_of", "main",
            "PLOTS"]
@@ -183,7 +183,7 @@ def _across_backbones(friedman: dict[str, Any] | None, plots: dict[str, bool]) -
 
 def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, comparisons: pd.DataFrame,
                     friedman: dict[str, Any] | None, experiment: dict[str, Any], plots: dict[str, bool],
-                    replicates_frame: pd.DataFrame | None = None) -> str:
+                    replicates_frame: pd.DataFrame | None = None, soups_frame: pd.DataFrame | None = None) -> str:
     """``report.md``: the comparison first (intervals, ties, which differences are real), then the details."""
     m = metric.name
     lines = [f"# Study `{study}`: which strategy transfers best", ""]
@@ -229,6 +229,7 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               f"`comparisons.csv`, explained in docs/results.md).", ""]
     lines += _differences(comparisons, m, points=metric.name != "log_loss")
     lines += report_replicates(replicates_frame, experiment, m)
+    lines += report_soups(soups_frame, m, points=metric.name != "log_loss")
     lines += ["## Across backbones", ""] + _across_backbones(friedman, plots)
     figures = [("test_by_strategy", f"Test {m} by strategy"),
                ("accuracy_vs_params", f"Test {m} against trainable parameters"),
@@ -254,6 +255,50 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               "--logdir tb` for every trial's curves and the HParams dashboard. Rebuild this report with "
               "`python -m tlkit.report <this folder>`.", ""]
     return "\n".join(lines)
+
+
+def report_soups(table: pd.DataFrame | None, m: str, points: bool) -> list[str]:
+    """The "Soups and ensembles" section: each cell's best trial beside its uniform and greedy soups and its top-k
+    ensemble, with the difference against the best trial and what each costs at inference."""
+    if table is None or table.empty:
+        return []
+    lines = ["## Soups and ensembles", "",
+             f"Each cell's complete trials started from the same weights, so they can be averaged (Wortsman et al. "
+             f"2022): a uniform soup of all of them, a greedy soup that adds them in order of validation {m} while "
+             f"it does not drop (BatchNorm statistics recomputed on the training images), and an ensemble that "
+             f"averages the probabilities of the top trials (`soups.csv`). Difference: best trial minus the model "
+             f"(positive: the best trial is better), with its 95% interval, Holm-corrected over the cell's three "
+             f"models; a soup costs what the best trial costs at inference, an ensemble of k costs k times as much.",
+             ""]
+    rows = []
+    for _, r in table.iterrows():
+        if r["model"] == "soups":
+            rows.append([r["backbone"], r["strategy"], r["note"], "", "", "", "", "", ""])
+            continue
+        diff = "—" if r["model"] == "best trial" or pd.isna(r.get("difference")) else (
+            f"{_amount(r['difference'], points)} [{_amount(r['ci_low'], points)}, {_amount(r['ci_high'], points)}]")
+        rows.append([r["backbone"], r["strategy"], r["model"], _num(r["ingredients"], ".3g"), _num(r[f"val_{m}"]),
+                     _num(r[f"test_{m}"]), diff, "" if r["model"] == "best trial" else str(r.get("verdict", "")),
+                     _cost(r)])
+    lines += _table(["backbone", "strategy", "model", "ingredients", f"val {m}", f"test {m}", "best trial minus it",
+                     "verdict", "params, ms/image"], rows, left=3, right=6) + [""]
+    greedy = table[table["model"] == "greedy soup"]
+    if len(greedy):
+        counts = greedy["verdict"].value_counts()
+        lines += [f"The greedy soup against the best trial, over {len(greedy)} cells: " + ", ".join(
+            f"{counts.get(v, 0)} {v}" for v in ("better", "equivalent", "undecided", "worse")) + " (the verdict is "
+                  "the soup's: better means the soup is significantly better on test).", ""]
+    return lines
+
+
+def _amount(x: float, points: bool) -> str:
+    return f"{100 * x:+.1f}" if points else f"{x:+.3g}"
+
+
+def _cost(r: pd.Series) -> str:
+    if pd.isna(r.get("params")):
+        return ""
+    return f"{int(r['params']):,}, {1000 * r['seconds_per_image']:.3f}"
 
 
 def report_replicates(table: pd.DataFrame | None, experiment: dict[str, Any], m: str) -> list[str]:
@@ -328,12 +373,15 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     replicates = replicates_table(storage, study, metric)
     if not replicates.empty:  # a study run once has no replicates.csv, as before replicates existed
         write_csv(replicates, out / "replicates.csv")
+    soups = soups_table(storage, study, m, rope=experiment.get("rope", compare.DEFAULT_ROPE))
+    if not soups.empty:  # a study from before soups existed, or with soups=False, has no soups.csv
+        write_csv(soups, out / "soups.csv")
     write_csv(summary, out / "summary.csv")
     write_csv(comparisons, out / "comparisons.csv")
     write_csv(predictions_table(cells), out / "predictions.csv")
     plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
     write_cell_boards(out / CELLS_DIR, summary, history, metric)
-    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots, replicates)
+    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots, replicates, soups)
     text += report_budget(out, trials, summary, m, experiment, plots)  # writes budget.csv
     text += report_ranking(out, summary, m)  # the ranking before training, if the sweep made one (ranking.csv)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -47,6 +47,7 @@ from tlkit.search.objective import SweepRun, make_objective
 from tlkit.analysis import compare
 from tlkit.output.tables import load_cells
 from tlkit.search.repeats import open_repeats_study, run_repeats
+from tlkit.search.soups import make_soups
 
 __all__ = ["main", "check_sweep", "rank_in_sweep", "run_sweep", "write_sweep_report"]
 
@@ -295,6 +296,8 @@ def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, la
     if exp.repeats:
         run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
     result = evaluate_best(run, study, cell)
+    if result and exp.soups:
+        make_soups(run, study, cell)
     if result:
         log.info("%s %s/%s done: best trial %d (val %s %.4f, test %.4f)", label, cell.backbone, cell.strategy,
                  study.best_trial.user_attrs.get("run", result["trial"]), exp.metric, result["val_metric"],

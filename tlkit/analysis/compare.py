@@ -29,7 +29,7 @@ from tlkit.analysis import stats
 from tlkit.metrics import Metric, Predictions
 
 __all__ = ["ScoredModel", "CellScores", "Reference", "cell_intervals", "choose_best", "choose_reference",
-           "comparisons", "rank_table", "friedman_test", "sentence", "rope_text", "verdict", "VERDICTS", "ALPHA",
+           "comparisons", "model_comparisons", "rank_table", "friedman_test", "sentence", "rope_text", "verdict", "VERDICTS", "ALPHA",
            "DEFAULT_ROPE", "POWER", "MIN_SEEDS_FOR_T", "MIN_REPLICATES", "COLUMNS"]
 
 ALPHA = 0.05
@@ -315,6 +315,34 @@ def _backbone_rows(cells: list[CellScores], metric: Metric, rope: float) -> list
         rows.append({"backbone": c.backbone, "best": ref.best.strategy, "reference": ref.text,
                      "strategy": c.strategy, **_numbers(t, p_holm, level, rope), **extra})
     return rows
+
+
+def model_comparisons(reference: list[ScoredModel], others: dict[str, list[ScoredModel]], metric: Metric,
+                      rope: float = DEFAULT_ROPE) -> dict[str, dict[str, Any]]:
+    """``reference - other`` for each of ``others`` (e.g. a cell's best trial against its soups and its ensemble),
+    with the statistics and verdict of ``comparisons``, Holm-corrected over ``others``: paired by replicate (t over
+    the replicates both have, 2 or more) else over the test examples of one model each (McNemar's exact test for an
+    accuracy, else a paired bootstrap)."""
+    tests = {name: _compare_models(reference, models, metric) for name, models in others.items()}
+    tested = [t for t in tests.values() if t is not None]
+    adjusted = iter(stats.holm([t.p for t in tested]))
+    level = ALPHA / max(len(tested), 1)
+    return {name: _numbers(t, next(adjusted) if t is not None else math.nan, level, rope)
+            for name, t in tests.items()}
+
+
+def _compare_models(reference: list[ScoredModel], other: list[ScoredModel], metric: Metric
+                    ) -> stats.Comparison | None:
+    mine, theirs = {m.replicate: m for m in reference}, {m.replicate: m for m in other}
+    common = sorted(set(mine) & set(theirs))
+    if len(common) >= 2:
+        sign = _sign(metric)
+        return stats.paired_t([sign * mine[r].test for r in common], [sign * theirs[r].test for r in common],
+                              unit=f"replicates ({_ids(common)})")
+    if not common:
+        return None
+    return _compare(CellScores("", "reference", [mine[common[0]]]), CellScores("", "other", [theirs[common[0]]]),
+                    metric)
 
 
 def _numbers(test: stats.Comparison | None, p_holm: float, level: float, rope: float) -> dict[str, Any]:

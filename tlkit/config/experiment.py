@@ -269,6 +269,9 @@ class Experiment:
     rope: float = field(default=0.01, metadata=NOT_IDENTITY)
     """Region of practical equivalence, in metric units (0.01 = 1 point of accuracy): two strategies whose
     difference is shown to lie within +-rope are reported ``equivalent``."""
+    soups: bool = field(default=True, metadata=NOT_IDENTITY)
+    """After each cell's search, its uniform and greedy model soups and its top-3 ensemble from the trials it ran
+    (``tlkit.search.soups``), compared with the best trial in the report (``soups.csv``)."""
     seed: int = 0
     pruner: str = "median"
     """Optuna's pruner on the per-epoch validation metric: ``median`` (MedianPruner), ``hyperband`` or ``none``."""

@@ -21,7 +21,7 @@ from tlkit.analysis import compare
 from tlkit.search import _optuna
 from tlkit.utils.files import atomic_write
 from tlkit.metrics import Predictions
-from tlkit.search.records import all_params, current_repeats, repeats_study_name
+from tlkit.search.records import SOUP_KINDS, SOUPS, all_params, current_repeats, repeats_study_name
 from tlkit.search.queue import NONE_LEFT
 from tlkit.search.study import Cell, cell_studies, replicate_seed, study_cell
 
@@ -232,6 +232,66 @@ def replicates_table(storage: Any, study: str, metric: str) -> pd.DataFrame:
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values))
+
+
+def soups_table(storage: Any, study: str, metric: Any, rope: float = compare.DEFAULT_ROPE) -> pd.DataFrame:
+    """One row per cell and model: its best trial, then its uniform soup, greedy soup and top-k ensemble
+    (``tlkit.search.soups``), each with its validation and test metric (means over replicates), its inference cost
+    (parameters, seconds per test image) and, against the best trial, the difference of test metric with the
+    statistics and verdict of ``comparisons.csv`` (positive: the best trial is better). A cell without soups has one
+    row saying why. Empty when no cell has soups (a study from before soups existed)."""
+    by_cell: dict[tuple[str, str], list[optuna.Study]] = {}
+    for s in search_studies(storage, study):
+        by_cell.setdefault((s.user_attrs.get("backbone"), s.user_attrs.get("strategy")), []).append(s)
+    rows = [row for (backbone, strategy), studies in by_cell.items()
+            for row in _soup_rows(backbone, strategy, studies, metric, rope)]
+    return pd.DataFrame(rows) if any(r["model"] != "best trial" for r in rows) else pd.DataFrame()
+
+
+def _soup_rows(backbone: str, strategy: str, studies: list[optuna.Study], metric: Any, rope: float
+               ) -> list[dict[str, Any]]:
+    best: list[compare.ScoredModel] = []
+    made: dict[str, list[tuple[compare.ScoredModel, dict[str, Any]]]] = {kind: [] for kind in SOUP_KINDS}
+    skipped = ""
+    for s in studies:
+        replicate, test, trial = study_cell(s).replicate, s.user_attrs.get("best_test") or {}, _best(s)
+        if trial is None or test.get("trial") != trial.number:
+            continue
+        best.append(compare.ScoredModel(None, trial.value, test["test_metric"], _predictions(test.get("predictions")),
+                                        replicate))
+        soups = s.user_attrs.get(SOUPS) or {}
+        skipped = skipped or soups.get("skipped", "")
+        for kind in SOUP_KINDS:
+            if kind in soups:
+                r = soups[kind]
+                made[kind].append((compare.ScoredModel(None, r["val_metric"], r["test_metric"],
+                                                       _predictions(r.get("predictions")), replicate), r))
+    if not best:
+        return []
+    head = {"backbone": backbone, "strategy": strategy, "replicates": len(best)}
+    single = [r for _, r in made["uniform"]]  # a soup is one model of the best trial's architecture: its cost
+    rows = [{**head, "model": "best trial", "ingredients": 1, f"val_{metric.name}": _mean([m.val for m in best]),
+             f"test_{metric.name}": _mean([m.test for m in best]),
+             "params": _mean([r["params"] for r in single]) if single else math.nan,
+             "seconds_per_image": _mean([r["seconds_per_image"] for r in single]) if single else math.nan,
+             "note": ""}]
+    stats_of = compare.model_comparisons(best, {k: [m for m, _ in v] for k, v in made.items() if v}, metric, rope)
+    for kind, models in made.items():
+        if models:
+            records = [r for _, r in models]
+            rows.append({**head, "model": SOUP_KINDS[kind], "replicates": len(models),
+                         "ingredients": _mean([len(r["runs"]) for r in records]),
+                         f"val_{metric.name}": _mean([m.val for m, _ in models]),
+                         f"test_{metric.name}": _mean([m.test for m, _ in models]),
+                         "params": _mean([r["params"] for r in records]),
+                         "seconds_per_image": _mean([r["seconds_per_image"] for r in records]),
+                         "note": "", **{k: v for k, v in stats_of[kind].items() if k in SOUP_STATS}})
+    if skipped and not any(made.values()):
+        rows.append({**head, "model": "soups", "note": f"not made: {skipped}"})
+    return rows
+
+
+SOUP_STATS = ("method", "n", "difference", "ci_low", "ci_high", "p", "p_holm", "tost_low", "tost_high", "verdict")
 
 
 def _predictions(payload: dict[str, str] | None) -> Predictions | None:

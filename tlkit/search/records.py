@@ -10,7 +10,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlkit.search.study import Cell
 
-__all__ = ["all_params", "repeats_study_name", "current_repeats"]
+__all__ = ["all_params", "repeats_study_name", "current_repeats", "SOUPS", "SOUP_KINDS"]
+
+SOUPS = "soups"
+"""The cell study's user attribute that holds its soups and ensemble (``tlkit.search.soups``)."""
+SOUP_KINDS = {"uniform": "uniform soup", "greedy": "greedy soup", "ensemble": "ensemble"}
+"""The models ``tlkit.search.soups`` makes of a cell's trials, by their key in ``SOUPS``, with their names."""
 
 
 def all_params(trial: FrozenTrial | optuna.Trial) -> dict[str, Any]:
