@@ -4,10 +4,8 @@ numbers; raising R trains only the new replicates."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,37 +18,16 @@ from tlkit.config.loading import load_experiment
 from tlkit.engine.splits import splits_for
 from tlkit.search.study import REPLICATE_SEED_OFFSET, Cell, replicate_seed
 from tlkit.sweep import replicate_splits
-from tlkit.testing import write_experiment
+from tlkit.testing import kill_prelude, sweep_command, write_experiment
 
 STRATEGIES = ["linear_probe", "last_n"]
 
 # SIGKILL the process once, right after the checkpoint of epoch 1 of a last_n trial of replicate 1.
-KILL_PRELUDE = '''
-import os, signal
-from pathlib import Path
-import tlkit.engine.runner
-
-_MARKER = os.environ.get("TLKIT_TEST_KILL_MARKER")
-
-
-def _save_epoch(folder, epoch, *args, _real=tlkit.engine.runner.save_epoch, **kw):
-    _real(folder, epoch, *args, **kw)
-    hit = "replicate_1" in folder.parts and "last_n" in folder.parts and epoch == 1
-    if _MARKER and hit and not Path(_MARKER).exists():
-        Path(_MARKER).touch()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-tlkit.engine.runner.save_epoch = _save_epoch
-'''
+KILL_PRELUDE = kill_prelude('"replicate_1" in folder.parts and "last_n" in folder.parts and epoch == 1')
 
 
 def _sweep(exp: Path, out: Path, tmp: Path, *args: str, kill: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TLKIT_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
-    if kill:
-        env["TLKIT_TEST_KILL_MARKER"] = str(tmp / "killed")
-    return subprocess.run([sys.executable, "-m", "tlkit.sweep", str(exp), "--out", str(out), "--quiet", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return sweep_command(exp, out, tmp / "cache", *args, kill_marker=tmp / "killed" if kill else None)
 
 
 def _sha(path: Path) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +30,7 @@ from tlkit.strategies.base import prepare
 from tlkit.sweep import run_sweep, write_sweep_report
 
 __all__ = ["check_strategy", "StrategyContractError", "CONTRACT_BACKBONES", "TINY_DEFAULTS", "experiment_source",
-           "write_experiment", "run_tiny_sweep", "KillAt"]
+           "write_experiment", "run_tiny_sweep", "kill_prelude", "sweep_command", "KillAt"]
 
 TINY_DEFAULTS: dict[str, Any] = {
     "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_per_class": 40, "val_fraction": 0.25},
@@ -92,6 +94,40 @@ def write_experiment(folder: str | Path, name: str = "tiny", **fields: Any) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(experiment_source(**fields))
     return path
+
+
+def kill_prelude(hit: str) -> str:
+    """An experiment file's ``prelude`` that SIGKILLs the sweep once, right after an epoch checkpoint for which the
+    Python expression ``hit`` (of ``folder``, a Path, and ``epoch``) is true, when the environment variable
+    ``TLKIT_TEST_KILL_MARKER`` names a file that does not exist yet (it is created, so the rerun is not killed)."""
+    return f"""
+import os, signal
+from pathlib import Path
+import tlkit.engine.runner
+
+_MARKER = os.environ.get("TLKIT_TEST_KILL_MARKER")
+
+
+def _save_epoch(folder, epoch, *args, _real=tlkit.engine.runner.save_epoch, **kw):
+    _real(folder, epoch, *args, **kw)
+    if _MARKER and ({hit}) and not Path(_MARKER).exists():
+        Path(_MARKER).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+tlkit.engine.runner.save_epoch = _save_epoch
+"""
+
+
+def sweep_command(experiment: str | Path, out: str | Path, cache: str | Path, *args: str,
+                  kill_marker: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m tlkit.sweep EXPERIMENT --out OUT --quiet ARGS`` in a child process, offline, with decoded data
+    and source weights cached in ``cache``; ``kill_marker`` arms a ``kill_prelude``."""
+    env = {**os.environ, "TLKIT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    if kill_marker is not None:
+        env["TLKIT_TEST_KILL_MARKER"] = str(kill_marker)
+    return subprocess.run([sys.executable, "-m", "tlkit.sweep", str(experiment), "--out", str(out), "--quiet", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 class KillAt(Callback):

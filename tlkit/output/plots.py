@@ -113,8 +113,6 @@ def plot_search_progress(trials: pd.DataFrame, metric: str, direction: str, back
     finished trials (a curve still climbing at the last trial says more trials would have found better), and
     every trial's score as a dot (a wide spread: the strategy is unforgiving of its hyperparameters)."""
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
 
     val = f"val_{metric}"
     done = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
@@ -136,18 +134,8 @@ def plot_search_progress(trials: pd.DataFrame, metric: str, direction: str, back
             ax.step([*x, len(values) + 0.5], [*best, best[-1]], where="post", color=colors[strategy], linewidth=1.8)
             ax.plot([xi + 0.06 * (k - len(strategies) / 2) for xi in x], values, "o", color=colors[strategy],
                     markersize=3.5, alpha=0.6)
-        ax.set_title(backbone, fontsize=12)
-        ax.set_xlabel("finished trials (complete)")
-        ax.set_ylabel(f"validation {metric}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(backbones):]:
-        ax.set_visible(False)
-    handles = [Line2D([], [], color=colors[s], linewidth=2.5, label=s) for s in strategies]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(strategies), 8), fontsize=10, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.8 * nrows)))
-    _save(fig, path)
+        _label_panel(ax, backbone, "finished trials (complete)", f"validation {metric}")
+    _finish_panels(fig, axes, len(backbones), strategies, colors, nrows, path)
     return True
 
 
@@ -157,8 +145,6 @@ def plot_budget_curves(trials: pd.DataFrame, metric: str, direction: str, backbo
     validation score of n trials (Dodge et al. 2019) against n, with a band of one standard deviation: a line still
     climbing at its last point says more trials may help; lines that cross say the winner depends on the budget."""
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
 
     curves = budget_curves(trials, metric, direction)
     if curves.empty:
@@ -176,19 +162,34 @@ def plot_budget_curves(trials: pd.DataFrame, metric: str, direction: str, backbo
             n, mean, sd = (cell[c].astype(float).to_numpy() for c in ("trials", "expected_best", "sd"))
             ax.plot(n, mean, "o-", color=colors[strategy], linewidth=1.8, markersize=3.5)
             ax.fill_between(n, mean - sd, mean + sd, color=colors[strategy], alpha=0.12, linewidth=0)
-        ax.set_title(backbone, fontsize=12)
-        ax.set_xlabel("trials (complete)")
-        ax.set_ylabel(f"expected best validation {metric}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(backbones):]:
+        _label_panel(ax, backbone, "trials (complete)", f"expected best validation {metric}")
+    _finish_panels(fig, axes, len(backbones), strategies, colors, nrows, path)
+    return True
+
+
+def _label_panel(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    """A per-backbone panel's title, axis labels (whole numbers of trials on x) and grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _finish_panels(fig: Any, axes: Any, used: int, strategies: list[str], colors: dict[str, Any], nrows: int,
+                   path: Path) -> None:
+    """Hide the unused panels, put one legend of the strategies' colours on top, save."""
+    from matplotlib.lines import Line2D
+
+    for ax in list(axes.flat)[used:]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=colors[s], linewidth=2.5, label=s) for s in strategies]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(strategies), 8), fontsize=10, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.8 * nrows)))
     _save(fig, path)
-    return True
 
 
 def plot_critical_difference(friedman: dict[str, Any] | None, path: Path) -> bool:
