@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [  # lowest first; "x*" is x and everythin
     ("engine", ["tlkit.engine*"]),
     ("search and analysis", ["tlkit.search*", "tlkit.analysis*"]),
     ("output", ["tlkit.output*"]),
-    ("commands", ["tlkit.sweep", "tlkit.report", "tlkit.predict", "tlkit.rank", "tlkit.cli*",
+    ("commands", ["tlkit.sweep", "tlkit.report", "tlkit.predict", "tlkit.rank", "tlkit.export", "tlkit.cli*",
                   "tlkit.strategies.__main__", "tlkit.testing", "tlkit"]),
 ]
 

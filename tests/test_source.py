@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit.config.loading import load_experiment
-from tlkit.search.export import load_best
+from tlkit.search.best import load_best
 import tlkit.engine.source
 from tlkit.engine.source import resolve_pretrained, source_weights_path, train_source
 from tlkit.testing import write_experiment

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from tlkit.errors import TlkitError
 from tlkit.config.loading import load_experiment
-from tlkit.search.export import load_best
+from tlkit.search.best import load_best
 from tlkit.sweep import main
 from tlkit.testing import write_experiment
 from tlkit.engine.source import resolve_pretrained

@@ -31,7 +31,7 @@ from tlkit.errors import TlkitError  # noqa: E402 - after the OpenMP setting; th
 _HOMES = {
     "tlkit.config.experiment": ("Data", "Experiment", "Runtime", "Source", "Train"),
     "tlkit.config.loading": ("load_experiment",),
-    "tlkit.search.export": ("load_best",),
+    "tlkit.search.best": ("load_best",),
     "tlkit.data.datasets": ("Dataset", "get_dataset", "list_datasets", "register_dataset"),
     "tlkit.metrics": ("Metric", "get_metric", "list_metrics", "register_metric"),
     "tlkit.engine.runner": ("TrialResult", "TrialSpec", "run_trial"),
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from tlkit.engine.source import resolve_pretrained
     from tlkit.engine.splits import splits_for
     from tlkit.metrics import Metric, get_metric, list_metrics, register_metric
-    from tlkit.search.export import load_best
+    from tlkit.search.best import load_best
     from tlkit.strategies import Strategy, create_strategy, get_strategy, list_strategies, register_strategy
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from tlkit.errors import TlkitError
-from tlkit.search.export import load_best
+from tlkit.search.best import load_best
 
 __all__ = ["predict", "find_images", "check_out", "main"]
 

@@ -42,7 +42,7 @@ from tlkit.search.study import Cell, cells, check_identity, check_results_folder
 from tlkit.search.workers import take_up_lost_trials
 from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
-from tlkit.search.export import evaluate_best
+from tlkit.search.best import evaluate_best
 from tlkit.search.objective import SweepRun, make_objective
 from tlkit.analysis import compare
 from tlkit.output.tables import load_cells

@@ -22,7 +22,7 @@ from tlkit.config.experiment import Experiment
 from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
-from tlkit.search.export import score_test
+from tlkit.search.best import score_test
 from tlkit.search.queue import NONE_LEFT, DuplicateRun
 from tlkit.search.records import current_repeats, repeats_study_name
 from tlkit.search.study import Cell, replicate_seed
