@@ -122,3 +122,31 @@ def test_a_greedy_soup_of_one_trial_is_that_trial(study):
         exported = json.loads((study / "best" / "test_resnet" / name.split("/")[-1] / "soup" / "model.json")
                               .read_text())
         assert exported["model"] == "greedy soup" and exported["soup_of_runs"] == greedy["runs"]
+
+
+def test_load_best_and_predict_take_the_soup(study, tmp_path):
+    import subprocess
+    import sys
+
+    import tlkit
+    from tlkit.errors import TlkitError
+
+    soup = tlkit.load_best(study, "test_resnet", "last_n", model="soup")
+    best = tlkit.load_best(study, "test_resnet", "last_n")
+    assert soup.tlkit_info["model"] == "greedy soup" and "model" not in best.tlkit_info
+    with pytest.raises(TlkitError, match="No greedy soup exported for test_resnet/from_scratch"):
+        tlkit.load_best(study, "test_resnet", "from_scratch", model="soup")
+    with pytest.raises(TlkitError, match="model must be one of best, soup"):
+        tlkit.load_best(study, "test_resnet", "last_n", model="ensemble")
+    image = tmp_path / "seven.png"
+    from PIL import Image
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(image)
+    out = tmp_path / "p.csv"
+    proc = subprocess.run([sys.executable, "-m", "tlkit.predict", str(study), str(image), "--backbone", "test_resnet",
+                           "--strategy", "last_n", "--model", "soup", "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    x = soup.tlkit_transform.batch([str(image)])
+    with torch.no_grad():
+        expected = soup.tlkit_info["classes"][int(soup(x).argmax())]
+    assert str(pd.read_csv(out).iloc[0, 1]) == str(expected)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from tlkit.errors import TlkitError
-from tlkit.search.best import load_best
+from tlkit.search.best import MODELS, load_best
 
 __all__ = ["predict", "find_images", "check_out", "main"]
 
@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--backbone", required=True)
     parser.add_argument("--strategy", required=True)
+    parser.add_argument("--model", choices=MODELS, default="best",
+                        help="the cell's best trial (default) or its greedy soup of trials")
     parser.add_argument("--out", type=Path, help="CSV to write (default: print it)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out is not None:
             check_out(args.out)
         images = find_images(args.images)
-        model = load_best(args.results, backbone=args.backbone, strategy=args.strategy)
+        model = load_best(args.results, backbone=args.backbone, strategy=args.strategy, model=args.model)
         table = predict(model, images, args.batch_size)
     except TlkitError as err:
         print(f"tlkit: error: {err}", file=sys.stderr)

@@ -93,8 +93,13 @@ def score_test(run: SweepRun, backbone: str, weights: Path) -> tuple[Scores, Pre
     return test, Predictions.from_logits(test.labels.numpy(), test.logits.numpy()), prep
 
 
-def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Module:
-    """The best model of a cell, ready for inference (eval mode).
+MODELS = ("best", "soup")
+"""What ``load_best`` can load of a cell: its best trial, or its greedy soup (``tlkit.search.soups``)."""
+
+
+def load_best(results: str | Path, backbone: str, strategy: str, model: str = "best") -> torch.nn.Module:
+    """The best model of a cell, ready for inference (eval mode); ``model="soup"``: the cell's greedy soup of its
+    trials instead (exported beside it when the sweep made one).
 
     The returned module has ``tlkit_info`` (classes, image size, mean and std, the best trial's parameters and
     scores) and ``tlkit_transform``, the exact preprocessing it was trained with
@@ -106,7 +111,16 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
         probabilities = model(model.tlkit_transform.batch(["seven.png"])).softmax(1)
         print(model.tlkit_info["classes"][int(probabilities.argmax())])
     """
+    if model not in MODELS:
+        raise TlkitError(f"model must be one of {', '.join(MODELS)} but got {model!r}.")
     folder = Path(results) / "best" / Cell(backbone, strategy).folder
+    if model == "soup":
+        folder = folder / "soup"
+        if not (folder / "model.json").is_file():
+            raise TlkitError(f"No greedy soup exported for {backbone}/{strategy} under {results}. HINT: soups are "
+                             f"made after a cell's search (Experiment.soups, on by default) from 2 or more complete "
+                             f"trials that start from the same weights; soups.csv says why a cell has none; "
+                             f"model='best' loads its best trial.")
     meta_path = folder / "model.json"
     if not meta_path.is_file():
         available = sorted(str(p.parent.relative_to(Path(results) / "best"))
@@ -116,17 +130,17 @@ def load_best(results: str | Path, backbone: str, strategy: str) -> torch.nn.Mod
     fix = f"delete {folder} and run the sweep command again to export it anew."
     info = read_json(meta_path, fix)
     check_model_info(info, meta_path, fix, Cell(backbone, strategy))
-    model = _build(info, meta_path, fix)
+    net = _build(info, meta_path, fix)
     weights = folder / "model.safetensors"
     try:
-        model.load_state_dict(load_file(str(weights)))
+        net.load_state_dict(load_file(str(weights)))
     except Exception as err:  # noqa: BLE001 - truncated, corrupt, or not this model's weights
         raise TlkitError(f"The exported model {weights} cannot be loaded ({describe_error(err)}). HINT: delete "
                          f"{folder} and run the sweep command again "
                          f"to export it anew from the trial's best.safetensors.") from None
-    model.tlkit_info = info
-    model.tlkit_transform = Preprocess.from_info(info)
-    return model.eval()
+    net.tlkit_info = info
+    net.tlkit_transform = Preprocess.from_info(info)
+    return net.eval()
 
 
 def _is_count(value: Any) -> bool:
