@@ -62,10 +62,25 @@ def per_image_policies(args: tuple[tuple[str, float | None], ...], height: int, 
 
 
 def _per_image(images: torch.Tensor, policy: v2.Compose, seed: int) -> torch.Tensor:
-    """``policy`` applied to each image on its own, its draws from ``seed`` (the global RNG is restored after)."""
-    with torch.random.fork_rng(devices=[]):
+    """``policy`` applied to each image on its own, its draws from ``seed`` (the global RNG is restored after).
+    On the CPU with one intra-op thread: a 32 x 32 image is far too small to split, and the threads' hand-offs
+    made RandAugment 5x slower on 2 cores (benchmarks/augment_cost.py)."""
+    with torch.random.fork_rng(devices=[]), _one_thread(images.device.type == "cpu"):
         torch.manual_seed(seed)
         return torch.stack([policy(image) for image in images])
+
+
+@contextlib.contextmanager
+def _one_thread(on: bool) -> Iterator[None]:
+    """torch's intra-op threads set to 1 for the block (when ``on``), then restored."""
+    threads = torch.get_num_threads()
+    if on:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_num_threads(threads)
 
 
 def _crop_and_flip(images: torch.Tensor, crop: bool, flip: bool, padding: int, generator: torch.Generator
