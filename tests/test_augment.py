@@ -108,3 +108,18 @@ def test_mixing_needs_an_even_batch_fixed_or_searched():
 def test_ema_decay_is_a_fraction(value, message):
     with pytest.raises(TlkitError, match=message):
         Train(ema_decay=value)
+
+
+@pytest.mark.slow
+def test_a_sweep_searches_augment_lists_given_as_strings(tmp_path):
+    """Each trial samples one '+'-joined choice; its recipe (trial.json) holds the list it trained with."""
+    import json
+
+    from tlkit.testing import run_tiny_sweep
+
+    choices = ["crop+hflip", "randaugment+mixup:0.2", "none"]
+    out = run_tiny_sweep(tmp_path, tmp_path / "cache", strategies=["full_finetune"], trials=3,
+                         train={"epochs": 1, "batch_size": 16}, search={"augment": CategoricalDistribution(choices)})
+    recipes = [json.loads(p.read_text())["recipe"] for p in out.rglob("trial.json")]
+    assert len(recipes) >= 3
+    assert all(r["augment"] in ([], ["crop", "hflip"], ["randaugment", "mixup:0.2"]) for r in recipes)
