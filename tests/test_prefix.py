@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tlkit.data.augment
 import tlkit.engine.evaluate
+import tlkit.engine.loop
 import tlkit.engine.features
 from tlkit.models.backbones import create_backbone, layer_groups, preprocessing
 from tlkit.data.tensors import make_splits
@@ -81,12 +83,12 @@ def test_eval_mode_puts_every_module_back_in_its_own_mode():
     assert {name: m.training for name, m in model.named_modules()} == before
 
 
-def _trainer(splits, strategy="last_n", cache=True, seed=0, epochs=3, **params):
+def _trainer(splits, strategy="last_n", cache=True, seed=0, epochs=3, augment=(), **params):
     torch.manual_seed(0)
     model = create_backbone("test_resnet", splits.num_classes)
     groups = layer_groups(model)
     plan = create_strategy(strategy, num_groups=len(groups), epochs=epochs, **params)
-    recipe = Train(epochs=epochs, batch_size=16, image_size=16, augment=[], cache_features=cache, lr=3e-3)
+    recipe = Train(epochs=epochs, batch_size=16, image_size=16, augment=list(augment), cache_features=cache, lr=3e-3)
     return Trainer(model, groups, plan, splits, recipe, get_metric("accuracy"), seed=seed, **preprocessing(model))
 
 
@@ -111,6 +113,22 @@ def test_augmented_images_run_the_whole_model(splits):
     trainer.recipe.augment = ["hflip"]
     trainer.fit()
     assert not trainer.history[0].features_cached
+
+
+@pytest.mark.parametrize("augment", ["random_resized_crop", "randaugment", "trivialaugment", "mixup", "cutmix"])
+def test_every_augmentation_runs_the_whole_model_and_a_cached_probe_sees_none(splits, augment, monkeypatch):
+    """The frozen prefix's output is cached only from un-augmented images, so any augmentation turns it off; a
+    probe on cached features (``cache_features``) trains on the un-augmented images' features by design, so
+    neither the images nor the batch are augmented or mixed there, and its loss is the plain cross-entropy."""
+    mixed = []
+    monkeypatch.setattr(tlkit.engine.loop, "mix_batch", lambda *a: mixed.append(1) or tlkit.data.augment.mix_batch(*a))
+    trainer = _trainer(splits, epochs=1, augment=[augment])
+    trainer.fit()
+    assert not trainer.history[0].features_cached
+    assert bool(mixed) == (augment in ("mixup", "cutmix"))
+    probe, mixed[:] = _trainer(splits, "linear_probe", epochs=1, augment=[augment]), []
+    probe.fit()
+    assert probe.history[0].features_cached and not mixed
 
 
 def test_a_second_trial_reads_the_prefix_output_the_first_computed(splits, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -64,6 +65,43 @@ def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(tmp_path,
                                for h, r in zip(whole.history, resumed.history)]
     a, b = load_file(str(tmp_path / "whole/best.safetensors")), load_file(str(tmp_path / "killed/best.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("recipe", [{"augment": ["randaugment", "mixup"]}, {"augment": "trivialaugment+cutmix"},
+                                    {"ema_decay": 0.9}], ids=["randaugment+mixup", "trivialaugment+cutmix", "ema"])
+def test_a_killed_trial_with_a_new_recipe_piece_resumes_to_the_same_result(tmp_path, splits, recipe):
+    """Their draws are seeded by (trial seed, epoch, batch) and the EMA weights travel in the checkpoint: a resumed
+    trial equals the uninterrupted one to the bit; ``full_finetune`` so the augmented images reach the model."""
+    whole = run_trial(_spec(tmp_path / "whole", strategy="full_finetune", **recipe), splits, CPU)
+    torch.manual_seed(123), np.random.seed(123)  # another process's global RNG state: no draw may depend on it
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(_spec(tmp_path / "killed", strategy="full_finetune", **recipe), splits, CPU,
+                  callbacks=[KillAt(epoch=2)])
+    resumed = run_trial(_spec(tmp_path / "killed", strategy="full_finetune", **recipe), splits, CPU)
+    assert resumed.resumed_from_epoch == 2
+    assert resumed.history == [{**h, "images_per_s": r["images_per_s"], "seconds": r["seconds"]}
+                               for h, r in zip(whole.history, resumed.history)]
+    a, b = load_file(str(tmp_path / "whole/best.safetensors")), load_file(str(tmp_path / "killed/best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = run_trial(_spec(tmp_path / "plain", strategy="full_finetune"), splits, CPU)
+    assert [h["val_loss"] for h in plain.history] != [h["val_loss"] for h in whole.history], "it did something"
+
+
+def test_with_ema_the_averaged_weights_are_validated_and_kept_as_the_best(tmp_path, splits):
+    from tlkit.engine.loop import Trainer
+
+    seen = {}
+
+    class Keep(Callback):
+        def on_epoch_end(self, trainer: Trainer, result):
+            if trainer.best_epoch == result.epoch:
+                seen["ema"] = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+                seen["model"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    run_trial(_spec(tmp_path / "t", strategy="full_finetune", ema_decay=0.5), splits, CPU, callbacks=[Keep()])
+    best = load_file(str(tmp_path / "t/best.safetensors"))
+    assert all(torch.equal(best[k], seen["ema"][k]) for k in best)
+    assert not all(torch.equal(best[k], seen["model"][k]) for k in best if best[k].is_floating_point())
 
 
 def test_a_prune_request_and_a_diverging_loss_end_as_pruned(tmp_path, splits):

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from tlkit.search import _optuna
 from tlkit.errors import TlkitError
-from tlkit.config.experiment import Data, Experiment, Source
+from tlkit.config.experiment import Data, Experiment, Source, Train
 from tlkit.config.identity import identity
 from tlkit.search.queue import (MOVED, DuplicateRun, claim_run, ensure_runs, finished_count, reseed_sampler,
                                 retries_first, run_of)
@@ -187,6 +187,21 @@ def test_a_study_recorded_before_runtime_moved_out_of_train_continues(storage):
     study.set_user_attr("identity", {**old, "source.train.epochs": 99})  # a real change is still one
     with pytest.raises(TlkitError, match=r"source\.train\.epochs: 99 -> 10"):
         check_identity(storage, "s", _exp(**source))
+
+
+def test_a_study_recorded_before_ema_existed_continues_and_setting_it_is_a_new_study(storage):
+    """``train.ema_decay`` came later: absent from an older stored identity and None here, it changes nothing;
+    set, it changes what every trial computes. New augmentation names change it only when listed."""
+    source = {"source": Source(data=Data("digits", classes=[0, 1, 2]))}
+    study = open_cell_study(storage, "s", _exp(**source), Cell("test_resnet", "bitfit"))
+    old = {k: v for k, v in study.user_attrs["identity"].items() if not k.endswith("train.ema_decay")}
+    assert len(old) == len(study.user_attrs["identity"]) - 2  # train.ema_decay and source.train.ema_decay
+    study.set_user_attr("identity", old)
+    check_identity(storage, "s", _exp(**source))
+    with pytest.raises(TlkitError, match=r"train\.ema_decay: None -> 0\.999"):
+        check_identity(storage, "s", _exp(train=Train(ema_decay=0.999), **source))
+    with pytest.raises(TlkitError, match=r"train\.augment: \['crop', 'hflip'\] -> \['randaugment', 'mixup'\]"):
+        check_identity(storage, "s", _exp(train=Train(augment="randaugment+mixup"), **source))
 
 
 def test_a_cells_identity_holds_only_its_own_weights_and_strategy_params(storage, tmp_path):

@@ -13,16 +13,29 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tlkit.config.types import check_types, check_value
 from tlkit.errors import TlkitError, close_matches, did_you_mean
 from tlkit.metrics import get_metric
 
 __all__ = ["Data", "Train", "Runtime", "Source", "Experiment", "NOT_IDENTITY", "validate", "recipe_values",
-           "check_search", "check_study_name"]
+           "check_search", "check_study_name", "AUGMENTATIONS", "MIXERS", "augment_list", "augment_args"]
 
-AUGMENTATIONS = ("crop", "hflip")
+AUGMENTATIONS: dict[str, tuple[float | None, Callable[[float], bool], str]] = {
+    # name: (default value of ``name:value``, or None when it takes none; the check of a value; what it must be)
+    "crop": (None, bool, ""),
+    "hflip": (None, bool, ""),
+    "random_resized_crop": (0.08, lambda v: 0 < v <= 1, "the smallest area kept, in (0, 1]"),
+    "randaugment": (9, lambda v: v == int(v) and 0 <= v <= 30, "a magnitude, an int in [0, 30]"),
+    "trivialaugment": (None, bool, ""),
+    "mixup": (0.8, lambda v: 0 < v < math.inf, "Beta's alpha, a finite number > 0"),
+    "cutmix": (1.0, lambda v: 0 < v < math.inf, "Beta's alpha, a finite number > 0"),
+}
+"""``train.augment``'s names. ``name`` or ``name:value`` (``"randaugment:12"``, ``"mixup:0.2"``) where a default is
+given; README's experiment-file section says what each does and costs."""
+MIXERS = ("mixup", "cutmix")
+"""Augmentations that mix the images and labels of a batch (``timm.data.Mixup``): the loss takes soft targets."""
 PRUNERS = ("median", "hyperband", "none")
 MAX_SEED = 400_000
 """Derived seeds must stay below 2**32 (NumPy's limit): the sampler of a cell is seeded with seed x 10007 + trials."""
@@ -103,7 +116,11 @@ class Train:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     image_size: int = 32
-    augment: list[str] = field(default_factory=lambda: ["crop", "hflip"])
+    augment: Union[list[str], str] = field(default_factory=lambda: ["crop", "hflip"])
+    """Names from ``AUGMENTATIONS``, applied to each training image (mixup/cutmix to each batch). A string joins
+    them with ``+`` (``"randaugment+mixup:0.2"``; ``"none"``: no augmentation) and becomes the list: that is the
+    form to search, as Optuna's choices are plain values:
+    ``search={"augment": CategoricalDistribution(["crop+hflip", "randaugment+mixup"])}``."""
     crop_padding: int = 4
     coarse_groups: bool = False
     """Use timm's coarse layer grouping (fewer, larger groups) instead of the fine one."""
@@ -126,6 +143,9 @@ class Train:
     measurements (``tlkit.engine.compute``: every CNN on CUDA; on CPU the architectures it speeds up)."""
     max_batches: Union[int, None] = None
     """Stop each epoch after this many batches: a fast real run for smoke tests."""
+    ema_decay: Union[float, None] = None
+    """Keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``, updated every step with this
+    decay, e.g. 0.999): validation scores, and the best epoch keeps, the averaged weights. None: off."""
 
     def __post_init__(self) -> None:
         self.validate("train.")
@@ -134,6 +154,7 @@ class Train:
         """Check every value (type, range, choice); ``prefix`` says where the recipe sits (``train.`` or
         ``source.train.``). A value no trial can train with is refused here, never found by a crashed trial."""
         check_types(self, prefix)
+        self.augment = augment_list(self.augment)
         for f in dataclasses.fields(self):
             problem = recipe_problem(f.name, getattr(self, f.name), prefix + f.name)
             if problem:
@@ -142,6 +163,56 @@ class Train:
             raise TlkitError(f"{prefix}warmup_epochs must be less than {prefix}epochs but got {self.warmup_epochs} "
                              f"warm-up epochs of {self.epochs}: the rate would never leave its warm-up. HINT: lower "
                              f"{prefix}warmup_epochs (0 turns warm-up off).")
+        problem = _odd_mixed_batch(self.augment, self.batch_size, prefix)
+        if problem:
+            raise TlkitError(problem)
+
+
+def augment_list(augment: list[str] | str) -> list[str]:
+    """``augment`` as a list: ``"crop+hflip"`` is ``["crop", "hflip"]``, ``"none"`` (or ``""``) is ``[]``."""
+    if not isinstance(augment, str):
+        return list(augment)
+    return [] if augment.strip() in ("", "none") else [a.strip() for a in augment.split("+")]
+
+
+def augment_args(augment: list[str]) -> dict[str, float | None]:
+    """``{name: value}`` of a checked augment list, each value given (``name:value``) or the name's default (None
+    for the names that take none): ``["crop", "mixup:0.2"]`` -> ``{"crop": None, "mixup": 0.2}``."""
+    out = {}
+    for item in augment:
+        name, _, value = item.partition(":")
+        default = AUGMENTATIONS[name][0]
+        out[name] = float(value) if value else None if default is None else float(default)
+    return out
+
+
+def _augment_problem(augment: list[str], path: str) -> str | None:
+    """What is wrong with an augment list: an unknown name (with a did-you-mean), a repeated one, a value where
+    none is taken or one out of its range."""
+    names = [a.partition(":")[0] for a in augment]
+    for item, name in zip(augment, names):
+        if name not in AUGMENTATIONS:
+            return did_you_mean(name, AUGMENTATIONS, f"augmentation in {path}")
+        default, ok, what = AUGMENTATIONS[name]
+        value = item.partition(":")[2]
+        if value and default is None:
+            return f"{path} gives {item!r} a value, but {name!r} takes none: write {name!r}."
+        try:
+            good = not value or ok(float(value))
+        except ValueError:
+            good = False
+        if not good:
+            return f"{path} gives {item!r}: the value of {name!r} must be {what}, e.g. '{name}:{default}'."
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return f"{path} names {repeated[0]!r} more than once; list each augmentation once." if repeated else None
+
+
+def _odd_mixed_batch(augment: list[str], batch_size: int, prefix: str) -> str | None:
+    """timm's Mixup pairs each image with its mirror in the batch, so it needs an even batch size."""
+    if batch_size % 2 and any(a.partition(":")[0] in MIXERS for a in augment):
+        return (f"{prefix}augment {augment} mixes pairs of images, which needs an even {prefix}batch_size but got "
+                f"{batch_size}. HINT: set {prefix}batch_size={batch_size + 1}.")
+    return None
 
 
 # What each recipe value must be. Fixed values and every value a search space can give pass the same test.
@@ -157,6 +228,7 @@ RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "crop_padding": (lambda v: v >= 0, ">= 0"),
     "max_batches": (lambda v: v is None or v >= 1, "None or an int >= 1"),
+    "ema_decay": (lambda v: v is None or 0 < v < 1, "None or in (0, 1)"),
 }
 
 
@@ -169,8 +241,7 @@ def recipe_problem(name: str, value: Any, path: str) -> str | None:
     if name in RECIPE_CHOICES and value not in RECIPE_CHOICES[name]:
         return did_you_mean(value, RECIPE_CHOICES[name], path)
     if name == "augment":
-        bad = [a for a in value if a not in AUGMENTATIONS]
-        return did_you_mean(bad[0], AUGMENTATIONS, f"augmentation in {path}") if bad else None
+        return _augment_problem(augment_list(value), path)
     if name in RECIPE_RANGES and not RECIPE_RANGES[name][0](value):
         return f"{path} must be {RECIPE_RANGES[name][1]} but got {value!r}."
     return None
@@ -366,11 +437,26 @@ def check_search(search: dict[str, BaseDistribution], recipe: Train) -> None:
                 raise TlkitError(f"search[{key!r}] ({dist}) can give {value!r}, which no trial can use: {problem} "
                                  f"HINT: make every value it can give a valid train.{key} (a range within the "
                                  f"limits, IntDistribution for an int field, choices from the allowed ones).")
+    for augment in recipe_values(search, recipe, "augment"):
+        for batch_size in _batch_sizes(search, recipe):
+            problem = _odd_mixed_batch(augment_list(augment), batch_size, "train.")
+            if problem:
+                raise TlkitError(f"search can give train.augment={augment!r} with train.batch_size={batch_size}: "
+                                 f"{problem}")
     warmup, epochs = recipe_values(search, recipe, "warmup_epochs"), recipe_values(search, recipe, "epochs")
     if max(warmup) >= min(epochs):
         raise TlkitError(f"train.warmup_epochs can be {max(warmup)} while train.epochs can be {min(epochs)}: warm-up "
                          f"must end before training does. HINT: keep every searched or fixed warmup_epochs below "
                          f"every epochs value.")
+
+
+def _batch_sizes(search: dict[str, BaseDistribution], recipe: Train) -> list[Any]:
+    """``recipe_values`` of the batch size, with an odd one among them if the search can give one (its first two
+    values tell, for an int range: ``low`` and ``low + step``)."""
+    dist = search.get("batch_size")
+    if isinstance(dist, IntDistribution) and dist.high > dist.low:
+        return [dist.low, dist.low + dist.step]
+    return recipe_values(search, recipe, "batch_size")
 
 
 def recipe_values(search: dict[str, BaseDistribution], recipe: Train, name: str) -> list[Any]:

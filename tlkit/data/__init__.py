@@ -1,5 +1,5 @@
-"""Images as uint8 tensors: splits, batches and batch augmentation (tensors.py), preprocessing of new images
-(preprocess.py), and one file per dataset (datasets/). A dataset plugin returns ``ImageSet``s."""
+"""Images as uint8 tensors: splits and batches (tensors.py), training augmentation (augment.py), preprocessing of
+new images (preprocess.py), and one file per dataset (datasets/). A dataset plugin returns ``ImageSet``s."""
 from tlkit.data.tensors import ImageSet, Splits
 
 __all__ = ["ImageSet", "Splits"]

@@ -2,7 +2,8 @@
 
 Why not ImageFolder + DataLoader: per-image PIL decoding and per-image transforms dominate an epoch on small images.
 Here a dataset is decoded once (``tlkit.data.datasets``, cached on disk), batches are slices of one uint8 tensor, and
-augmentation (random crop with padding, horizontal flip) is applied to the whole batch at once.
+augmentation (random crop with padding, horizontal flip) is applied to the whole batch at once (``augment.py``;
+the per-image policies from torchvision cost more, see README).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tlkit.data.augment import augment_batch
 from tlkit.errors import TlkitError
 
 __all__ = ["ImageSet", "Splits", "make_splits", "iterate_batches", "augment_batch", "cache_dir", "to_device",
@@ -265,29 +267,6 @@ def _check_counts(s: ImageSet, name: str, minimum: int, hint: str) -> None:
 
 
 # --- batches -----------------------------------------------------------------------------------------------------
-
-def augment_batch(images: torch.Tensor, augment: Sequence[str], padding: int, generator: torch.Generator
-                  ) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch at once.
-
-    The random draws come from ``generator`` (on the CPU) wherever the images are, so a batch is augmented the
-    same on a GPU as on the CPU.
-    """
-    n, _, h, w = images.shape
-    dev = images.device
-    if "crop" in augment and padding > 0:
-        padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        images = padded[torch.arange(n, device=dev)[:, None, None, None],
-                        torch.arange(3, device=dev)[None, :, None, None], rows, cols]
-    if "hflip" in augment:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
-        images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    return images
-
 
 def to_device(splits: Splits, device: torch.device, max_share: float = 0.25) -> Splits:
     """Splits held on ``device`` when they take at most ``max_share`` of its free memory.

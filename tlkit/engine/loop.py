@@ -14,10 +14,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlkit.models.backbones import LayerGroup
 from tlkit.engine.compute import set_memory_format, use_amp
+from tlkit.data.augment import make_mixer, mix_batch
 from tlkit.data.tensors import Splits, iterate_batches
 from tlkit.config.experiment import Train
 from tlkit.engine.evaluate import evaluate
@@ -149,8 +152,9 @@ def param_groups(model: torch.nn.Module, groups: Sequence[LayerGroup], weight_de
 class Trainer:
     """One training run of one backbone under one strategy with one set of hyperparameters.
 
-    ``state_dict``/``load_state_dict`` hold everything but the weights, so a checkpoint resumes mid-trial and the
-    resumed run computes exactly what an uninterrupted one would (on CPU, with fixed seeds).
+    ``state_dict``/``load_state_dict`` hold everything but the weights (the EMA weights included), so a checkpoint
+    resumes mid-trial and the resumed run computes exactly what an uninterrupted one would (on CPU, with fixed
+    seeds). With ``recipe.ema_decay`` the averaged weights (``kept_model``) are validated and kept as the best.
     """
 
     model: torch.nn.Module
@@ -184,6 +188,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
         self.warmup_steps = self.steps_per_epoch * self.recipe.warmup_epochs
         self.features = self._feature_cache()
+        self.mixer = make_mixer(self.recipe.augment, self.splits.num_classes, self.recipe.label_smoothing)
+        self.ema = ModelEmaV3(self.model, decay=self.recipe.ema_decay) if self.recipe.ema_decay else None
         self._prefix: tuple[Any, Callable | None, FeatureCache | None] = (None, None, None)  # (plan, suffix, cache)
 
     def _feature_cache(self, prefix: torch.fx.GraphModule | None = None) -> FeatureCache:
@@ -210,6 +216,12 @@ class Trainer:
         trainable = apply_plan(self.model, self.groups, self.scales, self.strategy)
         set_learning_rates(self.optimizer, self.lr_now(), self.scales)
         return trainable
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept as the trial's best: the moving average when ``ema_decay`` is
+        set, else the trained model."""
+        return self.model if self.ema is None else self.ema.module
 
     @property
     def head_only(self) -> bool:
@@ -291,38 +303,61 @@ class Trainer:
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             set_learning_rates(self.optimizer, self.lr_now(), self.scales)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = F.cross_entropy(forward(x).float(), y, label_smoothing=self.recipe.label_smoothing)
-            extra = self.strategy.loss_term(self.model)  # e.g. L2-SP's penalty; None for most strategies
-            loss = loss if extra is None else loss + extra
+            loss, count = self._loss(forward, x, y, mixed=not cached, seed=(self.seed, epoch, i))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.step += 1
-            loss_sum += loss.detach() * len(y)  # summed on the device: no host sync per step
-            seen += len(y)
+            loss_sum += loss.detach() * count  # summed on the device: no host sync per step
+            seen += count
             for cb in self.callbacks:
                 cb.on_batch_end(self, i, self.steps_per_epoch)
         train_loss = loss_sum.item() / max(seen, 1)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise NonFiniteError(f"non-finite training loss ({train_loss}) in epoch {epoch}")
-        val = evaluate(self.model, cache.get("val") if cached else self.splits.val, metric=self.metric,
-                       batch_size=self.recipe.batch_size, mean=self.mean, std=self.std, device=self.device,
-                       forward=forward, amp=self.amp, image_size=self.recipe.image_size,
-                       channels_last=self.channels_last)
+        val = self._validate(forward, cache)
         if not (math.isfinite(val.loss) and math.isfinite(val.metric)):
             raise NonFiniteError(f"non-finite validation loss or metric at epoch {epoch}")
         return EpochResult(epoch, train_loss, val.loss, val.metric, lrs, trainable,
                            seen / train_seconds if train_seconds > 0 else 0.0, time.perf_counter() - epoch_start,
                            cached)
 
+    def _loss(self, forward: Callable, x: torch.Tensor, y: torch.Tensor, mixed: bool, seed: tuple[int, ...]
+              ) -> tuple[torch.Tensor, int]:
+        """``(loss, images)`` of one batch: on soft targets when mixup/cutmix mix it (never cached inputs, which
+        are the un-augmented images' by design), else cross-entropy with the recipe's label smoothing."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.mixer is not None and mixed:
+                x, target = mix_batch(self.mixer, x, y, seed)
+                loss = SoftTargetCrossEntropy()(forward(x).float(), target)
+            else:
+                loss = F.cross_entropy(forward(x).float(), y, label_smoothing=self.recipe.label_smoothing)
+        extra = self.strategy.loss_term(self.model)  # e.g. L2-SP's penalty; None for most strategies
+        return (loss if extra is None else loss + extra), len(x)
+
+    def _validate(self, forward: Callable, cache: FeatureCache | None) -> Any:
+        """Scores of ``kept_model`` on the validation split. The EMA model reads cached features when only the head
+        trains (its frozen backbone equals the trained one: an average of a constant is that constant); the
+        frozen-prefix cache was cut from the trained model, so there the EMA model runs on the images."""
+        model, data = self.model, cache.get("val") if cache is not None else self.splits.val
+        if self.ema is not None:
+            model = self.ema.module
+            on_features = cache is not None and self.head_only and self.recipe.cache_features
+            forward, data = (model.get_classifier(), data) if on_features else (model, self.splits.val)
+        return evaluate(model, data, metric=self.metric, batch_size=self.recipe.batch_size, mean=self.mean,
+                        std=self.std, device=self.device, forward=forward, amp=self.amp,
+                        image_size=self.recipe.image_size, channels_last=self.channels_last)
+
     def state_dict(self) -> dict[str, Any]:
         """The resumable state, as plain data (weights are saved separately, as safetensors)."""
         return {"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
                 "optimizer": self.optimizer.state_dict(), "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "history": [r.__dict__ for r in self.history],
-                "strategy": {"name": self.strategy.name, "params": dict(self.strategy.params)}}
+                "strategy": {"name": self.strategy.name, "params": dict(self.strategy.params)},
+                **({} if self.ema is None else {"ema": self.ema.module.state_dict()})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
@@ -331,3 +366,5 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         self.history = [EpochResult(**r) for r in state["history"]]
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])

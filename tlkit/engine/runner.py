@@ -123,7 +123,7 @@ class _Checkpointer(Callback):
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         improved = trainer.best_epoch == result.epoch
-        exported = trainer.strategy.export_model(trainer.model) if improved else None  # plain timm, adapters merged
+        exported = trainer.strategy.export_model(trainer.kept_model) if improved else None  # plain timm
         last = trainer.epoch >= trainer.recipe.epochs
         stopping = not last and self.deadline is not None and time.monotonic() >= self.deadline
         # A trial's last epoch under keep_checkpoints='best' gets no checkpoint: its outcome, written next, ends the
