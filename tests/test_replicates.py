@@ -146,14 +146,14 @@ def test_auto_races_stops_worse_cells_and_ends_at_max_replicates(tmp_path, monke
                                            replicates="auto", max_replicates=6, train={"epochs": 1}))
     asked = []
 
-    def scripted(storage, e):
-        asked.append(len({s.replicate for s in map(_cell, optuna.get_all_study_summaries(storage))}))
+    def scripted(storage, e, upto):
+        asked.append((len({s.replicate for s in map(_cell, optuna.get_all_study_summaries(storage))}), upto))
         return {Cell("test_resnet", "linear_probe"): "worse", Cell("test_resnet", "last_n"): "best",
                 Cell("test_resnet", "bitfit"): "undecided"}
 
     monkeypatch.setattr(tlkit.sweep, "_verdicts", scripted)
     out = run_sweep(exp, tmp_path / "out")
-    assert asked == [4, 5, 6]  # decided after replicates 4, 5 and 6 were trained
+    assert asked == [(4, 3), (5, 4), (6, 5)]  # decided after replicates 4, 5 and 6 were trained, on those
     auto = __import__("json").loads((out / "experiment.json").read_text())["replicates_auto"]
     assert auto == {"replicates": 6, "reason": "max_replicates=6 reached", "cell_replicates": 3 * 4 + 2 * 2,
                     "full_grid": 18, "max_replicates": 6, "stopped_as_worse": {"test_resnet/linear_probe": 4}}

@@ -248,7 +248,7 @@ def run_auto(run: SweepRun, storage: Any, progress: SweepProgress, splits_of: Ca
         done += todo
         if r + 1 < AUTO_MIN_REPLICATES:
             continue
-        decided = _verdicts(storage, exp)
+        decided = _verdicts(storage, exp, upto=r)
         for cell in [c for c in racing if decided.get(c) == "worse"]:
             racing.remove(cell)
             stopped[f"{cell.backbone}/{cell.strategy}"] = r + 1
@@ -264,11 +264,13 @@ def run_auto(run: SweepRun, storage: Any, progress: SweepProgress, splits_of: Ca
             "max_replicates": exp.max_replicates, "stopped_as_worse": stopped}
 
 
-def _verdicts(storage: Any, exp: Experiment) -> dict[Cell, str]:
-    """Each cell's verdict against its backbone's reference, from what the storage holds now (the reference
-    itself: ``best``)."""
+def _verdicts(storage: Any, exp: Experiment, upto: int) -> dict[Cell, str]:
+    """Each cell's verdict against its backbone's reference (the reference itself: ``best``), from replicates 0 to
+    ``upto``: what auto has run so far, even where the storage holds more (from an earlier, larger run)."""
     metric = get_metric(exp.metric)
-    table = compare.comparisons(load_cells(storage, exp.name, metric), metric, exp.rope)
+    scored = [dataclasses.replace(c, models=[m for m in c.models if m.replicate <= upto])
+              for c in load_cells(storage, exp.name, metric)]
+    table = compare.comparisons(scored, metric, exp.rope)
     verdicts = {Cell(row.backbone, row.strategy): row.verdict for row in table.itertuples()}
     verdicts.update({Cell(row.backbone, row.best): "best" for row in table.itertuples()})
     return verdicts
