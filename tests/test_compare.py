@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tlkit.analysis import compare, stats
+from tlkit.analysis import compare, stats, wording
 from tlkit.metrics import Predictions, get_metric
 
 ACC = get_metric("accuracy")
@@ -69,7 +69,7 @@ def test_a_strategy_that_beats_the_validation_pick_on_test_is_better_not_worse()
     assert table.difference["last_n"] == pytest.approx(np.mean([0.920, 0.930, 0.935]) - np.mean([0.990, 0.995, 0.994]))
     assert table.difference["last_n"] < 0 and table.p_holm["last_n"] < compare.ALPHA
     assert table.verdict.to_dict() == {"last_n": "better", "bitfit": "undecided"}
-    text = compare.sentence(table.reset_index().set_index("strategy").loc["last_n"].to_dict() | {"strategy": "last_n"},
+    text = wording.sentence(table.reset_index().set_index("strategy").loc["last_n"].to_dict() | {"strategy": "last_n"},
                             "accuracy", points=True)
     assert text.startswith("last_n beats lp_ft (the validation pick) by 6.5 points of test accuracy (95% CI ")
     assert "did not hold up on test" in text
@@ -139,36 +139,36 @@ def test_sentences_say_what_the_numbers_say():
     undecided = {"best": "last_n", "strategy": "layer_decay", "verdict": "undecided", "difference": 0.007,
                  "ci_low": -0.004, "ci_high": 0.018, "p_holm": 0.41, "method": "paired t-test over 3 seeds",
                  "rope": 0.01, "tost_level": 0.9, "tost_low": -0.002, "tost_high": 0.016, "detectable": 0.0234}
-    assert compare.sentence(undecided, "accuracy", points=True) == (
+    assert wording.sentence(undecided, "accuracy", points=True) == (
         "last_n vs layer_decay: undecided on test accuracy: the difference, 0.7 points (95% CI -0.4 to 1.8, p = 0.410 "
         "Holm-adjusted), is neither shown to be real nor shown to lie within ±1 point; the study could have detected "
         "differences of about 2.3 points (paired t-test over 3 seeds).")
     equivalent = {**undecided, "verdict": "equivalent", "difference": 0.002, "tost_low": -0.004, "tost_high": 0.008,
                   "tost_level": 0.95, "rope": 0.005 * 2}
-    assert compare.sentence(equivalent, "accuracy", points=True) == (
+    assert wording.sentence(equivalent, "accuracy", points=True) == (
         "last_n and layer_decay are practically equivalent on test accuracy: the difference, 0.2 points (95% CI -0.4 "
         "to 0.8, p = 0.410 Holm-adjusted), lies within ±1 point (paired t-test over 3 seeds).")
     real = {**equivalent, "p_holm": 0.002, "tost_low": 0.001, "tost_high": 0.003, "rope": 0.02}
-    assert compare.sentence(real, "accuracy", points=True) == (
+    assert wording.sentence(real, "accuracy", points=True) == (
         "last_n and layer_decay are practically equivalent on test accuracy: the difference, 0.2 points (95% CI 0.1 "
         "to 0.3), is real (p = 0.002 Holm-adjusted) but lies within ±2 points, smaller than what was set to matter "
         "(paired t-test over 3 seeds).")
-    assert compare.sentence({**equivalent, "rope": 0.05}, "log_loss", points=False).endswith(
+    assert wording.sentence({**equivalent, "rope": 0.05}, "log_loss", points=False).endswith(
         "the difference, 0.002 (95% CI -0.004 to 0.008, p = 0.410 Holm-adjusted), lies within ±0.05 (paired t-test "
         "over 3 seeds).")
     replicates = {**undecided, "p_outperform": 0.25, "p_outperform_low": 0.0, "p_outperform_high": 0.75,
                   "p_better": 0.05, "p_rope": 0.3, "p_worse": 0.65}
-    assert compare.sentence(replicates, "accuracy", points=True).endswith(
+    assert wording.sentence(replicates, "accuracy", points=True).endswith(
         "(paired t-test over 3 seeds). layer_decay outperforms last_n on 25% of the test replicates (95% CI 0% to "
         "75%); posterior probability that it is better by more than 1 point 0.05, within ±1 point 0.30, worse 0.65.")
     worse = {**undecided, "strategy": "full_finetune", "verdict": "worse", "difference": 0.033, "ci_low": 0.021,
              "ci_high": 0.045, "p_holm": 0.003}
-    assert compare.sentence(worse, "accuracy", points=True) == (
+    assert wording.sentence(worse, "accuracy", points=True) == (
         "last_n beats full_finetune by 3.3 points of test accuracy (95% CI 2.1 to 4.5, p = 0.003 Holm-adjusted; "
         "paired t-test over 3 seeds).")
     better = {**worse, "strategy": "bitfit", "verdict": "better", "difference": -0.067, "ci_low": -0.090,
               "ci_high": -0.044}
-    assert compare.sentence(better, "accuracy", points=True) == (
+    assert wording.sentence(better, "accuracy", points=True) == (
         "bitfit beats last_n (the validation pick) by 6.7 points of test accuracy (95% CI 4.4 to 9.0, p = 0.003 "
         "Holm-adjusted; paired t-test over 3 seeds): the pick on validation did not hold up on test.")
 
@@ -252,7 +252,7 @@ def test_over_replicates_the_reference_is_chosen_on_the_even_ones_and_tested_on_
     assert row.p_worse == pytest.approx(posterior.sf(0.01)) and row.p_better == pytest.approx(posterior.cdf(-0.01))
     assert row.p_rope == pytest.approx(posterior.cdf(0.01) - posterior.cdf(-0.01))
     assert row.verdict == "undecided"
-    text = compare.sentence(row, "accuracy", points=True)
+    text = wording.sentence(row, "accuracy", points=True)
     assert "steady outperforms lucky on 50% of the test replicates" in text
 
 

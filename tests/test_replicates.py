@@ -17,7 +17,7 @@ import torch
 from tlkit.config.loading import load_experiment
 from tlkit.engine.splits import splits_for
 from tlkit.search.study import REPLICATE_SEED_OFFSET, Cell, replicate_seed
-from tlkit.sweep import replicate_splits
+from tlkit.search.cells import replicate_splits
 from tlkit.testing import kill_prelude, sweep_command, write_experiment
 
 STRATEGIES = ["linear_probe", "last_n"]

@@ -26,9 +26,8 @@ from typing import Any, Sequence
 import optuna
 import pandas as pd
 
-from tlkit.analysis import compare
-from tlkit.analysis.agreement import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
-from tlkit.analysis.budget import BUDGET, budget_curves, budget_verdicts
+from tlkit.analysis import compare, wording
+from tlkit.analysis.budget import BUDGET
 from tlkit.errors import TlkitError, mask_secrets, url_password
 from tlkit.utils.files import atomic_write, read_json
 from tlkit.metrics import Metric, get_metric
@@ -36,6 +35,8 @@ from tlkit.output.plots import PLOTS, order, write_plots
 from tlkit.search.storage import default_storage, open_storage
 from tlkit.search.study import cell_studies
 from tlkit.output.boards import CELLS_DIR, write_cell_boards
+from tlkit.output.markdown import num, params_text, table
+from tlkit.output.sections import report_budget, report_ranking, report_replicates, report_soups
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, replicates_table,
                                  soups_table, summary_table, trials_table, write_csv)
 
@@ -47,25 +48,6 @@ TABLES = ("trials.csv", "history.csv", "repeats.csv", "summary.csv", "comparison
 
 
 # --------------------------------------------------------------------------------------------------------- markdown
-
-def _num(x: Any, fmt: str = ".4f") -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA else format(x, fmt)
-
-
-def _params(best_params: str) -> str:
-    if not best_params:
-        return "—"
-    items = json.loads(best_params).items()
-    return ", ".join(f"{k}={format(v, '.4g') if isinstance(v, float) else v}" for k, v in sorted(items))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, right: int | None = None) -> list[str]:
-    """A Markdown table: the first ``left`` columns (names) left-aligned, numbers right-aligned up to ``right``."""
-    right = len(header) if right is None else right
-    align = ["---:" if left <= i < right else "---" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
 
 def metric_of(experiment: dict[str, Any]) -> Metric:
     """The study's metric; one the report cannot import (registered in an experiment file) keeps its direction
@@ -143,13 +125,13 @@ def _main_table(summary: pd.DataFrame, won: pd.DataFrame, metric: str, backbones
             text = _interval(cell.loc[(b, s)], metric) if (b, s) in cell.index else "—"
             row.append(f"**{text}**" if best.get(b) == s and text != "—" else text + mark.get((b, s), ""))
         rows.append(row)
-    return _table(["backbone", *strategies], rows)
+    return table(["backbone", *strategies], rows)
 
 
 def _rope_text(comparisons: pd.DataFrame, metric: Metric) -> str:
     """The rope the comparisons used, in the metric's words (e.g. "±1 point")."""
     rope = comparisons["rope"].iloc[0] if len(comparisons) and "rope" in comparisons else compare.DEFAULT_ROPE
-    return compare.rope_text(float(rope), points=metric.name != "log_loss")
+    return wording.rope_text(float(rope), points=metric.name != "log_loss")
 
 
 def _method_text(summary: pd.DataFrame) -> str:
@@ -161,7 +143,7 @@ def _differences(comparisons: pd.DataFrame, metric: str, points: bool) -> list[s
     lines = []
     for backbone, mine in comparisons.groupby("backbone", sort=False):
         lines += [f"**{backbone}** (best on validation: {mine['best'].iloc[0]})", ""]
-        lines += [f"- {compare.sentence(row, metric, points)}" for _, row in mine.iterrows()] + [""]
+        lines += [f"- {wording.sentence(row, metric, points)}" for _, row in mine.iterrows()] + [""]
     return lines
 
 
@@ -175,7 +157,7 @@ def _across_backbones(friedman: dict[str, Any] | None, plots: dict[str, bool]) -
              f"Friedman's test: chi-square {friedman['statistic']:.2f}, p = {friedman['p']:.3g}: {verdict}. "
              f"Nemenyi's critical difference at the 5% level is {friedman['cd']:.2f} ranks: strategies closer "
              f"than that are not told apart.", ""]
-    lines += _table(["strategy", "average rank"], [[s, f"{r:.2f}"] for s, r in ranks]) + [""]
+    lines += table(["strategy", "average rank"], [[s, f"{r:.2f}"] for s, r in ranks]) + [""]
     if plots.get("critical_difference"):
         lines += [f"![Critical difference diagram]({PLOTS['critical_difference']})", ""]
     return lines
@@ -215,7 +197,7 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               f"hold up on test; unmarked: significantly worse.", ""]
     lines += _main_table(summary, won, m, backbones, strategies) + [""]
     lines += ["## Winner per backbone", ""]
-    lines += _table(["backbone", "best (validation)", f"test {m} [95% CI]", "practically equivalent", "undecided",
+    lines += table(["backbone", "best (validation)", f"test {m} [95% CI]", "practically equivalent", "undecided",
                      "significantly better on test", "significantly worse"],
                     [[r["backbone"], r["best"], _interval(r["row"], m),
                       *(", ".join(r[kind]) or "—" for kind in ("equivalent", "undecided", "better", "worse"))]
@@ -257,78 +239,6 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
     return "\n".join(lines)
 
 
-def report_soups(table: pd.DataFrame | None, m: str, points: bool) -> list[str]:
-    """The "Soups and ensembles" section: each cell's best trial beside its uniform and greedy soups and its top-k
-    ensemble, with the difference against the best trial and what each costs at inference."""
-    if table is None or table.empty:
-        return []
-    lines = ["## Soups and ensembles", "",
-             f"Each cell's complete trials started from the same weights, so they can be averaged (Wortsman et al. "
-             f"2022): a uniform soup of all of them, a greedy soup that adds them in order of validation {m} while "
-             f"it does not drop (BatchNorm statistics recomputed on the training images), and an ensemble that "
-             f"averages the probabilities of the top trials (`soups.csv`). Difference: best trial minus the model "
-             f"(positive: the best trial is better), with its 95% interval, Holm-corrected over the cell's three "
-             f"models; a soup costs what the best trial costs at inference, an ensemble of k costs k times as much.",
-             ""]
-    rows = []
-    for _, r in table.iterrows():
-        if r["model"] == "soups":
-            rows.append([r["backbone"], r["strategy"], r["note"], "", "", "", "", "", ""])
-            continue
-        diff = "—" if r["model"] == "best trial" or pd.isna(r.get("difference")) else (
-            f"{_amount(r['difference'], points)} [{_amount(r['ci_low'], points)}, {_amount(r['ci_high'], points)}]")
-        rows.append([r["backbone"], r["strategy"], r["model"], _num(r["ingredients"], ".3g"), _num(r[f"val_{m}"]),
-                     _num(r[f"test_{m}"]), diff, "" if r["model"] == "best trial" else str(r.get("verdict", "")),
-                     _cost(r)])
-    lines += _table(["backbone", "strategy", "model", "ingredients", f"val {m}", f"test {m}", "best trial minus it",
-                     "verdict", "params, ms/image"], rows, left=3, right=6) + [""]
-    greedy = table[table["model"] == "greedy soup"]
-    if len(greedy):
-        counts = greedy["verdict"].value_counts()
-        lines += [f"The greedy soup against the best trial, over {len(greedy)} cells: " + ", ".join(
-            f"{counts.get(v, 0)} {v}" for v in ("better", "equivalent", "undecided", "worse")) + " (the verdict is "
-                  "the soup's: better means the soup is significantly better on test).", ""]
-    return lines
-
-
-def _amount(x: float, points: bool) -> str:
-    return f"{100 * x:+.1f}" if points else f"{x:+.3g}"
-
-
-def _cost(r: pd.Series) -> str:
-    if pd.isna(r.get("params")):
-        return ""
-    return f"{int(r['params']):,}, {1000 * r['seconds_per_image']:.3f}"
-
-
-def report_replicates(table: pd.DataFrame | None, experiment: dict[str, Any], m: str) -> list[str]:
-    """The "Replicates" section: how much each cell moved between reruns of the whole study and how often its
-    search chose another configuration, and what ``--replicates auto`` did (nothing without replicates)."""
-    if table is None or table.empty:
-        return []
-    lines = ["## Replicates", "",
-             f"Each replicate reran the whole study: its own train/validation split, its own search of each cell and "
-             f"its own training seeds, shared by every cell of a backbone (`replicates.csv`). Across replicates, a "
-             f"cell's test {m} (of its chosen configuration) and how many different configurations its searches "
-             f"chose:", ""]
-    rows = []
-    for (backbone, strategy), cell in table.groupby(["backbone", "strategy"], sort=False):
-        test = cell[f"test_{m}_mean"].dropna()
-        rows.append([backbone, strategy, str(len(cell)), _num(test.mean()), _num(test.std(ddof=1)),
-                     f"{_num(test.min())} to {_num(test.max())}", f"{cell['best_params'].nunique()} of {len(cell)}"])
-    lines += _table(["backbone", "strategy", "replicates", f"mean test {m}", "sd", "range", "configurations"],
-                    rows, left=2, right=6) + [""]
-    auto = experiment.get("replicates_auto")
-    if auto:
-        stopped = ", ".join(f"{cell} after {n}" for cell, n in auto["stopped_as_worse"].items()) or "none"
-        saved = 1 - auto["cell_replicates"] / auto["full_grid"]
-        lines += [f"`--replicates auto` ran {auto['replicates']} replicates ({auto['reason']}): "
-                  f"{auto['cell_replicates']} cell-replicates trained of the {auto['full_grid']} of a full grid of "
-                  f"{auto['max_replicates']} replicates ({100 * saved:.0f}% saved). Cells stopped early as "
-                  f"significantly worse: {stopped}.", ""]
-    return lines
-
-
 def _configurations(summary: pd.DataFrame, m: str, backbones: list[str], strategies: list[str]) -> list[str]:
     cell = summary.set_index(["backbone", "strategy"])
     rows = []
@@ -337,11 +247,11 @@ def _configurations(summary: pd.DataFrame, m: str, backbones: list[str], strateg
             if (b, s) not in cell.index:
                 continue
             r = cell.loc[(b, s)]
-            rows.append([b, s, _num(r["best_trial"], "d"), _num(r[f"best_val_{m}"]), _num(r[f"test_{m}"]),
-                         _trainable(r), _num(r["train_time_s"], ".1f"),
+            rows.append([b, s, num(r["best_trial"], "d"), num(r[f"best_val_{m}"]), num(r[f"test_{m}"]),
+                         _trainable(r), num(r["train_time_s"], ".1f"),
                          f"{r['trials_complete']}/{r['trials_pruned']}/{r['trials_failed']}",
-                         _params(r["best_params"])])
-    return ["## Best configuration of each cell", ""] + _table(
+                         params_text(r["best_params"])])
+    return ["## Best configuration of each cell", ""] + table(
         ["backbone", "strategy", "best trial", f"val {m}", f"test {m}", "trainable params", "train time (s)",
          "complete/pruned/failed", "parameters"], rows, left=2, right=8) + [""]
 
@@ -388,129 +298,6 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ ranking before training
-
-def _ranking_table(ranking: pd.DataFrame) -> list[str]:
-    header = ["backbone", *(f"{label} (rank)" for label in ESTIMATORS.values()), "seconds", "searched"]
-    rows = [[r["backbone"], *(f"{r[n]:.4f} ({r[f'{n}_rank']})" for n in ESTIMATORS), f"{r['seconds']:.1f}",
-             "yes" if r.get("searched", True) else "no"] for _, r in ranking.iterrows()]
-    return _table(header, [list(map(str, row)) for row in rows])
-
-
-def _agreement_lines(table: pd.DataFrame, m: str) -> list[str]:
-    if table.empty:
-        return ["Kendall's tau needs at least 2 backbones with a test score.", ""]
-    n = int(table["backbones"].max())
-    lines = [f"How well the ranking predicted fine-tuning: Kendall's tau over backbones between each estimate and "
-             f"each strategy's mean test {m} (1: the same order, 0: unrelated, -1: reversed), with its two-sided "
-             f"p-value (`{AGREEMENT}`). With {n} backbones the smallest p-value any tau can reach is "
-             f"{2 / math.factorial(n) if n < 20 else 0:.3g}, so read tau as a description, not as a test.", ""]
-    pivot = table.pivot_table(index="strategy", columns="estimator", values="kendall_tau", sort=False)
-    pvals = table.pivot_table(index="strategy", columns="estimator", values="p_value", sort=False)
-    header = ["strategy", *(ESTIMATORS[e] for e in ESTIMATORS if e in pivot.columns)]
-    rows = [[s, *(f"{pivot.loc[s, e]:+.2f} (p = {pvals.loc[s, e]:.2g})" if pd.notna(pivot.loc[s, e]) else "—"
-                  for e in ESTIMATORS if e in pivot.columns)] for s in pivot.index]
-    return lines + _table(header, rows) + [""]
-
-
-def report_ranking(out: Path, summary: pd.DataFrame, metric: Metric) -> str:
-    """The report's section on the ranking before training (empty without ``ranking.csv``): the table, which
-    backbones ``keep_top_backbones`` dropped, and how well the ranking predicted the fine-tuned order. Writes that
-    agreement to ``rank_agreement.csv``."""
-    path = Path(out) / RANKING
-    if not path.is_file():
-        return ""
-    ranking = pd.read_csv(path).drop_duplicates("backbone")  # a backbone listed twice (before that was refused)
-    table = agreement(ranking, summary, metric)
-    write_csv(table, Path(out) / AGREEMENT)
-    n_train = int(ranking["train_images"].iloc[0]) if "train_images" in ranking and len(ranking) else 0
-    lines = ["", "## Ranking before training", "",
-             f"Each backbone's frozen features of the {n_train} training images (its starting weights, no "
-             f"augmentation) scored before any trial (`{RANKING}`; higher is better, rank 1 the most promising): "
-             f"LogME (You et al. 2021), the accuracy of a {KNN_K}-nearest-neighbour vote on the validation split "
-             f"(cosine similarity), and the H-score (Bao et al. 2019) with Ledoit-Wolf shrinkage (Ibrahim et al. "
-             f"2023). Seconds: features and all three estimates.", ""]
-    lines += _ranking_table(ranking) + [""]
-    dropped = ranking[~ranking["searched"].astype(bool)] if "searched" in ranking else ranking.iloc[0:0]
-    if len(dropped):
-        lines += ["Not searched (`keep_top_backbones`): " + "; ".join(
-            f"{r.backbone}: {r.dropped_because}" for r in dropped.itertuples()) + ". They were never trained.", ""]
-    lines += _agreement_lines(table, metric.name)
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------- budget curves
-
-VERDICT_TEXT = {"rising": "still rising: more trials may help", "flat": "flat", "one trial": "one trial: no curve",
-                "no interval": "no test interval to judge it by"}
-
-
-def _tolerances(summary: pd.DataFrame, m: str) -> dict[tuple[str, str], float]:
-    """Half the width of each cell's 95% test interval: what the comparison can resolve."""
-    low, high = f"test_{m}_ci_low", f"test_{m}_ci_high"
-    if summary.empty or low not in summary or high not in summary:
-        return {}
-    return {(r["backbone"], r["strategy"]): (float(r[high]) - float(r[low])) / 2 for _, r in summary.iterrows()
-            if pd.notna(r[low]) and pd.notna(r[high])}
-
-
-def _budget_leaders(curves: pd.DataFrame, metric: Metric, backbones: list[str]) -> list[str]:
-    """Per backbone, when the strategy with the best expected validation score at one trial is not the one at the
-    largest budget every strategy reached: the pick depends on the budget (Dodge et al.'s point)."""
-    lines = []
-    for b in backbones:
-        mine = curves[curves["backbone"] == b]
-        if mine["strategy"].nunique() < 2:
-            continue
-        most = int(mine.groupby("strategy")["complete"].first().min())
-        if most < 2:
-            continue
-        lead = {n: mine[mine["trials"] == n].sort_values(
-            "expected_best", ascending=metric.direction == "minimize", kind="stable")["strategy"].iloc[0]
-            for n in (1, most)}
-        if lead[1] != lead[most]:
-            lines.append(f"On {b} the best expected validation {metric.name} of 1 trial is {lead[1]}'s, of {most} "
-                         f"trials {lead[most]}'s: which strategy wins depends on the budget.")
-    return lines
-
-
-def report_budget(out: Path, trials: pd.DataFrame, summary: pd.DataFrame, metric: Metric,
-                  experiment: dict[str, Any], plots: dict[str, bool]) -> str:
-    """The report's section on budget curves (Dodge et al. 2019): each cell's expected best validation score of n
-    trials, the verdict of its last doubling, and where the winner depends on the budget. Writes ``budget.csv``."""
-    m, direction = metric.name, metric.direction
-    curves = budget_curves(trials, m, direction)
-    write_csv(curves, Path(out) / BUDGET)
-    if curves.empty:
-        return ""
-    backbones, strategies = order(summary, experiment)
-    verdicts = budget_verdicts(curves, _tolerances(summary, m), direction).set_index(["backbone", "strategy"])
-    lines = ["", "## Budget curves", "",
-             f"The expected best validation {m} of a search of n trials, n = 1 to N, drawn with replacement from "
-             f"the cell's N complete trials (Dodge et al. 2019, eq. 1), with one standard deviation: unlike the "
-             f"best so far, it does not depend on the order the sampler tried them in (`{BUDGET}`). Pruned and "
-             f"failed trials are left out: a pruned trial's score is from the epoch where it was stopped, not a "
-             f"finished configuration's. Verdict: the gain from ⌈N/2⌉ to N trials against half the width of the "
-             f"cell's 95% test interval; a gain at least that large is \"still rising\" (another doubling could "
-             f"move the cell by as much as the comparison can resolve), a smaller one \"flat\".", ""]
-    if plots.get("budget_curves"):
-        lines += [f"![Budget curves]({PLOTS['budget_curves']})", ""]
-    still = [f"{b} / {s}" for (b, s), v in verdicts["verdict"].items() if v == "rising"]
-    lines += [f"{len(still)} of {len(verdicts)} cells still rising, more trials may help them: {', '.join(still)}."
-              if still else "No cell is still rising: by this rule more trials would not change the comparison.", ""]
-    rows = []
-    for b in backbones:
-        for s in strategies:
-            if (b, s) in verdicts.index:
-                r = verdicts.loc[(b, s)]
-                rows.append([b, s, str(r["complete"]), _num(r["at_half"]), _num(r["at_full"]),
-                             format(r["gain"], "+.4f"), _num(r["tolerance"]), VERDICT_TEXT[r["verdict"]]])
-    lines += _table(["backbone", "strategy", "N", "at ⌈N/2⌉", "at N", "gain", "test CI half-width", "verdict"],
-                    rows, left=2, right=7) + [""]
-    leaders = _budget_leaders(curves, metric, backbones)
-    return "\n".join(lines + ([" ".join(leaders), ""] if leaders else []))
-
-
-# -------------------------------------------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

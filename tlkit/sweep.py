@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import optuna
 import torch
-from optuna.trial import TrialState
 
 from tlkit.analysis.ranking import RANKING, keep_top, rank_backbones
 from tlkit.cli import add_experiment_arguments, log_to, pick_device, prepare, resolve_experiment
@@ -35,24 +33,18 @@ from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_conf
 from tlkit.engine.runner import TimeUp
 from tlkit.engine.source import resolve_pretrained, source_weights_path
 from tlkit.engine.store import open_store
-from tlkit.search import queue as queue_module
-from tlkit.search.queue import DuplicateRun, ensure_runs, finished_count, retries_first
 from tlkit.search.storage import default_storage, open_storage, quiet_optuna
-from tlkit.search.study import Cell, cells, check_identity, check_results_folder, open_cell_study, replicate_seed
-from tlkit.search.workers import take_up_lost_trials
+from tlkit.search.cells import replicate_splits, run_auto, run_cells
+from tlkit.search.study import Cell, cells, check_identity, check_results_folder
 from tlkit.engine.threads import choose_threads, configure_threads
 from tlkit.engine.loop import BN_POLICY, Callback
-from tlkit.search.best import evaluate_best
-from tlkit.search.objective import SweepRun, make_objective
+from tlkit.search.objective import SweepRun
 from tlkit.analysis import compare
 from tlkit.output.tables import load_cells
-from tlkit.search.repeats import open_repeats_study, run_repeats
-from tlkit.search.soups import make_soups
 
 __all__ = ["main", "check_sweep", "rank_in_sweep", "run_sweep", "write_sweep_report"]
 
 log = logging.getLogger("tlkit")
-AUTO_MIN_REPLICATES = 4
 """``--replicates auto`` decides from here on: 2 replicates to choose each backbone's reference on, 2 to test it."""
 
 
@@ -193,7 +185,7 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     splits_of = replicate_splits(exp, splits, device)
     try:
         if exp.replicates == "auto":
-            auto = run_auto(run, storage, progress, splits_of)
+            auto = run_auto(run, storage, progress, splits_of, _verdicts)
             facts["replicates_auto"] = auto
             write_json(out / "experiment.json", facts)
         else:
@@ -206,64 +198,6 @@ def run_sweep(exp: Experiment, out: Path, storage_url: str | None = None,
     return out
 
 
-def run_cells(run: SweepRun, storage: Any, todo: list[Cell], progress: SweepProgress,
-              splits_of: Callable[[int], Splits], first: int = 0) -> None:
-    """Search, repeat and score ``todo`` (``first`` is the index of its first cell in the progress display); cells
-    whose last trials other workers hold are visited again once a pass is over."""
-    exp = run.exp
-    total = first + len(todo)
-    waiting = list(enumerate(todo, start=first))
-    while waiting:
-        held = []
-        for i, cell in waiting:
-            run.splits = splits_of(cell.replicate)
-            study = open_cell_study(storage, exp.name, exp, cell)
-            label = f"cell {i + 1}/{total}" + (f" (replicate {cell.replicate})" if exp.replicates != 1 else "")
-            if run_cell(run, study, cell, label, before_trial=lambda: progress.update(i, cell, study)):
-                finish_cell(run, storage, study, cell, label)
-            else:
-                held.append((i, cell))
-        if held:
-            pause = queue_module.POLL_S  # a live worker finishes them; a dead one's go stale by heartbeat
-            log.info("%d cell%s wait%s for trials other workers hold; checking again in %d s", len(held),
-                     "s" * (len(held) != 1), "" if len(held) != 1 else "s", pause)
-            run.check_time()
-            time.sleep(pause)
-        waiting = held
-
-
-def run_auto(run: SweepRun, storage: Any, progress: SweepProgress, splits_of: Callable[[int], Splits]
-             ) -> dict[str, Any]:
-    """``replicates="auto"``: add replicates until every comparison against a backbone's reference is decided
-    (``better``, ``worse`` or ``equivalent``) or ``max_replicates`` are run, racing: a cell decided ``worse`` gets
-    no more replicates. Decisions start at ``AUTO_MIN_REPLICATES`` (2 to choose the reference on, 2 to test it on).
-    Returns what it did (recorded in experiment.json; the report says it)."""
-    exp = run.exp
-    racing, done, stopped = cells(exp), [], {}
-    decided, reason = {}, f"max_replicates={exp.max_replicates} reached"
-    for r in range(exp.max_replicates):
-        todo = [Cell(c.backbone, c.strategy, r) for c in racing]
-        progress.start(done + todo, exp.trials, exp.train.epochs, exp.metric, exp.repeats)
-        run_cells(run, storage, todo, progress, splits_of, first=len(done))
-        done += todo
-        if r + 1 < AUTO_MIN_REPLICATES:
-            continue
-        decided = _verdicts(storage, exp, upto=r)
-        for cell in [c for c in racing if decided.get(c) == "worse"]:
-            racing.remove(cell)
-            stopped[f"{cell.backbone}/{cell.strategy}"] = r + 1
-        if not [c for c in racing if decided.get(c) in ("undecided", "untested")]:
-            reason = "every comparison decided"
-            break
-    grid = len(cells(exp)) * exp.max_replicates
-    log.info("--replicates auto: %d replicates (%s); trained %d of the %d cell-replicates of the full grid of %d "
-             "replicates (%.0f%% saved)%s", r + 1, reason, len(done), grid, exp.max_replicates,
-             100 * (1 - len(done) / grid), "; stopped early as worse: " + ", ".join(
-                 f"{k} after {v}" for k, v in stopped.items()) if stopped else "")
-    return {"replicates": r + 1, "reason": reason, "cell_replicates": len(done), "full_grid": grid,
-            "max_replicates": exp.max_replicates, "stopped_as_worse": stopped}
-
-
 def _verdicts(storage: Any, exp: Experiment, upto: int) -> dict[Cell, str]:
     """Each cell's verdict against its backbone's reference (the reference itself: ``best``), from replicates 0 to
     ``upto``: what auto has run so far, even where the storage holds more (from an earlier, larger run)."""
@@ -274,62 +208,6 @@ def _verdicts(storage: Any, exp: Experiment, upto: int) -> dict[Cell, str]:
     verdicts = {Cell(row.backbone, row.strategy): row.verdict for row in table.itertuples()}
     verdicts.update({Cell(row.backbone, row.best): "best" for row in table.itertuples()})
     return verdicts
-
-
-def replicate_splits(exp: Experiment, first: Splits, device: torch.device) -> Callable[[int], Splits]:
-    """``splits_of(r)``: replicate r's splits (its own seeded train/validation split and per-class subsets of the
-    same decoded data), built when first needed. Only replicate 0's and the latest other one are held, so memory
-    does not grow with the number of replicates."""
-    kept: dict[int, Splits] = {0: first}
-
-    def splits_of(replicate: int) -> Splits:
-        nonlocal kept
-        if replicate not in kept:
-            seed = replicate_seed(exp.seed, replicate)
-            kept = {0: first, replicate: to_device(splits_for(exp.data, exp.train.image_size, seed), device)}
-        return kept[replicate]
-
-    return splits_of
-
-
-def finish_cell(run: SweepRun, storage: Any, study: optuna.Study, cell: Cell, label: str) -> None:
-    """After a cell's search: its repeats, then its best model scored on test and exported."""
-    exp = run.exp
-    if exp.repeats:
-        run_repeats(run, study, open_repeats_study(storage, exp.name, exp, cell), cell, label)
-    result = evaluate_best(run, study, cell)
-    if result and exp.soups:
-        make_soups(run, study, cell)
-    if result:
-        log.info("%s %s/%s done: best trial %d (val %s %.4f, test %.4f)", label, cell.backbone, cell.strategy,
-                 study.best_trial.user_attrs.get("run", result["trial"]), exp.metric, result["val_metric"],
-                 result["test_metric"])
-
-
-def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_trial: Callable[[], None]) -> bool:
-    """Run the waiting trials of one cell until none is left; True when the cell's search is finished.
-
-    The cell's budget is queued first (``ensure_runs``); each ``optimize(n_trials=1)`` takes one waiting trial from
-    the shared storage, so with several workers every run is trained once. When the other runs are held by other
-    workers this one moves on (and its report shows the cell as running).
-    """
-    exp = run.exp
-    objective = make_objective(run, cell)
-    ensure_runs(study, exp.trials)
-    told = False
-    while True:
-        take_up_lost_trials(study)
-        if retries_first(study):
-            ensure_runs(study, exp.trials)
-        before_trial()
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return finished_count(study) >= exp.trials
-        if not told:
-            log.info("%s %s/%s: %d of %d trials finished", label, cell.backbone, cell.strategy,
-                     finished_count(study), exp.trials)
-            told = True
-        run.check_time()
-        study.optimize(objective, n_trials=1, catch=(DuplicateRun,))
 
 
 def print_summary(out: Path, metric: str) -> None:

@@ -15,26 +15,16 @@ from typing import Any, Callable, Union
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tlkit.config.augment_names import augment_list, augment_problem, odd_mixed_batch
 from tlkit.config.types import check_types, check_value
 from tlkit.errors import TlkitError, close_matches, did_you_mean
 from tlkit.metrics import get_metric
 
 __all__ = ["Data", "Train", "Runtime", "Source", "Experiment", "NOT_IDENTITY", "validate", "recipe_values",
-           "check_search", "check_study_name", "AUGMENTATIONS", "MIXERS", "augment_list", "augment_args"]
+           "check_search", "check_study_name"]
 
-AUGMENTATIONS: dict[str, tuple[float | None, Callable[[float], bool], str]] = {
-    # name: (default value of ``name:value``, or None when it takes none; the check of a value; what it must be)
-    "crop": (None, bool, ""),
-    "hflip": (None, bool, ""),
-    "random_resized_crop": (0.08, lambda v: 0 < v <= 1, "the smallest area kept, in (0, 1]"),
-    "randaugment": (9, lambda v: v == int(v) and 0 <= v <= 30, "a magnitude, an int in [0, 30]"),
-    "trivialaugment": (None, bool, ""),
-    "mixup": (0.8, lambda v: 0 < v < math.inf, "Beta's alpha, a finite number > 0"),
-    "cutmix": (1.0, lambda v: 0 < v < math.inf, "Beta's alpha, a finite number > 0"),
-}
 """``train.augment``'s names. ``name`` or ``name:value`` (``"randaugment:12"``, ``"mixup:0.2"``) where a default is
 given; README's experiment-file section says what each does and costs."""
-MIXERS = ("mixup", "cutmix")
 """Augmentations that mix the images and labels of a batch (``timm.data.Mixup``): the loss takes soft targets."""
 PRUNERS = ("median", "hyperband", "none")
 MAX_SEED = 400_000
@@ -163,59 +153,11 @@ class Train:
             raise TlkitError(f"{prefix}warmup_epochs must be less than {prefix}epochs but got {self.warmup_epochs} "
                              f"warm-up epochs of {self.epochs}: the rate would never leave its warm-up. HINT: lower "
                              f"{prefix}warmup_epochs (0 turns warm-up off).")
-        problem = _odd_mixed_batch(self.augment, self.batch_size, prefix)
+        problem = odd_mixed_batch(self.augment, self.batch_size, prefix)
         if problem:
             raise TlkitError(problem)
 
 
-def augment_list(augment: list[str] | str) -> list[str]:
-    """``augment`` as a list: ``"crop+hflip"`` is ``["crop", "hflip"]``, ``"none"`` (or ``""``) is ``[]``."""
-    if not isinstance(augment, str):
-        return list(augment)
-    return [] if augment.strip() in ("", "none") else [a.strip() for a in augment.split("+")]
-
-
-def augment_args(augment: list[str]) -> dict[str, float | None]:
-    """``{name: value}`` of a checked augment list, each value given (``name:value``) or the name's default (None
-    for the names that take none): ``["crop", "mixup:0.2"]`` -> ``{"crop": None, "mixup": 0.2}``."""
-    out = {}
-    for item in augment:
-        name, _, value = item.partition(":")
-        default = AUGMENTATIONS[name][0]
-        out[name] = float(value) if value else None if default is None else float(default)
-    return out
-
-
-def _augment_problem(augment: list[str], path: str) -> str | None:
-    """What is wrong with an augment list: an unknown name (with a did-you-mean), a repeated one, a value where
-    none is taken or one out of its range."""
-    names = [a.partition(":")[0] for a in augment]
-    for item, name in zip(augment, names):
-        if name not in AUGMENTATIONS:
-            return did_you_mean(name, AUGMENTATIONS, f"augmentation in {path}")
-        default, ok, what = AUGMENTATIONS[name]
-        value = item.partition(":")[2]
-        if value and default is None:
-            return f"{path} gives {item!r} a value, but {name!r} takes none: write {name!r}."
-        try:
-            good = not value or ok(float(value))
-        except ValueError:
-            good = False
-        if not good:
-            return f"{path} gives {item!r}: the value of {name!r} must be {what}, e.g. '{name}:{default}'."
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    return f"{path} names {repeated[0]!r} more than once; list each augmentation once." if repeated else None
-
-
-def _odd_mixed_batch(augment: list[str], batch_size: int, prefix: str) -> str | None:
-    """timm's Mixup pairs each image with its mirror in the batch, so it needs an even batch size."""
-    if batch_size % 2 and any(a.partition(":")[0] in MIXERS for a in augment):
-        return (f"{prefix}augment {augment} mixes pairs of images, which needs an even {prefix}batch_size but got "
-                f"{batch_size}. HINT: set {prefix}batch_size={batch_size + 1}.")
-    return None
-
-
-# What each recipe value must be. Fixed values and every value a search space can give pass the same test.
 RECIPE_CHOICES = {"optimizer": ("adamw", "sgd"), "scheduler": ("cosine", "constant")}
 RECIPE_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, ">= 1"),
@@ -241,7 +183,7 @@ def recipe_problem(name: str, value: Any, path: str) -> str | None:
     if name in RECIPE_CHOICES and value not in RECIPE_CHOICES[name]:
         return did_you_mean(value, RECIPE_CHOICES[name], path)
     if name == "augment":
-        return _augment_problem(augment_list(value), path)
+        return augment_problem(augment_list(value), path)
     if name in RECIPE_RANGES and not RECIPE_RANGES[name][0](value):
         return f"{path} must be {RECIPE_RANGES[name][1]} but got {value!r}."
     return None
@@ -439,7 +381,7 @@ def check_search(search: dict[str, BaseDistribution], recipe: Train) -> None:
                                  f"limits, IntDistribution for an int field, choices from the allowed ones).")
     for augment in recipe_values(search, recipe, "augment"):
         for batch_size in _batch_sizes(search, recipe):
-            problem = _odd_mixed_batch(augment_list(augment), batch_size, "train.")
+            problem = odd_mixed_batch(augment_list(augment), batch_size, "train.")
             if problem:
                 raise TlkitError(f"search can give train.augment={augment!r} with train.batch_size={batch_size}: "
                                  f"{problem}")

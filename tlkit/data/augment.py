@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from torchvision.transforms import v2
 
-from tlkit.config.experiment import MIXERS, augment_args
+from tlkit.config.augment_names import MIXERS, augment_args
 
 __all__ = ["augment_batch", "per_image_policies", "make_mixer", "mix_batch"]
 
