@@ -179,3 +179,32 @@ def test_a_trial_taken_over_by_another_worker_resumes_from_the_shared_store(tmp_
     best = "trials/test_resnet/last_n/trial_0000/best.safetensors"
     assert sha(tmp_path / "w2" / best) == sha(tmp_path / "ref" / best)
     assert not (tmp_path / "w2" / "trials/test_resnet/last_n/trial_0000/epoch_0000.pt").exists()  # retention
+
+
+def test_a_trial_another_worker_finished_at_the_same_moment_does_not_stop_this_one(tmp_path, caplog):
+    """SQLite has no row locks: two workers can take the same waiting trial. The second to finish is told the
+    trial is finished already; the first's result stands and the second goes on (it used to crash)."""
+    import logging
+
+    import optuna
+
+    from tlkit.search.queue import optimize_one
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+    study.enqueue_trial({"x": 1.0})
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 2)
+        study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.COMPLETE, values=[5.0])
+        return x  # the other worker told 5.0 while this one trained
+
+    caplog.set_level(logging.WARNING, logger="tlkit")
+    optimize_one(study, objective)
+    assert [t.value for t in study.trials] == [5.0]
+    assert "another worker finished the same trial of s" in caplog.text
+
+    def broken(trial):
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        optimize_one(study, broken)  # an error of the objective still stops the sweep (Optuna re-raises it)

@@ -22,7 +22,7 @@ from tlkit.engine.splits import splits_for
 from tlkit.search import queue as queue_module
 from tlkit.search.best import evaluate_best
 from tlkit.search.objective import SweepRun, make_objective
-from tlkit.search.queue import DuplicateRun, ensure_runs, finished_count, retries_first
+from tlkit.search.queue import ensure_runs, finished_count, optimize_one, retries_first
 from tlkit.search.repeats import open_repeats_study, run_repeats
 from tlkit.search.soups import make_soups
 from tlkit.search.study import Cell, cells, open_cell_study, replicate_seed
@@ -156,4 +156,4 @@ def run_cell(run: SweepRun, study: optuna.Study, cell: Cell, label: str, before_
                      finished_count(study), exp.trials)
             told = True
         run.check_time()
-        study.optimize(objective, n_trials=1, catch=(DuplicateRun,))
+        optimize_one(study, objective)

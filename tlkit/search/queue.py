@@ -2,13 +2,18 @@
 was killed and resumed numbers and seeds its runs exactly as an uninterrupted one; retries go first."""
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tlkit.search import _optuna
 
 __all__ = ["POLL_S", "FINISHED", "reseed_sampler", "DuplicateRun", "ensure_runs", "NONE_LEFT", "MOVED",
-           "retries_first", "claim_run", "finished_count", "run_of"]
+           "retries_first", "claim_run", "finished_count", "run_of", "optimize_one"]
+
+log = logging.getLogger("tlkit")
 
 POLL_S = 5
 """How often a worker looks again at cells whose last trials other workers hold (a database query, no more)."""
@@ -104,6 +109,21 @@ def claim_run(trial: optuna.Trial) -> tuple[int, int | None]:
             trial.set_user_attr("duplicate_of", owner)
             raise DuplicateRun(f"run {run} is trial {owner}'s")
     return run, retried
+
+
+def optimize_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    """``study.optimize(objective, n_trials=1)``: take one waiting trial and run it. Two processes on one SQLite
+    file can both take the same waiting trial (SQLite has no row locks, so Optuna's WAITING -> RUNNING change is no
+    lock there; PostgreSQL's is): both train it, with the same parameters and seed, and the second to finish is told
+    by Optuna that the trial is already finished. That is no fault: the first one's result stands, and the second's
+    copy is dropped with a note instead of stopping the worker."""
+    try:
+        study.optimize(objective, n_trials=1, catch=(DuplicateRun,))
+    except ValueError as err:
+        if not str(err).startswith("Cannot tell a "):
+            raise
+        log.warning("another worker finished the same trial of %s at the same moment (%s); its result stands",
+                    study.study_name, err)
 
 
 def finished_count(s: optuna.Study) -> int:

@@ -23,7 +23,7 @@ from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
 from tlkit.search.best import score_test
-from tlkit.search.queue import NONE_LEFT, DuplicateRun
+from tlkit.search.queue import NONE_LEFT, DuplicateRun, optimize_one
 from tlkit.search.records import current_repeats, repeats_study_name
 from tlkit.search.study import Cell, replicate_seed
 from tlkit.search.workers import take_up_lost_trials, worker_id
@@ -84,7 +84,7 @@ def run_repeats(run: SweepRun, search: optuna.Study, repeats: optuna.Study, cell
         if not repeats.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
         run.check_time()
-        repeats.optimize(objective, n_trials=1, catch=(DuplicateRun,))
+        optimize_one(repeats, objective)
 
 
 def _attempt(run: SweepRun, cell: Cell, trial: optuna.Trial) -> float:
