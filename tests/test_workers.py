@@ -208,3 +208,24 @@ def test_a_trial_another_worker_finished_at_the_same_moment_does_not_stop_this_o
 
     with pytest.raises(ValueError, match="a bug"):
         optimize_one(study, broken)  # an error of the objective still stops the sweep (Optuna re-raises it)
+
+
+def test_a_trial_held_by_another_process_is_left_to_it_untouched(tmp_path, caplog):
+    """The lock beside a SQLite file: a second process given the very trial another one runs leaves it RUNNING for
+    that process to finish, trains nothing and records nothing."""
+    import logging
+
+    from filelock import FileLock
+
+    from tlkit.search.queue import holding, optimize_one
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    study.enqueue_trial({"x": 1.0})
+    trained = []
+    other = FileLock(str(tmp_path / "s.db") + ".trial-1.lock")  # trial ids start at 1 in a new file
+    other.acquire()
+    caplog.set_level(logging.INFO, logger="tlkit")
+    optimize_one(study, holding(lambda trial: trained.append(trial.suggest_float("x", 0, 2)) or 0.0))
+    assert trained == [] and [t.state.name for t in study.trials] == ["RUNNING"]
+    assert "trial 0 is run by another process on this machine; this worker leaves it" in caplog.text
+    other.release()

@@ -7,6 +7,8 @@ every attempt before it). ``tests/test_optuna_internals.py`` checks each functio
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any
 
 import optuna
@@ -30,6 +32,16 @@ def heartbeat_retry(callback: RetryCallback) -> dict[str, RetryCallback]:
 def storage_of(study: optuna.Study) -> BaseStorage:
     """The storage a study lives in (``Study._storage``)."""
     return study._storage
+
+
+def sqlite_file(study: optuna.Study) -> Path | None:
+    """The SQLite file a study is stored in (through Optuna's cached storage to its RDB engine), or None for any
+    other storage."""
+    storage = storage_of(study)
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None or not engine.url.drivername.startswith("sqlite") or not engine.url.database:
+        return None
+    return Path(engine.url.database)
 
 
 def frozen_trial(trial: optuna.Trial) -> FrozenTrial:

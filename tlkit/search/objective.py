@@ -25,7 +25,7 @@ from tlkit.config.experiment import Experiment
 from tlkit.config.loading import distribution_like
 from tlkit.engine.runner import PRUNED, TimeUp, TrialResult, TrialSpec, run_trial
 from tlkit.strategies import Strategy, get_strategy
-from tlkit.search.queue import DuplicateRun, claim_run, reseed_sampler
+from tlkit.search.queue import DuplicateRun, claim_run, holding, reseed_sampler
 from tlkit.search.study import Cell, replicate_seed
 from tlkit.search.workers import worker_id
 from tlkit.engine.loop import Callback, EpochResult, PruneTrial, Trainer
@@ -263,7 +263,7 @@ def make_objective(run: SweepRun, cell: Cell) -> Callable[[optuna.Trial], float]
             raise optuna.TrialPruned(result.reason)
         return result.value
 
-    return requeue_on_failure(attempt)
+    return holding(requeue_on_failure(attempt))
 
 
 def requeue_on_failure(attempt: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:

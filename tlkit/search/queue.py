@@ -2,16 +2,20 @@
 was killed and resumed numbers and seeds its runs exactly as an uninterrupted one; retries go first."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import optuna
+from filelock import FileLock, Timeout
 from optuna.trial import FrozenTrial, TrialState
 
 from tlkit.search import _optuna
 
 __all__ = ["POLL_S", "FINISHED", "reseed_sampler", "DuplicateRun", "ensure_runs", "NONE_LEFT", "MOVED",
-           "retries_first", "claim_run", "finished_count", "run_of", "optimize_one"]
+           "retries_first", "claim_run", "finished_count", "run_of", "optimize_one", "hold_trial", "holding",
+           "TrialTakenElsewhere"]
 
 log = logging.getLogger("tlkit")
 
@@ -111,14 +115,53 @@ def claim_run(trial: optuna.Trial) -> tuple[int, int | None]:
     return run, retried
 
 
+class TrialTakenElsewhere(BaseException):
+    """Raised by ``hold_trial`` when another process on this machine runs the very trial this one was given. A
+    BaseException, not an Exception, on purpose: Optuna records every Exception an objective raises as the trial's
+    failure, and this trial is the other process's to record; this one leaves it untouched (``optimize_one``)."""
+
+
+@contextlib.contextmanager
+def hold_trial(trial: optuna.Trial) -> Iterator[None]:
+    """Hold ``trial`` for this process while the objective runs it. Two processes on one SQLite file can both take
+    the same waiting trial: SQLite has no row locks, so Optuna's WAITING -> RUNNING change is no lock there
+    (PostgreSQL's is, and every worker of a SQLite study is on the machine that has the file). A lock file per trial
+    beside the database settles it: the second process raises ``TrialTakenElsewhere`` instead of training it too."""
+    database = _optuna.sqlite_file(trial.study)
+    if database is None:
+        yield
+        return
+    lock = FileLock(str(database) + f".trial-{trial._trial_id}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TrialTakenElsewhere(f"trial {trial.number} is run by another process on this machine") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def holding(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """``objective`` run while this process holds its trial (``hold_trial``)."""
+
+    def held(trial: optuna.Trial) -> float:
+        with hold_trial(trial):
+            return objective(trial)
+
+    return held
+
+
 def optimize_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
-    """``study.optimize(objective, n_trials=1)``: take one waiting trial and run it. Two processes on one SQLite
-    file can both take the same waiting trial (SQLite has no row locks, so Optuna's WAITING -> RUNNING change is no
-    lock there; PostgreSQL's is): both train it, with the same parameters and seed, and the second to finish is told
-    by Optuna that the trial is already finished. That is no fault: the first one's result stands, and the second's
-    copy is dropped with a note instead of stopping the worker."""
+    """``study.optimize(objective, n_trials=1)``: take one waiting trial and run it; one that another process on
+    this machine took at the same moment (``hold_trial``) is left to it. If both still finished it (a process that
+    took it before holding it), the second is told by Optuna that the trial is finished already: the first's
+    result stands, and the worker goes on."""
     try:
         study.optimize(objective, n_trials=1, catch=(DuplicateRun,))
+    except TrialTakenElsewhere as err:
+        log.info("%s: %s; this worker leaves it", study.study_name, err)
     except ValueError as err:
         if not str(err).startswith("Cannot tell a "):
             raise

@@ -23,7 +23,7 @@ from tlkit.config.identity import identity
 from tlkit.metrics import get_metric
 from tlkit.engine.runner import COMPLETE, run_trial
 from tlkit.search.best import score_test
-from tlkit.search.queue import NONE_LEFT, DuplicateRun, optimize_one
+from tlkit.search.queue import NONE_LEFT, DuplicateRun, holding, optimize_one
 from tlkit.search.records import current_repeats, repeats_study_name
 from tlkit.search.study import Cell, replicate_seed
 from tlkit.search.workers import take_up_lost_trials, worker_id
@@ -73,7 +73,7 @@ def run_repeats(run: SweepRun, search: optuna.Study, repeats: optuna.Study, cell
         return  # no completed search trial: nothing to repeat
     config_run = best.user_attrs.get("run", best.number)
     _queue_missing(repeats, best, config_run, run.exp.repeats)
-    objective = requeue_on_failure(lambda trial: _attempt(run, cell, trial))
+    objective = holding(requeue_on_failure(lambda trial: _attempt(run, cell, trial)))
     take_up_lost_trials(repeats)
     waiting = repeats.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if waiting:
