@@ -27,7 +27,7 @@ import torch
 
 from tlkit.errors import TlkitError, did_you_mean
 from tlkit.models.backbones import model_kwargs
-from tlkit.utils.files import atomic_write, read_json, write_json
+from tlkit.utils.files import atomic_write, check_out_file, read_json, write_json
 
 __all__ = ["FORMATS", "OPSET", "TOLERANCE", "EXTRAS", "export", "check_request", "model_config", "main"]
 
@@ -87,20 +87,6 @@ def _check_extras(fmt: str) -> None:
                          f"{' '.join(EXTRAS[fmt])}).")
 
 
-def _check_out(path: Path) -> None:
-    """Refuse an ``--out`` that cannot take the file (and its JSON) before the model is even loaded."""
-    folder = path.absolute().parent
-    if path.is_dir():
-        raise TlkitError(f"--out {str(path)!r} is a folder, not a file. HINT: name the file to write, e.g. --out "
-                         f"{str(path / 'model')!r} plus the format's suffix.")
-    if not folder.is_dir():
-        raise TlkitError(f"--out {str(path)!r} cannot be written: the folder {str(folder)!r} does not exist (or is "
-                         f"a file). HINT: create it first (mkdir -p), or pass --out in an existing folder.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise TlkitError(f"--out {str(path)!r} cannot be written: its folder is read-only. HINT: pass --out in a "
-                         f"folder you can write.")
-
-
 def _config_path(out: Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json``: each format's JSON has its own name, so exports can share a folder."""
     return out.with_name(out.name + ".json")
@@ -121,7 +107,7 @@ def check_request(results: Path, backbone: str, strategy: str, fmt: str, out: Pa
             raise TlkitError(f"The results folder {str(results)!r} is read-only. HINT: pass --out in a folder you "
                              f"can write.")
         return out
-    _check_out(out)
+    check_out_file(out, str(out / f"model{FORMATS[fmt]}"))  # before the model is even loaded
     return out
 
 

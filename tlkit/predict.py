@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from tlkit.utils.files import check_out_file
 from tlkit.errors import TlkitError
 from tlkit.search.best import MODELS, load_best
 
@@ -51,16 +51,7 @@ def find_images(items: Sequence[str]) -> list[Path]:
 
 def check_out(path: Path) -> None:
     """Refuse an ``--out`` the CSV cannot be written to before any inference, not after it."""
-    folder = path.absolute().parent
-    if path.is_dir():
-        raise TlkitError(f"--out {str(path)!r} is a folder, not a file. HINT: name the CSV to write, e.g. --out "
-                         f"{str(path / 'predictions.csv')!r}.")
-    if not folder.is_dir():
-        raise TlkitError(f"--out {str(path)!r} cannot be written: the folder {str(folder)!r} does not exist (or is "
-                         f"a file). HINT: create it first (mkdir -p), or pass --out in an existing folder.")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise TlkitError(f"--out {str(path)!r} cannot be written: it or its folder is read-only. HINT: pass --out in "
-                         f"a folder you can write.")
+    check_out_file(path, str(path / "predictions.csv"))
 
 
 @torch.no_grad()

@@ -112,17 +112,12 @@ def plot_search_progress(trials: pd.DataFrame, metric: str, direction: str, back
     """Is the budget enough? Per backbone, each strategy's best validation score so far against the number of
     finished trials (a curve still climbing at the last trial says more trials would have found better), and
     every trial's score as a dot (a wide spread: the strategy is unforgiving of its hyperparameters)."""
-    from matplotlib.figure import Figure
-
     val = f"val_{metric}"
     done = trials[trials["state"] == "COMPLETE"] if not trials.empty else trials
     if done.empty:
         return False
     colors = _colors(strategies)
-    ncols = min(3, len(backbones))
-    nrows = math.ceil(len(backbones) / ncols)
-    fig = Figure(figsize=(5.6 * ncols, 3.8 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes, nrows = _panels(len(backbones))
     for ax, backbone in zip(axes.flat, backbones):
         for k, strategy in enumerate(strategies):
             cell = done[(done["backbone"] == backbone) & (done["strategy"] == strategy)].sort_values("trial")
@@ -144,16 +139,11 @@ def plot_budget_curves(trials: pd.DataFrame, metric: str, direction: str, backbo
     """Is the budget enough, whatever order the sampler tried things in? Per backbone, each strategy's expected best
     validation score of n trials (Dodge et al. 2019) against n, with a band of one standard deviation: a line still
     climbing at its last point says more trials may help; lines that cross say the winner depends on the budget."""
-    from matplotlib.figure import Figure
-
     curves = budget_curves(trials, metric, direction)
     if curves.empty:
         return False
     colors = _colors(strategies)
-    ncols = min(3, len(backbones))
-    nrows = math.ceil(len(backbones) / ncols)
-    fig = Figure(figsize=(5.6 * ncols, 3.8 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes, nrows = _panels(len(backbones))
     for ax, backbone in zip(axes.flat, backbones):
         for strategy in strategies:
             cell = curves[(curves["backbone"] == backbone) & (curves["strategy"] == strategy)]
@@ -165,6 +155,16 @@ def plot_budget_curves(trials: pd.DataFrame, metric: str, direction: str, backbo
         _label_panel(ax, backbone, "trials (complete)", f"expected best validation {metric}")
     _finish_panels(fig, axes, len(backbones), strategies, colors, nrows, path)
     return True
+
+
+def _panels(count: int) -> tuple[Any, Any, int]:
+    """A figure of ``count`` panels, 3 to a row: ``(figure, axes grid, rows)``."""
+    from matplotlib.figure import Figure
+
+    ncols = min(3, count)
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(5.6 * ncols, 3.8 * nrows))
+    return fig, fig.subplots(nrows, ncols, squeeze=False), nrows
 
 
 def _label_panel(ax: Any, title: str, xlabel: str, ylabel: str) -> None:

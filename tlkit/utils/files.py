@@ -23,7 +23,7 @@ from typing import Any, Callable
 from tlkit.errors import TlkitError, describe_error
 
 __all__ = ["atomic_write", "write_cache", "torch_save", "sha256", "set_aside", "rebuild_folder", "check_writable",
-           "read_json", "write_json", "BAD_SUFFIX"]
+           "read_json", "write_json", "check_out_file", "BAD_SUFFIX"]
 
 log = logging.getLogger("tlkit")
 
@@ -193,3 +193,18 @@ def read_json(path: Path, fix: str) -> dict[str, Any]:
 
 def write_json(path: Path, payload: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
+
+
+def check_out_file(path: Path, example: str) -> None:
+    """Refuse an ``--out`` file that cannot be written (a folder, in a missing or read-only folder, a read-only
+    file) before any work is done, not after it; ``example`` is a file name to suggest instead of a folder."""
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise TlkitError(f"--out {str(path)!r} is a folder, not a file. HINT: name the file to write, e.g. --out "
+                         f"{example!r}.")
+    if not folder.is_dir():
+        raise TlkitError(f"--out {str(path)!r} cannot be written: the folder {str(folder)!r} does not exist (or is "
+                         f"a file). HINT: create it first (mkdir -p), or pass --out in an existing folder.")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TlkitError(f"--out {str(path)!r} cannot be written: it or its folder is read-only. HINT: pass --out in "
+                         f"a folder you can write.")
