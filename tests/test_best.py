@@ -128,7 +128,7 @@ def test_predict_refuses_an_out_it_cannot_write_before_any_inference(study, tmp_
     assert predict_main([str(out), str(files[0][0]), "--backbone", "test_resnet", "--strategy", "last_n", "--out",
                          str(target)]) == 2
     err = capsys.readouterr().err
-    said = "is a folder, not a file. HINT: name the CSV" if where == "a_folder" else "does not exist (or is a file)"
+    said = "is a folder, not a file. HINT: name the file to write" if where == "a_folder" else "does not exist (or is a file)"
     assert err.startswith(f"tlkit: error: --out '{target}' ") and said in err and "Traceback" not in err
     assert not (tmp_path / "missing").exists() and (tmp_path / "a_file").read_text() == "mine"
 
