@@ -2,7 +2,6 @@
 the uninterrupted numbers, and raising K later trains only the missing seeds."""
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from tlkit.search.records import repeats_study_name
 from tlkit.search.repeats import REPEAT_SEED_OFFSET
 from tlkit.search.study import Cell
 from tlkit.testing import kill_prelude, sweep_command, write_experiment
+from tlkit.utils.files import sha256
 
 STRATEGIES = ["linear_probe", "last_n"]
 
@@ -25,10 +25,6 @@ KILL_PRELUDE = kill_prelude('folder.name == "seed_1" and "last_n" in folder.part
 
 def _sweep(exp: Path, out: Path, tmp: Path, *args: str, kill: bool = False) -> subprocess.CompletedProcess:
     return sweep_command(exp, out, tmp / "cache", *args, kill_marker=tmp / "killed" if kill else None)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +77,7 @@ def test_a_killed_repeat_resumes_to_the_uninterrupted_numbers_and_more_seeds_add
     pd.testing.assert_frame_equal(mine[columns], theirs[columns])
     assert mine.resumed_from_trial.notna().sum() == 1  # the killed repeat was taken up once
     for folder in sorted(ref.glob("repeats/*/*/*/seed_*")):
-        assert _sha(out / folder.relative_to(ref) / "best.safetensors") == _sha(folder / "best.safetensors")
+        assert sha256(out / folder.relative_to(ref) / "best.safetensors") == sha256(folder / "best.safetensors")
     pd.testing.assert_frame_equal(pd.read_csv(out / "comparisons.csv"), pd.read_csv(ref / "comparisons.csv"))
 
     kept = {p: p.stat().st_mtime_ns for p in out.glob("repeats/*/*/*/seed_*/best.safetensors")}

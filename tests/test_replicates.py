@@ -3,7 +3,6 @@ cells of a backbone; replicate 0 is the study a single run gives; a killed repli
 numbers; raising R trains only the new replicates."""
 from __future__ import annotations
 
-import hashlib
 import signal
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ from tlkit.engine.splits import splits_for
 from tlkit.search.study import REPLICATE_SEED_OFFSET, Cell, replicate_seed
 from tlkit.search.cells import replicate_splits
 from tlkit.testing import kill_prelude, sweep_command, write_experiment
+from tlkit.utils.files import sha256
 
 STRATEGIES = ["linear_probe", "last_n"]
 
@@ -28,10 +28,6 @@ KILL_PRELUDE = kill_prelude('"replicate_1" in folder.parts and "last_n" in folde
 
 def _sweep(exp: Path, out: Path, tmp: Path, *args: str, kill: bool = False) -> subprocess.CompletedProcess:
     return sweep_command(exp, out, tmp / "cache", *args, kill_marker=tmp / "killed" if kill else None)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_each_replicate_has_its_own_split_of_the_same_data_and_replicate_0_is_the_experiments(tmp_path,
@@ -132,7 +128,7 @@ def test_a_killed_replicate_resumes_to_the_uninterrupted_numbers(reference, tmp_
     finished = mine[mine.state == "COMPLETE"].sort_values(["strategy", "replicate", "run"])  # not the killed attempt
     pd.testing.assert_frame_equal(finished[columns].reset_index(drop=True), theirs[columns])
     for path in sorted(ref.glob("trials/*/*/replicate_1/trial_*/best.safetensors")):
-        assert _sha(out / path.relative_to(ref)) == _sha(path)
+        assert sha256(out / path.relative_to(ref)) == sha256(path)
 
 
 def test_auto_races_stops_worse_cells_and_ends_at_max_replicates(tmp_path, monkeypatch):
