@@ -300,3 +300,24 @@ def test_one_replicate_keeps_the_pick_on_validation_and_a_bad_rope_is_refused():
     assert row.rope == compare.DEFAULT_ROPE == 0.01 and list(compare.comparisons(cells, ACC).columns) == compare.COLUMNS
     with pytest.raises(ValueError, match="rope must be >= 0 .* but got -0.01"):
         compare.comparisons(cells, ACC, rope=-0.01)
+
+
+def test_across_backbones_pairs_backbone_and_replicate_and_chooses_on_the_even_replicates():
+    """2 backbones x 4 replicates: "a" has the better validation on replicates 0 and 2 of both backbones, so it is
+    the reference; the test differences are over the 4 (backbone, odd replicate) pairs."""
+    from tlkit.analysis.across import across_backbones
+
+    r = range(4)
+    cells = [_cell("a", [0.9, 0.1, 0.9, 0.1], [0.80, 0.81, 0.82, 0.83], backbone="x", replicates=r),
+             _cell("b", [0.5, 0.9, 0.5, 0.9], [0.70, 0.74, 0.72, 0.70], backbone="x", replicates=r),
+             _cell("a", [0.8, 0.1, 0.8, 0.1], [0.60, 0.62, 0.64, 0.66], backbone="y", replicates=r),
+             _cell("b", [0.4, 0.9, 0.4, 0.9], [0.50, 0.57, 0.52, 0.60], backbone="y", replicates=r)]
+    row = across_backbones(cells, ACC, rope=0.01).iloc[0]
+    assert (row.backbone, row.best, row.strategy, row.n) == ("all", "a", "b", 4)
+    a, b = [0.81, 0.83, 0.62, 0.66], [0.74, 0.70, 0.57, 0.60]  # (x, 1), (x, 3), (y, 1), (y, 3)
+    expected = stats.paired_t(a, b)
+    assert row.difference == pytest.approx(np.mean(np.subtract(a, b))) and row.p == pytest.approx(expected.p)
+    assert row.method.startswith("paired t-test over 4 (backbone, replicate) pairs (2 backbones x replicates 1, 3)")
+    assert across_backbones(cells[:2], ACC).empty  # one backbone: nothing across backbones
+    assert across_backbones([_cell("a", [0.9], [0.8], backbone=k) for k in "xy"] +
+                            [_cell("b", [0.8], [0.7], backbone=k) for k in "xy"], ACC).empty  # no replicates

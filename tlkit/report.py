@@ -27,6 +27,7 @@ import optuna
 import pandas as pd
 
 from tlkit.analysis import compare, wording
+from tlkit.analysis.across import ACROSS, across_backbones
 from tlkit.analysis.budget import BUDGET
 from tlkit.errors import TlkitError, mask_secrets, url_password
 from tlkit.utils.files import atomic_write, read_json
@@ -36,7 +37,7 @@ from tlkit.search.storage import default_storage, open_storage
 from tlkit.search.study import cell_studies
 from tlkit.output.boards import CELLS_DIR, write_cell_boards
 from tlkit.output.markdown import num, params_text, table
-from tlkit.output.sections import report_budget, report_ranking, report_replicates, report_soups
+from tlkit.output.sections import report_across, report_budget, report_ranking, report_replicates, report_soups
 from tlkit.output.tables import (history_table, load_cells, predictions_table, repeats_table, replicates_table,
                                  soups_table, summary_table, trials_table, write_csv)
 
@@ -165,7 +166,8 @@ def _across_backbones(friedman: dict[str, Any] | None, plots: dict[str, bool]) -
 
 def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, comparisons: pd.DataFrame,
                     friedman: dict[str, Any] | None, experiment: dict[str, Any], plots: dict[str, bool],
-                    replicates_frame: pd.DataFrame | None = None, soups_frame: pd.DataFrame | None = None) -> str:
+                    replicates_frame: pd.DataFrame | None = None, soups_frame: pd.DataFrame | None = None,
+                    across_frame: pd.DataFrame | None = None) -> str:
     """``report.md``: the comparison first (intervals, ties, which differences are real), then the details."""
     m = metric.name
     lines = [f"# Study `{study}`: which strategy transfers best", ""]
@@ -211,6 +213,7 @@ def report_markdown(study: str, metric: Metric, summary: pd.DataFrame, compariso
               f"`comparisons.csv`, explained in docs/results.md).", ""]
     lines += _differences(comparisons, m, points=metric.name != "log_loss")
     lines += report_replicates(replicates_frame, experiment, m)
+    lines += report_across(across_frame, m, points=metric.name != "log_loss")
     lines += report_soups(soups_frame, m, points=metric.name != "log_loss")
     lines += ["## Across backbones", ""] + _across_backbones(friedman, plots)
     figures = [("test_by_strategy", f"Test {m} by strategy"),
@@ -286,12 +289,15 @@ def write_report(out: Path, storage: Any, study: str, metric: str) -> None:
     soups = soups_table(storage, study, m, rope=experiment.get("rope", compare.DEFAULT_ROPE))
     if not soups.empty:  # a study from before soups existed, or with soups=False, has no soups.csv
         write_csv(soups, out / "soups.csv")
+    across = across_backbones(cells, m, rope=experiment.get("rope", compare.DEFAULT_ROPE))
+    if not across.empty:  # with replicates and 2 or more backbones only
+        write_csv(across, out / ACROSS)
     write_csv(summary, out / "summary.csv")
     write_csv(comparisons, out / "comparisons.csv")
     write_csv(predictions_table(cells), out / "predictions.csv")
     plots = write_plots(out, summary, history, trials, metric, experiment, friedman)
     write_cell_boards(out / CELLS_DIR, summary, history, metric)
-    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots, replicates, soups)
+    text = report_markdown(study, m, summary, comparisons, friedman, experiment, plots, replicates, soups, across)
     text += report_budget(out, trials, summary, m, experiment, plots)  # writes budget.csv
     text += report_ranking(out, summary, m)  # the ranking before training, if the sweep made one (ranking.csv)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

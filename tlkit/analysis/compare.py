@@ -30,7 +30,8 @@ from tlkit.metrics import Metric, Predictions
 
 __all__ = ["ScoredModel", "CellScores", "Reference", "cell_intervals", "choose_best", "choose_reference",
            "comparisons", "model_comparisons", "rank_table", "friedman_test", "verdict", "VERDICTS", "ALPHA",
-           "DEFAULT_ROPE", "POWER", "MIN_SEEDS_FOR_T", "MIN_REPLICATES", "COLUMNS"]
+           "DEFAULT_ROPE", "POWER", "MIN_SEEDS_FOR_T", "MIN_REPLICATES", "COLUMNS", "replicate_mean",
+           "comparison_numbers", "metric_sign"]
 
 ALPHA = 0.05
 DEFAULT_ROPE = 0.01
@@ -107,7 +108,7 @@ def _raw_interval(cell: CellScores, metric: Metric) -> stats.Interval | None:
     models = cell.scored
     replicates = _replicates(cell)
     if len(replicates) >= 2:  # over reruns of the whole study: one value per replicate, its models' mean
-        interval = stats.t_interval([_replicate_mean(cell, r) for r in replicates])
+        interval = stats.t_interval([replicate_mean(cell, r) for r in replicates])
         return dataclasses.replace(interval, method=f"t over {len(replicates)} replicates")
     if len(models) >= 2:
         return stats.t_interval([m.test for m in models])
@@ -155,7 +156,7 @@ def choose_best(cells: list[CellScores], metric: Metric) -> CellScores:
     return min(cells, key=lambda c: (sign * c.val_mean, c.trainable_params, c.strategy))
 
 
-def _sign(metric: Metric) -> float:
+def metric_sign(metric: Metric) -> float:
     """+1 for a maximised metric, -1 for a minimised one: ``sign x (best - other)`` is positive when best is better."""
     return 1.0 if metric.direction == "maximize" else -1.0
 
@@ -163,7 +164,7 @@ def _sign(metric: Metric) -> float:
 def _compare(best: CellScores, other: CellScores, metric: Metric) -> stats.Comparison | None:
     """``best - other`` oriented so that positive means the best is better (for a minimised metric the sign is
     turned), paired by seed when enough seeds are shared, else by test example."""
-    sign = _sign(metric)
+    sign = metric_sign(metric)
     mine, theirs = {m.seed: m for m in best.repeats}, {m.seed: m for m in other.repeats}
     common = sorted(set(mine) & set(theirs))
     if len(common) >= MIN_SEEDS_FOR_T:
@@ -194,7 +195,7 @@ def _only(cell: CellScores, replicates: list[int]) -> CellScores:
     return dataclasses.replace(cell, models=[m for m in cell.models if m.replicate in replicates])
 
 
-def _replicate_mean(cell: CellScores, replicate: int) -> float:
+def replicate_mean(cell: CellScores, replicate: int) -> float:
     """A replicate's value: the mean test metric of its scored models (its repeats, else its search's best)."""
     return float(np.mean([m.test for m in _only(cell, [replicate]).scored]))
 
@@ -246,9 +247,9 @@ def _compare_replicates(best: CellScores, other: CellScores, metric: Metric, tes
                         rope: float) -> tuple[stats.Comparison, dict[str, float]]:
     """``best - other`` paired over the test replicates (each one's mean test metric), with the probability of
     outperforming and the Bayesian posterior of the mean difference."""
-    sign = _sign(metric)
-    a = [sign * _replicate_mean(best, r) for r in tested_on]
-    b = [sign * _replicate_mean(other, r) for r in tested_on]
+    sign = metric_sign(metric)
+    a = [sign * replicate_mean(best, r) for r in tested_on]
+    b = [sign * replicate_mean(other, r) for r in tested_on]
     diffs = np.subtract(a, b)
     won = stats.outperform_probability(diffs)
     p_better, p_rope, p_worse = stats.posterior_probabilities(diffs, rope)
@@ -313,7 +314,7 @@ def _backbone_rows(cells: list[CellScores], metric: Metric, rope: float) -> list
         if t is not None and ref.chosen_on is not None:
             t = dataclasses.replace(t, method=f"{t.method}, reference chosen on replicates {_ids(ref.chosen_on)}")
         rows.append({"backbone": c.backbone, "best": ref.best.strategy, "reference": ref.text,
-                     "strategy": c.strategy, **_numbers(t, p_holm, level, rope), **extra})
+                     "strategy": c.strategy, **comparison_numbers(t, p_holm, level, rope), **extra})
     return rows
 
 
@@ -327,7 +328,7 @@ def model_comparisons(reference: list[ScoredModel], others: dict[str, list[Score
     tested = [t for t in tests.values() if t is not None]
     adjusted = iter(stats.holm([t.p for t in tested]))
     level = ALPHA / max(len(tested), 1)
-    return {name: _numbers(t, next(adjusted) if t is not None else math.nan, level, rope)
+    return {name: comparison_numbers(t, next(adjusted) if t is not None else math.nan, level, rope)
             for name, t in tests.items()}
 
 
@@ -336,7 +337,7 @@ def _compare_models(reference: list[ScoredModel], other: list[ScoredModel], metr
     mine, theirs = {m.replicate: m for m in reference}, {m.replicate: m for m in other}
     common = sorted(set(mine) & set(theirs))
     if len(common) >= 2:
-        sign = _sign(metric)
+        sign = metric_sign(metric)
         return stats.paired_t([sign * mine[r].test for r in common], [sign * theirs[r].test for r in common],
                               unit=f"replicates ({_ids(common)})")
     if not common:
@@ -345,7 +346,7 @@ def _compare_models(reference: list[ScoredModel], other: list[ScoredModel], metr
                     metric)
 
 
-def _numbers(test: stats.Comparison | None, p_holm: float, level: float, rope: float) -> dict[str, Any]:
+def comparison_numbers(test: stats.Comparison | None, p_holm: float, level: float, rope: float) -> dict[str, Any]:
     """A row's statistics: the difference with its 95% interval, the tests, the equivalence (TOST) interval at
     ``1 - 2 level``, the detectable difference at ``level``, and the verdict."""
     row: dict[str, Any] = {"rope": rope, "tost_level": 1 - 2 * level}

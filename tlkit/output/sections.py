@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from tlkit.analysis import wording
 from tlkit.analysis.agreement import AGREEMENT, ESTIMATORS, KNN_K, RANKING, agreement
 from tlkit.analysis.budget import BUDGET, budget_curves, budget_verdicts
 from tlkit.metrics import Metric
@@ -16,7 +17,18 @@ from tlkit.output.markdown import num, table
 from tlkit.output.plots import PLOTS, order
 from tlkit.output.tables import write_csv
 
-__all__ = ["report_replicates", "report_soups", "report_budget", "report_ranking"]
+__all__ = ["report_replicates", "report_across", "report_soups", "report_budget", "report_ranking"]
+
+
+def report_across(frame: pd.DataFrame | None, m: str, points: bool) -> list[str]:
+    """The strategies compared across backbones over (backbone, replicate) pairs (``across_backbones.csv``);
+    nothing without replicates or with one backbone."""
+    if frame is None or frame.empty:
+        return []
+    return ["## Across backbones, over replicates", "",
+            f"Each strategy against the one with the best mean validation {m} over every backbone's even-numbered "
+            f"replicates, paired over (backbone, odd replicate) pairs, Holm-corrected (`across_backbones.csv`):", "",
+            *(f"- {wording.sentence(row, m, points)}" for _, row in frame.iterrows()), ""]
 
 
 def report_soups(frame: pd.DataFrame | None, m: str, points: bool) -> list[str]:
