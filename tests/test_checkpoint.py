@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlkit.engine.checkpoint import (atomic_write, check_writable, load_latest, prune_epochs, read_json, rng_state,
-                                     save_epoch, set_rng_state, torch_save)
+from tlkit.engine.checkpoint import load_latest, prune_epochs, rng_state, save_epoch, set_rng_state
+from tlkit.utils.files import atomic_write, check_writable, read_json, torch_save
 import tlkit.utils.files
 from tlkit.errors import TlkitError, environment_fault
 

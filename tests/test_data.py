@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlkit.data.tensors import ImageSet, augment_batch, iterate_batches, make_splits
+from tlkit.data.augment import augment_batch
+from tlkit.data.tensors import ImageSet, iterate_batches, make_splits
 from tlkit.data.datasets import load_dataset
 from tlkit.errors import TlkitError
 

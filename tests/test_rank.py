@@ -15,8 +15,8 @@ from scipy.stats import multivariate_normal
 from tlkit.errors import TlkitError
 from tlkit.config.experiment import Experiment
 from tlkit.metrics import get_metric
-from tlkit.analysis.ranking import (BEST_ROW, agreement, h_score, keep_top, knn_accuracy, logme, logme_evidence,
-                                    rank_table, score_features)
+from tlkit.analysis.agreement import BEST_ROW, agreement, rank_table
+from tlkit.analysis.ranking import h_score, keep_top, knn_accuracy, logme, logme_evidence, score_features
 from tlkit.rank import main
 from tlkit.testing import write_experiment
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.analysis.ranking import rank_table
+from tlkit.analysis.agreement import rank_table
 from tlkit.config.experiment import check_study_name
 from tlkit.errors import TlkitError, describe_error, mask_secrets, url_password
 from tlkit.report import main as report_main

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from tlkit.search.study import Cell
-from tlkit.output.tensorboard import CELLS_DIR, TRIALS_DIR, TensorBoardLogger, lr_tag, run_dir
+from tlkit.output.boards import CELLS_DIR, TRIALS_DIR, lr_tag, run_dir
+from tlkit.output.tensorboard import TensorBoardLogger
 from tlkit.testing import run_tiny_sweep
 from tlkit.engine.loop import EpochResult
 
@@ -219,7 +220,7 @@ def test_two_rebuilds_of_the_comparison_board_at_once_both_finish_whole(results:
 
     import pandas as pd
 
-    from tlkit.output.tensorboard import write_cell_boards
+    from tlkit.output.boards import write_cell_boards
 
     shutil.copytree(results / CELLS_DIR, tmp_path / CELLS_DIR)
     summary, history = pd.read_csv(results / "summary.csv"), pd.read_csv(results / "history.csv")

@@ -24,11 +24,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from tlkit.analysis.ranking import ESTIMATORS, KNN_K, RANKING, rank_backbones
+from tlkit.utils.files import check_writable
+from tlkit.analysis.agreement import ESTIMATORS, KNN_K, RANKING
+from tlkit.analysis.ranking import rank_backbones
 from tlkit.cli import add_experiment_arguments, log_to, pick_device, prepare, resolve_experiment
 from tlkit.config.experiment import Experiment
 from tlkit.data.tensors import to_device
-from tlkit.engine.checkpoint import check_writable
 from tlkit.engine.source import resolve_pretrained, source_weights_path
 from tlkit.errors import TlkitError
 from tlkit.output.tables import write_csv

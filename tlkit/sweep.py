@@ -18,9 +18,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from tlkit.analysis.ranking import RANKING, keep_top, rank_backbones
+from tlkit.utils.files import write_json
+from tlkit.analysis.agreement import RANKING
+from tlkit.analysis.ranking import keep_top, rank_backbones
 from tlkit.cli import add_experiment_arguments, log_to, pick_device, prepare, resolve_experiment
-from tlkit.engine.checkpoint import write_json
 from tlkit.data.tensors import Splits, to_device
 from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, environment_fault
@@ -29,7 +30,8 @@ from tlkit.config.loading import apply_overrides
 from tlkit.config.identity import experiment_to_dict
 from tlkit.metrics import get_metric
 from tlkit.output.progress import SweepProgress
-from tlkit.output.tensorboard import TRIALS_DIR, TrialBoards, write_hparams_config
+from tlkit.output.boards import TRIALS_DIR, write_hparams_config
+from tlkit.output.tensorboard import TrialBoards
 from tlkit.engine.runner import TimeUp
 from tlkit.engine.source import resolve_pretrained, source_weights_path
 from tlkit.engine.store import open_store

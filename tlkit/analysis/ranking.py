@@ -14,7 +14,7 @@ images: exactly what the linear probe's feature cache computes) are scored three
   Ledoit-Wolf shrinkage of Ibrahim et al. (2023) so it stays stable when features outnumber examples.
 
 ``agreement`` is Kendall's tau over backbones between each estimate and the fine-tuned test scores; it, the rank
-table and the file and column names live in ``agreement.py`` (no torch, for the report) and are re-exported here.
+table and the file and column names live in ``agreement.py`` (no torch, for the report).
 The command is ``python -m tlkit.rank`` (``tlkit/rank.py``); the sweep's ranking step is ``tlkit.sweep.rank_in_sweep``
 and the report's section ``tlkit.report.report_ranking``.
 """
@@ -29,15 +29,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tlkit.analysis.agreement import AGREEMENT, BEST_ROW, ESTIMATORS, KNN_K, RANKING, agreement, rank_table
+from tlkit.analysis.agreement import KNN_K, rank_table
 from tlkit.models.backbones import build_model, preprocessing
 from tlkit.engine.compute import set_memory_format, use_amp
 from tlkit.data.tensors import Splits
 from tlkit.config.experiment import Experiment, Train
 from tlkit.engine.features import FeatureCache
 
-__all__ = ["ESTIMATORS", "KNN_K", "RANKING", "AGREEMENT", "BEST_ROW", "logme", "logme_evidence", "knn_accuracy",
-           "h_score", "score_features", "rank_table", "frozen_features", "rank_backbones", "keep_top", "agreement"]
+__all__ = ["logme", "logme_evidence", "knn_accuracy", "h_score", "score_features", "frozen_features", "rank_backbones",
+           "keep_top"]
 
 log = logging.getLogger("tlkit")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tlkit.data.augment import augment_batch
 from tlkit.errors import TlkitError
 
-__all__ = ["ImageSet", "Splits", "make_splits", "iterate_batches", "augment_batch", "cache_dir", "to_device",
+__all__ = ["ImageSet", "Splits", "make_splits", "iterate_batches", "cache_dir", "to_device",
            "resize_images"]
 
 RESIZE_IN_MEMORY_BYTES = 2 << 30

@@ -19,11 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tlkit.errors import describe_error
-from tlkit.utils.files import (atomic_write, check_writable, read_json, set_aside, sha256,  # noqa: F401 - re-exported
-                               torch_save, write_json)
+from tlkit.utils.files import atomic_write, set_aside, sha256, torch_save
 
-__all__ = ["atomic_write", "check_writable", "read_json", "torch_save", "save_weights", "save_tensors", "load_weights",
-           "save_epoch", "load_latest", "rng_state", "set_rng_state", "prune_epochs", "write_json"]
+__all__ = ["save_weights", "save_tensors", "load_weights", "save_epoch", "load_latest", "rng_state", "set_rng_state",
+           "prune_epochs"]
 
 KEEP_EPOCHS = 2
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from tlkit.models.backbones import build_model, layer_groups, preprocessing
-from tlkit.engine.checkpoint import load_latest, prune_epochs, save_epoch, save_tensors, set_rng_state, write_json
+from tlkit.engine.checkpoint import load_latest, prune_epochs, save_epoch, save_tensors, set_rng_state
 from tlkit.data.tensors import Splits
 from tlkit.errors import describe_error
 from tlkit.config.experiment import Runtime, Train
@@ -31,7 +31,7 @@ from tlkit.metrics import get_metric
 from tlkit.strategies import get_strategy
 from tlkit.strategies.base import Strategy, prepare
 from tlkit.engine.loop import BN_POLICY, Callback, EpochResult, PruneTrial, Trainer
-from tlkit.utils.files import set_aside
+from tlkit.utils.files import set_aside, write_json
 
 __all__ = ["TrialSpec", "TrialResult", "TimeUp", "run_trial", "read_outcome", "OUTCOME", "COMPLETE", "PRUNED",
            "STATES"]

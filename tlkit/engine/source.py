@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit.models.backbones import adapt_weights, create_backbone, load_into, preprocessing
-from tlkit.engine.checkpoint import load_weights, save_weights, write_json
+from tlkit.engine.checkpoint import load_weights, save_weights
+from tlkit.utils.files import write_json
 from tlkit.data.tensors import cache_dir, to_device
 from tlkit.engine.splits import splits_for
 from tlkit.errors import TlkitError, describe_error

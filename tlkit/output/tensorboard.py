@@ -27,11 +27,9 @@ from typing import Any
 
 from tlkit.search.study import Cell
 from tlkit.engine.loop import Callback, EpochResult, Trainer
-from tlkit.output.boards import (CELLS_DIR, TRIALS_DIR, hparam_value, lr_tag, run_dir,  # noqa: F401 - re-exported
-                                 trial_metrics, write_cell_boards, write_hparams_config)
+from tlkit.output.boards import hparam_value, lr_tag, run_dir, trial_metrics
 
-__all__ = ["TensorBoardLogger", "TrialBoards", "run_dir", "lr_tag", "write_hparams_config", "log_test_score",
-           "write_cell_boards", "TRIALS_DIR", "CELLS_DIR"]
+__all__ = ["TensorBoardLogger", "TrialBoards", "log_test_score"]
 
 
 class TensorBoardLogger(Callback):

@@ -15,8 +15,8 @@ from optuna.trial import FrozenTrial
 import torch
 from safetensors.torch import load_file
 
+from tlkit.utils.files import atomic_write, read_json, write_json
 from tlkit.models.backbones import create_backbone, hub_offline, preprocessing
-from tlkit.engine.checkpoint import atomic_write, read_json, write_json
 from tlkit.engine.compute import set_memory_format, use_amp
 from tlkit.errors import TlkitError, describe_error
 from tlkit.metrics import Predictions, get_metric
