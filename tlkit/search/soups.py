@@ -21,7 +21,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file
 
-from tlkit.engine.checkpoint import read_json, save_tensors, write_json
+from tlkit.utils.files import read_json, write_json
+from tlkit.engine.checkpoint import save_tensors
 from tlkit.engine.compute import set_memory_format, use_amp
 from tlkit.engine.evaluate import Scores, evaluate
 from tlkit.engine.soup import WeightSum, greedy_order, greedy_soup, recompute_batchnorm
@@ -98,10 +99,10 @@ def _cook(run: SweepRun, cell: Cell, trials: list[tuple[FrozenTrial, Path]]) -> 
 
     kept, greedy, _ = greedy_soup(paths, val_score, maximize)
     runs = [t.user_attrs.get("run", t.number) for t, _ in trials]
-    seconds = _seconds_per_image(run, model, first, prep)
+    ensemble, seconds = _ensemble(run, model, paths[:ENSEMBLE_K], prep, runs[:ENSEMBLE_K])
     out = {"uniform": _record(run, model, uniform.mean(first), uniform.count, prep, runs, seconds),
            "greedy": _record(run, model, greedy, len(kept), prep, [runs[i] for i in kept], seconds),
-           "ensemble": _ensemble(run, model, paths[:ENSEMBLE_K], prep, runs[:ENSEMBLE_K], seconds)}
+           "ensemble": ensemble}
     if cell.replicate == 0:
         _export_soup(run, cell, greedy, out["greedy"])
     log.info("%s/%s soups: uniform of %d val %.4f test %.4f; greedy of %d val %.4f test %.4f; ensemble of %d test "
@@ -130,17 +131,6 @@ def _evaluate(run: SweepRun, model: torch.nn.Module, prep: dict[str, Any], split
                     channels_last=channels_last, **prep)
 
 
-def _seconds_per_image(run: SweepRun, model: torch.nn.Module, weights: dict[str, torch.Tensor],
-                       prep: dict[str, Any]) -> float:
-    """Inference time of one model of the cell's architecture per test image: the second of two passes over the
-    test split (the first warms up), as the evaluation runs them (same batch size, precision, memory format)."""
-    model.load_state_dict(weights)
-    _evaluate(run, model, prep, run.splits.test)
-    started = time.perf_counter()
-    _evaluate(run, model, prep, run.splits.test)
-    return (time.perf_counter() - started) / len(run.splits.test)
-
-
 def _record(run: SweepRun, model: torch.nn.Module, weights: dict[str, torch.Tensor], n: int,
             prep: dict[str, Any], runs: list[int], seconds: float) -> dict[str, Any]:
     val = _scores(run, model, weights, n, prep, run.splits.val)
@@ -150,17 +140,21 @@ def _record(run: SweepRun, model: torch.nn.Module, weights: dict[str, torch.Tens
             "predictions": Predictions.from_logits(test.labels.numpy(), test.logits.numpy()).to_json()}
 
 
-def _ensemble(run: SweepRun, model: torch.nn.Module, paths: list[Path], prep: dict[str, Any], runs: list[int],
-              seconds: float) -> dict[str, Any]:
-    """The top trials' averaged probabilities on validation and test, with k models' parameters and time (k
-    forward passes of one model's measured time)."""
+def _ensemble(run: SweepRun, model: torch.nn.Module, paths: list[Path], prep: dict[str, Any], runs: list[int]
+              ) -> tuple[dict[str, Any], float]:
+    """The top trials' averaged probabilities on validation and test, with k models' parameters and time; and one
+    model's inference time per test image, measured on the first member's test pass (the model has run the greedy
+    soup's passes already, so it is warm), as the evaluation runs it (same batch size, precision, memory format)."""
     metric = get_metric(run.exp.metric)
     probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
-    labels = {}
+    labels, seconds = {}, 0.0
     for path in paths:
         model.load_state_dict(load_file(str(path)))
         for name in ("val", "test"):
+            started = time.perf_counter()
             scores = _evaluate(run, model, prep, getattr(run.splits, name))
+            if name == "test" and not seconds:
+                seconds = (time.perf_counter() - started) / len(run.splits.test)
             probs[name].append(torch.softmax(scores.logits.double(), 1).numpy())
             labels[name] = scores.labels.numpy()
     logits = {name: np.log(np.mean(p, axis=0) + 1e-300) for name, p in probs.items()}
@@ -168,7 +162,7 @@ def _ensemble(run: SweepRun, model: torch.nn.Module, paths: list[Path], prep: di
     return {"runs": runs, "val_metric": metric(labels["val"], logits["val"]),
             "test_metric": metric(labels["test"], logits["test"]), "test_loss": _nll(labels["test"], logits["test"]),
             "params": len(paths) * sum(p.numel() for p in model.parameters()),
-            "seconds_per_image": len(paths) * seconds, "predictions": test_predictions.to_json()}
+            "seconds_per_image": len(paths) * seconds, "predictions": test_predictions.to_json()}, seconds
 
 
 def _nll(labels: np.ndarray, log_probs: np.ndarray) -> float:
