@@ -180,13 +180,11 @@ def load_cells(storage: Any, study: str, metric: Any) -> list[compare.CellScores
     trainable size is replicate 0's best trial's."""
     cells: dict[tuple[str, str], compare.CellScores] = {}
     for s in search_studies(storage, study):
-        best, where = _best(s), study_cell(s)
-        if (where.backbone, where.strategy) not in cells or where.replicate == 0:
-            size = float(best.user_attrs.get("trainable_params") or math.nan) if best else math.nan
-            models = cells[(where.backbone, where.strategy)].models if (where.backbone, where.strategy) in cells \
-                else []
-            cells[(where.backbone, where.strategy)] = compare.CellScores(where.backbone, where.strategy, models, size)
-        cells[(where.backbone, where.strategy)].models.extend(_scored_models(storage, study, s, where.replicate))
+        where = study_cell(s)
+        cell = cells.setdefault((where.backbone, where.strategy), compare.CellScores(where.backbone, where.strategy))
+        if where.replicate == 0 and (best := _best(s)) is not None:
+            cell.trainable_params = float(best.user_attrs.get("trainable_params") or math.nan)
+        cell.models.extend(_scored_models(storage, study, s, where.replicate))
     return list(cells.values())
 
 
